@@ -1,0 +1,68 @@
+"""The `meterwatch` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from gateway.config import ConfigError, Site, json_schema, load_site
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="meterwatch: watch a building's water and power meters, store every reading, raise incidents.",
+)
+
+SiteArg = typer.Argument(..., exists=False, help="site file (YAML)")
+
+
+def _load_or_exit(path: Path) -> Site:
+    try:
+        return load_site(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            typer.echo(str(issue), err=True)
+        typer.echo(f"{len(exc.issues)} problem(s) in {path}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def check(site_file: Path = SiteArg) -> None:
+    """Validate a site file; print a summary, or every error with file:line and field, and exit 1."""
+    site = _load_or_exit(site_file)
+    from gateway.summary import print_summary
+
+    ok = print_summary(site)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the site file (for editor completion)."""
+    json.dump(json_schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+@app.command()
+def run(
+    site_file: Path = SiteArg,
+    log_level: str = typer.Option("info", help="debug, info, warning, error"),
+) -> None:
+    """Run the gateway daemon until SIGTERM or SIGINT."""
+    site = _load_or_exit(site_file)
+    from gateway.daemon import run_daemon
+    from gateway.logfmt import setup_logging
+
+    setup_logging(log_level)
+    raise typer.Exit(run_daemon(site))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""A bounded in-process publish/subscribe bus between sources and consumers.
+
+Each subscriber has its own bounded queue. A durable consumer (the InfluxDB spool, the rules engine) uses
+`overflow="block"`: a full queue slows the publisher down instead of losing an event. A best-effort
+consumer (the live terminal view) uses `overflow="drop_oldest"` and its drops are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.core.types import Event
+
+Overflow = Literal["block", "drop_oldest"]
+
+
+@dataclass
+class Subscription:
+    name: str
+    queue: asyncio.Queue[Event]
+    overflow: Overflow
+    dropped: int = 0
+    delivered: int = 0
+
+    async def get(self) -> Event:
+        return await self.queue.get()
+
+    def get_nowait(self) -> Event | None:
+        try:
+            return self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self.queue.get()
+
+
+@dataclass
+class Bus:
+    subscriptions: list[Subscription] = field(default_factory=list)
+    published: int = 0
+
+    def subscribe(self, name: str, maxsize: int = 10_000, overflow: Overflow = "block") -> Subscription:
+        sub = Subscription(name=name, queue=asyncio.Queue(maxsize=maxsize), overflow=overflow)
+        self.subscriptions.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.subscriptions.remove(sub)
+
+    async def publish(self, event: Event) -> None:
+        self.published += 1
+        for sub in self.subscriptions:
+            if sub.overflow == "block":
+                await sub.queue.put(event)
+            else:
+                self._put_dropping(sub, event)
+            sub.delivered += 1
+
+    def publish_nowait(self, event: Event) -> bool:
+        """For callers outside the event loop's coroutines (e.g. a paho callback thread hands over via
+        `loop.call_soon_threadsafe`). Returns False when a blocking subscriber is full: the caller must
+        keep the event and retry, so nothing is lost."""
+        if any(s.overflow == "block" and s.queue.full() for s in self.subscriptions):
+            return False
+        self.published += 1
+        for sub in self.subscriptions:
+            self._put_dropping(sub, event)
+            sub.delivered += 1
+        return True
+
+    @staticmethod
+    def _put_dropping(sub: Subscription, event: Event) -> None:
+        while True:
+            try:
+                sub.queue.put_nowait(event)
+                return
+            except asyncio.QueueFull:
+                try:
+                    sub.queue.get_nowait()
+                    sub.dropped += 1
+                except asyncio.QueueEmpty:  # pragma: no cover - raced empty
+                    pass

@@ -1,0 +1,46 @@
+"""The events every source produces and every consumer reads (DESIGN.md, principle 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+# "good": read and decoded as the profile says. "stale": a value the source repeats without a fresh
+# reading (e.g. an MQTT retained message). "comm_error" / "decode_error" mark partial samples whose
+# other values could not be read or decoded in the same cycle.
+Quality = Literal["good", "stale", "comm_error", "decode_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Readings of one device at one instant. `ts` is UTC epoch seconds, stamped when the read completed."""
+
+    device: str
+    ts: float
+    values: Mapping[str, float]
+    quality: Quality = "good"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """A device changed between answering (`up`) and not answering; `reason` says why it is down."""
+
+    device: str
+    ts: float
+    up: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """A whole source (an MQTT broker connection, a Modbus line) changed connection state."""
+
+    source: str
+    ts: float
+    connected: bool
+    reason: str = ""
+    devices: tuple[str, ...] = field(default=())
+
+
+Event = Sample | DeviceStatus | SourceStatus
