@@ -1,0 +1,79 @@
+"""A local MQTT broker for the demo: Debian's mosquitto when installed, else an embedded amqtt broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+log = logging.getLogger("meterwatch.broker")
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def find_mosquitto() -> str | None:
+    return shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+
+
+@contextlib.asynccontextmanager
+async def local_broker(host: str, port: int) -> AsyncIterator[str]:
+    """Yields a description of the broker serving host:port (an existing one is reused as it is)."""
+    if port_open(host, port):
+        yield f"existing broker at {host}:{port}"
+        return
+    binary = find_mosquitto()
+    if binary:
+        with tempfile.TemporaryDirectory(prefix="meterwatch-broker-") as tmp:
+            conf = Path(tmp) / "mosquitto.conf"
+            conf.write_text(
+                f"listener {port} {host}\nallow_anonymous true\npersistence true\n"
+                f"persistence_location {tmp}/\n"
+            )
+            proc = subprocess.Popen(
+                [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                await _wait_port(host, port, proc)
+                yield f"mosquitto ({binary}) at {host}:{port}"
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        return
+    from amqtt.broker import Broker
+
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+    )
+    await broker.start()
+    try:
+        yield f"embedded amqtt broker at {host}:{port} (no mosquitto installed)"
+    finally:
+        await broker.shutdown()
+
+
+async def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(100):
+        if proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with code {proc.returncode} (is port {port} in use?)")
+        if port_open(host, port):
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"mosquitto did not open {host}:{port} within 5 s")

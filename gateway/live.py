@@ -1,0 +1,149 @@
+"""The live terminal view: every device of the site with its state and latest readings.
+
+It reads the bus as a best-effort subscriber (drop_oldest): a slow terminal never slows collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from gateway.config import Device, Site
+from gateway.core.bus import Bus, Subscription
+from gateway.core.types import DeviceStatus, Sample, SourceStatus
+
+# The few quantities an engineer looks at first, in display order, with their formats.
+HEADLINE: tuple[tuple[str, str, str], ...] = (
+    ("voltage_l1", "V1", "{:.1f} V"),
+    ("voltage_l2", "V2", "{:.1f} V"),
+    ("voltage_l3", "V3", "{:.1f} V"),
+    ("power_total", "P", "{:.0f} W"),
+    ("pressure", "p", "{:.2f} bar"),
+    ("flow", "Q", "{:.2f} m3/h"),
+    ("level", "level", "{:.2f} m"),
+)
+
+
+@dataclass
+class DeviceView:
+    device: Device
+    values: dict[str, float] = field(default_factory=dict)
+    last_ts: float | None = None
+    up: bool | None = None
+    reason: str = ""
+    samples: int = 0
+
+
+@dataclass
+class LiveView:
+    """A daemon component. `plain=True` prints a text snapshot every `plain_every` seconds instead."""
+
+    site: Site
+    sub: Subscription
+    plain: bool = False
+    plain_every: float = 5.0
+    name: str = "live-view"
+    views: dict[str, DeviceView] = field(default_factory=dict)
+    first_reading_at: float | None = None
+
+    @classmethod
+    def attach(cls, site: Site, bus: Bus, plain: bool | None = None) -> LiveView:
+        sub = bus.subscribe("live-view", maxsize=5000, overflow="drop_oldest")
+        view = cls(site=site, sub=sub, plain=(not sys.stdout.isatty()) if plain is None else plain)
+        view.views = {d.id: DeviceView(d) for d in site.config.devices}
+        return view
+
+    def apply(self, event: object) -> None:
+        if isinstance(event, Sample):
+            v = self.views.get(event.device)
+            if v is None:
+                return
+            v.values.update(event.values)
+            v.last_ts = event.ts
+            v.samples += 1
+            v.up = True
+            if self.first_reading_at is None:
+                self.first_reading_at = time.time()
+        elif isinstance(event, DeviceStatus):
+            v = self.views.get(event.device)
+            if v is not None:
+                v.up, v.reason = event.up, event.reason
+        elif isinstance(event, SourceStatus) and not event.connected:
+            for dev in event.devices:
+                if dev in self.views:
+                    self.views[dev].up, self.views[dev].reason = False, event.reason
+
+    def table(self, now: float | None = None) -> Table:
+        now = time.time() if now is None else now
+        cfg = self.site.config
+        t = Table(
+            title=f"meterwatch · {cfg.site.name or cfg.site.id} · {len(self.views)} devices", expand=False
+        )
+        for col in ("device", "building", "role", "source", "state", "age", *(h[1] for h in HEADLINE)):
+            t.add_column(
+                col, justify="right" if col not in ("device", "building", "role", "source") else "left"
+            )
+        for v in self.views.values():
+            d = v.device
+            if v.up is None:
+                state = "[yellow]waiting[/]"
+            elif v.up:
+                state = "[green]up[/]"
+            else:
+                state = f"[red]down[/] {v.reason[:18]}"
+            age = "" if v.last_ts is None else f"{max(0.0, now - v.last_ts):.0f}s"
+            cells = [fmt.format(v.values[q]) if q in v.values else "" for q, _, fmt in HEADLINE]
+            src = d.line or "mqtt"
+            t.add_row(d.id, d.building, d.role, src, state, age, *cells)
+        return t
+
+    def snapshot_lines(self, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        lines = []
+        for v in self.views.values():
+            vals = " ".join(f"{q}={v.values[q]:.6g}" for q, _, _ in HEADLINE if q in v.values)
+            state = "waiting" if v.up is None else ("up" if v.up else f"down({v.reason})")
+            age = "-" if v.last_ts is None else f"{max(0.0, now - v.last_ts):.1f}s"
+            lines.append(f"{v.device.id:<12} {state:<16} age={age:<6} {vals}")
+        return lines
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.plain:
+            await self._run_plain(stop)
+        else:
+            await self._run_rich(stop)
+
+    async def _drain(self, stop: asyncio.Event, until: float) -> None:
+        while not stop.is_set():
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                event = await asyncio.wait_for(self.sub.get(), timeout=remaining)
+            except TimeoutError:
+                return
+            self.apply(event)
+
+    async def _run_rich(self, stop: asyncio.Event) -> None:
+        console = Console()
+        with Live(self.table(), console=console, refresh_per_second=2, screen=False) as live:
+            while not stop.is_set():
+                await self._drain(stop, time.monotonic() + 0.5)
+                live.update(self.table())
+
+    async def _run_plain(self, stop: asyncio.Event) -> None:
+        next_print = time.monotonic() + self.plain_every
+        while not stop.is_set():
+            await self._drain(stop, next_print)
+            if time.monotonic() >= next_print:
+                stamp = time.strftime("%H:%M:%S")
+                print(f"--- {stamp} live readings", flush=True)
+                for line in self.snapshot_lines():
+                    print(line, flush=True)
+                next_print = time.monotonic() + self.plain_every
