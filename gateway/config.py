@@ -22,6 +22,7 @@ from pydantic import (
 
 from drivers.profile import Profile, builtin_profiles, load_profile_file
 from gateway.core.durations import Duration
+from gateway.sink.settings import HttpConfig, InfluxConfig, SpoolConfig
 from gateway.yamlsrc import LoadedYaml, Loc, YamlSyntaxError, load
 
 Id = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", min_length=1, max_length=64)
@@ -203,6 +204,9 @@ class SiteConfig(Strict):
     profiles_dir: Path | None = Field(
         default=None, description="extra profile files, relative to the site file"
     )
+    influx: InfluxConfig | None = Field(default=None, description="where samples are stored")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -343,9 +347,9 @@ def _cross_check(cfg: SiteConfig, src: LoadedYaml, profiles: dict[str, Profile])
     unique("device", [(("devices", i, "id"), d.id) for i, d in enumerate(cfg.devices)])
 
     for i, b in enumerate(cfg.buildings):
-        for j, d in enumerate(b.domains):
-            if d.parent is not None and d.parent not in domains:
-                add(("buildings", i, "domains", j, "parent"), f"unknown supply domain {d.parent!r}")
+        for j, dom in enumerate(b.domains):
+            if dom.parent is not None and dom.parent not in domains:
+                add(("buildings", i, "domains", j, "parent"), f"unknown supply domain {dom.parent!r}")
     for i, ln in enumerate(cfg.lines):
         if ln.powered_by is not None and ln.powered_by not in domains:
             add(
