@@ -1,0 +1,20 @@
+"""README.md must stay true: the two commands on top, and a configuration reference equal to the models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.docs import current_block, reference
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    head = README.read_text(encoding="utf-8")[:400]
+    assert "make demo" in head and "make test" in head
+
+
+def test_configuration_reference_matches_the_models() -> None:
+    assert current_block(README) == reference().strip(), (
+        "README's configuration reference is out of date: run `python -m gateway.docs --write README.md`"
+    )
