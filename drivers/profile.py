@@ -51,6 +51,10 @@ class Point(BaseModel):
     )
     count: int | None = Field(default=None, ge=1, le=125, description="registers of a string")
     bit: int | None = Field(default=None, ge=0, le=15, description="bit of a register, for type bit")
+    mask: int | None = Field(
+        default=None, ge=1, description="integer types: keep only these bits of the raw value (before shift)"
+    )
+    shift: int = Field(default=0, ge=0, le=63, description="integer types: right shift applied after mask")
     scale: float = 1.0
     offset: float = 0.0
     decimals_register: int | None = Field(
@@ -91,6 +95,10 @@ class Point(BaseModel):
             raise ValueError("a string point needs count (registers)")
         if self.function in ("coil", "discrete") and self.type != "bit":
             raise ValueError(f"a {self.function} point must have type bit")
+        if self.type == "bit" and self.function in ("holding", "input") and self.bit is None:
+            raise ValueError("a bit point in a register needs bit (0-15)")
+        if (self.mask is not None or self.shift) and not self.type.startswith(("int", "uint")):
+            raise ValueError(f"mask and shift apply to integer types only, not {self.type}")
         return self
 
     @property
