@@ -10,6 +10,7 @@ from typing import TypeVar
 import pytest
 
 pytest_plugins: list[str] = []
+pytest_plugins.append("tests.fixtures.victoria")
 
 T = TypeVar("T")
 
