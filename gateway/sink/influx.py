@@ -1,0 +1,109 @@
+"""Synchronous writes through influxdb-client's v2 write API, with every answer classified.
+
+We never use the client's batching mode: it keeps points only in memory and gives up after
+max_retry_time (180 s by default). The forwarder owns batching, retries and the spool; this module makes
+one HTTP request per call and says what the answer means:
+
+| answer                         | outcome      | what the forwarder does                              |
+|--------------------------------|--------------|------------------------------------------------------|
+| 2xx                            | ok           | forget the points (ack the spool)                    |
+| 429, 5xx                       | retry        | back off, honouring Retry-After                      |
+| 413                            | too_large    | split the batch in halves                            |
+| 400, 422, other 4xx            | rejected     | split to isolate the bad points, dead-letter them    |
+| 401, 403, 404                  | config       | keep the points, raise a clear error and a metric    |
+| refused, timeout, DNS, reset   | unreachable  | keep the points, retry with capped backoff           |
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import urllib3
+from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.rest import ApiException
+
+from gateway.sink.settings import InfluxConfig
+
+OutcomeKind = Literal["ok", "retry", "too_large", "rejected", "config", "unreachable"]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    kind: OutcomeKind
+    status: int | None = None
+    retry_after: float | None = None
+    message: str = ""
+
+
+def classify_status(status: int) -> OutcomeKind:
+    if 200 <= status < 300:
+        return "ok"
+    if status == 413:
+        return "too_large"
+    if status in (401, 403, 404):
+        return "config"
+    if status == 429 or status >= 500:
+        return "retry"
+    return "rejected"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After is either delay-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _body_text(exc: ApiException) -> str:
+    body = exc.body
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    text = str(body or exc.reason or "").strip()
+    return text[:500]
+
+
+class InfluxWriter:
+    """One blocking write per call; safe to call from a worker thread."""
+
+    def __init__(self, cfg: InfluxConfig) -> None:
+        self.cfg = cfg
+        token = cfg.token.get_secret_value() if cfg.token is not None else ""
+        self.client = InfluxDBClient(
+            url=cfg.url, token=token, org=cfg.org, timeout=int(cfg.timeout * 1000), retries=False
+        )
+        self.api = self.client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, lines: Sequence[str]) -> WriteOutcome:
+        try:
+            self.api.write(
+                bucket=self.cfg.bucket,
+                org=self.cfg.org,
+                record="\n".join(lines),
+                write_precision=WritePrecision.MS,  # type: ignore[arg-type]
+            )
+        except ApiException as exc:
+            status = int(exc.status or 0)
+            headers = exc.headers
+            retry_after = parse_retry_after(headers.get("Retry-After") if headers else None)
+            kind = classify_status(status) if status else "unreachable"
+            return WriteOutcome(kind, status, retry_after, f"HTTP {status}: {_body_text(exc)}")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return WriteOutcome("unreachable", None, None, f"{type(exc).__name__}: {exc}"[:500])
+        return WriteOutcome("ok", 204)
+
+    def close(self) -> None:
+        self.client.close()

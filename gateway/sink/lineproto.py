@@ -1,0 +1,129 @@
+"""How a Sample becomes one InfluxDB line-protocol point: the writer's naming rules live here, and only here.
+
+Measurement: the device's kind. A Modbus device takes its profile's kind (power, pressure, flow, level,
+other). An MQTT device has no profile, so its site-file role decides: main_power/unit_power/pump -> power,
+zone_pressure -> pressure, flow -> flow, tank -> level, anything else -> other.
+Tags: site, building, device, profile (the profile name, or "mqtt"), domain (when the device has one).
+Fields: one float per quantity (the quantity name unchanged) plus an integer `quality` field:
+0 good, 1 stale, 2 comm_error, 3 decode_error. It is a number, not a string, because VictoriaMetrics and
+other v2-write-API stores keep numeric fields only. Timestamps are written in milliseconds.
+
+A Prometheus-style store such as VictoriaMetrics names field f of measurement m as the metric `m_f`
+(`series_name`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from drivers.profile import Profile
+from gateway.config import Device, Site
+from gateway.core.types import Quality, Sample
+
+MEASUREMENTS: tuple[str, ...] = ("power", "pressure", "flow", "level", "other")
+QUALITY_FIELD = "quality"
+QUALITY_CODES: dict[Quality, int] = {"good": 0, "stale": 1, "comm_error": 2, "decode_error": 3}
+MQTT_PROFILE_TAG = "mqtt"
+
+_ROLE_MEASUREMENT: dict[str, str] = {
+    "main_power": "power",
+    "unit_power": "power",
+    "pump": "power",
+    "zone_pressure": "pressure",
+    "flow": "flow",
+    "tank": "level",
+    "other": "other",
+}
+
+
+def measurement_for_profile(profile: Profile) -> str:
+    return profile.kind if profile.kind in MEASUREMENTS else "other"
+
+
+def measurement_for(device: Device, profile: Profile | None) -> str:
+    """The measurement a device's samples are written to (see the module docstring for the rule)."""
+    if device.source == "modbus" and profile is not None:
+        return measurement_for_profile(profile)
+    return _ROLE_MEASUREMENT.get(device.role, "other")
+
+
+def field_name(quantity: str) -> str:
+    return quantity
+
+
+def series_name(measurement: str, field: str) -> str:
+    """The metric name a Prometheus-style store (VictoriaMetrics) gives field `field` of `measurement`."""
+    return f"{measurement}_{field}"
+
+
+def produced_fields(profiles: Iterable[Profile]) -> dict[str, set[str]]:
+    """measurement -> fields the writer produces for devices of these profiles (plus `quality`)."""
+    out: dict[str, set[str]] = {}
+    for prof in profiles:
+        fields = out.setdefault(measurement_for_profile(prof), {QUALITY_FIELD})
+        fields.update(field_name(q) for q in prof.quantities)
+    return out
+
+
+def _escape_key(s: str) -> str:
+    # tag keys, tag values and field keys: comma, equals sign and space are escaped
+    return s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def _escape_measurement(s: str) -> str:
+    return s.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ")
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesKey:
+    measurement: str
+    tags: tuple[tuple[str, str], ...]
+
+    def prefix(self) -> str:
+        tags = ",".join(f"{_escape_key(k)}={_escape_key(v)}" for k, v in sorted(self.tags) if v != "")
+        return _escape_measurement(self.measurement) + ("," + tags if tags else "")
+
+
+class LineEncoder:
+    """Encodes Samples of one site. Prefixes (measurement + tags) are computed once per device."""
+
+    def __init__(self, site: Site) -> None:
+        self.site_id = site.config.site.id
+        self.keys: dict[str, SeriesKey] = {}
+        self._prefix: dict[str, str] = {}
+        for dev in site.config.devices:
+            profile = site.profiles.get(dev.profile) if dev.profile else None
+            tags = [
+                ("site", self.site_id),
+                ("building", dev.building),
+                ("device", dev.id),
+                ("profile", dev.profile if dev.source == "modbus" and dev.profile else MQTT_PROFILE_TAG),
+                ("domain", dev.domain or ""),
+            ]
+            key = SeriesKey(measurement_for(dev, profile), tuple(tags))
+            self.keys[dev.id] = key
+            self._prefix[dev.id] = key.prefix()
+        self.skipped_values = 0  # NaN/inf values that line protocol cannot carry
+        self.unknown_devices = 0
+
+    def encode(self, sample: Sample) -> str | None:
+        """One line, or None when the sample carries no finite value at all."""
+        prefix = self._prefix.get(sample.device)
+        if prefix is None:
+            # Sources are inventory-driven, so this is a programming error upstream; still store it.
+            self.unknown_devices += 1
+            key = SeriesKey("other", (("site", self.site_id), ("device", sample.device)))
+            prefix = self._prefix[sample.device] = key.prefix()
+        fields = []
+        for quantity, value in sample.values.items():
+            v = float(value)
+            if not math.isfinite(v):
+                self.skipped_values += 1
+                continue
+            fields.append(f"{_escape_key(field_name(quantity))}={v!r}")
+        if not fields:
+            return None
+        fields.append(f"{QUALITY_FIELD}={QUALITY_CODES.get(sample.quality, 0)}i")
+        return f"{prefix} {','.join(fields)} {round(sample.ts * 1000)}"

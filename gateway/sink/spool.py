@@ -1,0 +1,355 @@
+"""The buffer between the bus and InfluxDB: a durable SQLite spool, or an in-memory best-effort buffer.
+
+Durable mode (the default) makes "acknowledged" mean "on disk": the forwarder appends each batch of
+encoded points in ONE transaction (group commit) and only then counts the samples as accepted; a separate
+sender reads the spool oldest first and deletes what InfluxDB accepted.
+
+Why synchronous=FULL with WAL: with NORMAL, a commit in WAL mode survives a killed process (kill -9) but
+not a power cut, because the WAL is fsynced only at checkpoints. This gateway runs in buildings whose power
+fails; losing the last seconds before the cut is exactly the data engineers want. FULL fsyncs the WAL on
+each commit, and since we commit once per batch (not per point) that is a few fsyncs per second at most.
+
+Cursor: the rows still in the table ARE the cursor. The sender deletes rows up to the last id InfluxDB
+accepted, in one transaction, after the write returned. A crash between the write and the delete resends
+at most that one batch (InfluxDB overwrites identical points), so a restart neither resends everything nor
+loses anything.
+
+Bounds: `max_bytes` bounds the spooled payload (line-protocol bytes plus a fixed per-row overhead, which
+approximates the file size; freed pages are reused, so the file stops growing at about that size) and
+`max_age` the time a point may wait. Past either bound the OLDEST points are dropped and counted by
+reason ("bytes", "age"); they are logged once per episode, never silently.
+
+Corruption: a file SQLite cannot open or that fails `quick_check` is renamed `<name>.corrupt-<UTC time>`
+(kept for manual recovery) and a fresh spool is created, instead of refusing to start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger("meterwatch.spool")
+
+DROP_LOG_EVERY = 60.0  # seconds between two log lines about drops of the same reason
+ROW_OVERHEAD = 32  # bytes per row besides the line itself (rowid, enqueue time, length, b-tree cell)
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    id: int
+    line: str
+
+
+@dataclass
+class BufferStats:
+    points: int = 0
+    bytes: int = 0
+    oldest_enqueued: float | None = None
+    appended: int = 0
+    acked: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    quarantined: int = 0
+    commits: int = 0
+
+
+class Buffer(Protocol):
+    """What the forwarder needs from a spool. Every method is called from one thread at a time."""
+
+    stats: BufferStats
+    durable: bool
+    max_bytes: int
+
+    def append(self, lines: Sequence[str]) -> None: ...
+    def peek(self, limit: int) -> list[Pending]: ...
+    def ack(self, last_id: int) -> int: ...
+    def expire(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def _nbytes(line: str) -> int:
+    return len(line.encode("utf-8")) + ROW_OVERHEAD
+
+
+class Spool:
+    """SQLite spool (see the module docstring). Not thread-safe: the forwarder calls it from one thread."""
+
+    durable = True
+
+    def __init__(self, path: Path, max_bytes: int, max_age: float, clock: Clock = time.time) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.clock = clock
+        self.stats = BufferStats()
+        self._last_drop_log: dict[str, float] = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = self._open()
+
+    # -- opening, corruption -------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            self._quarantine(str(exc))
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            row = db.execute("PRAGMA quick_check").fetchone()
+            if row is None or row[0] != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS points ("
+                " id INTEGER PRIMARY KEY AUTOINCREMENT, enq REAL NOT NULL, nbytes INTEGER NOT NULL,"
+                " line TEXT NOT NULL)"
+            )
+            n, total = db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM points").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        self.stats.points, self.stats.bytes = int(n), int(total)
+        self.db = db
+        self._refresh_oldest()
+        if n:
+            log.info(
+                "spool holds points from before the restart; they are sent first",
+                extra={"fields": {"path": str(self.path), "points": n, "bytes": total}},
+            )
+        return db
+
+    def _quarantine(self, reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.rename(Path(str(target) + suffix))
+        self.stats.quarantined += 1
+        log.error(
+            "spool file is corrupt: moved aside, starting a new spool",
+            extra={"fields": {"path": str(self.path), "moved_to": str(target), "reason": reason}},
+        )
+
+    def _recover(self, exc: sqlite3.DatabaseError) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+        self._quarantine(str(exc))
+        self.stats.points = self.stats.bytes = 0
+        self.stats.oldest_enqueued = None
+        self.db = self._connect()
+
+    # -- the buffer protocol ---------------------------------------------------------------------------
+    def append(self, lines: Sequence[str]) -> None:
+        """Store a batch in one transaction; returns only once it is on disk."""
+        if not lines:
+            return
+        now = self.clock()
+        rows = [(now, _nbytes(line), line) for line in lines]
+        try:
+            self._append_rows(rows)
+        except sqlite3.OperationalError:
+            raise  # disk full, locked: the caller keeps the batch and retries
+        except sqlite3.DatabaseError as exc:
+            self._recover(exc)
+            self._append_rows(rows)
+
+    def _append_rows(self, rows: list[tuple[float, int, str]]) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT INTO points (enq, nbytes, line) VALUES (?, ?, ?)", rows)
+            added = sum(r[1] for r in rows)
+            dropped = self._trim_bytes(self.stats.bytes + added)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.stats.commits += 1
+        self.stats.appended += len(rows)
+        self.stats.points += len(rows) - dropped[0]
+        self.stats.bytes += added - dropped[1]
+        if dropped[0]:
+            self._count_drop("bytes", dropped[0])
+        if self.stats.oldest_enqueued is None or dropped[0]:
+            self._refresh_oldest()
+
+    def _trim_bytes(self, total: int) -> tuple[int, int]:
+        """Inside the caller's transaction: drop the oldest rows until `total` fits. (rows, bytes) dropped."""
+        excess = total - self.max_bytes
+        if excess <= 0:
+            return 0, 0
+        freed = rows = 0
+        cut = None
+        cur = self.db.execute("SELECT id, nbytes FROM points ORDER BY id")
+        while freed < excess:
+            chunk = cur.fetchmany(512)
+            if not chunk:
+                break
+            for rid, nbytes in chunk:
+                freed += nbytes
+                rows += 1
+                cut = rid
+                if freed >= excess:
+                    break
+        cur.close()
+        if cut is not None:
+            self.db.execute("DELETE FROM points WHERE id <= ?", (cut,))
+        return rows, freed
+
+    def peek(self, limit: int) -> list[Pending]:
+        try:
+            cur = self.db.execute("SELECT id, line FROM points ORDER BY id LIMIT ?", (limit,))
+            return [Pending(int(r[0]), str(r[1])) for r in cur]
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            self._recover(exc)
+            return []
+
+    def ack(self, last_id: int) -> int:
+        """InfluxDB accepted (or the dead-letter file took) every point up to `last_id`: forget them."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            n, nbytes = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM points WHERE id <= ?", (last_id,)
+            ).fetchone()
+            db.execute("DELETE FROM points WHERE id <= ?", (last_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.stats.points -= int(n)
+        self.stats.bytes -= int(nbytes)
+        self.stats.acked += int(n)
+        self._refresh_oldest()
+        return int(n)
+
+    def expire(self) -> int:
+        """Drop points older than max_age (oldest first). Returns how many."""
+        cutoff = self.clock() - self.max_age
+        if self.stats.oldest_enqueued is None or self.stats.oldest_enqueued >= cutoff:
+            return 0
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            n, nbytes = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM points WHERE enq < ?", (cutoff,)
+            ).fetchone()
+            db.execute("DELETE FROM points WHERE enq < ?", (cutoff,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.stats.points -= int(n)
+        self.stats.bytes -= int(nbytes)
+        if n:
+            self._count_drop("age", int(n))
+        self._refresh_oldest()
+        return int(n)
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def _refresh_oldest(self) -> None:
+        row = self.db.execute("SELECT enq FROM points ORDER BY id LIMIT 1").fetchone()
+        self.stats.oldest_enqueued = float(row[0]) if row else None
+
+    def _count_drop(self, reason: str, n: int) -> None:
+        self.stats.dropped[reason] += n
+        now = time.monotonic()
+        if now - self._last_drop_log.get(reason, -1e9) < DROP_LOG_EVERY:
+            return  # counted in the metric; the log says it again at most once a minute
+        self._last_drop_log[reason] = now
+        log.warning(
+            "spool bound reached: dropped the oldest points",
+            extra={"fields": {"reason": reason, "points": n, "dropped_total": self.stats.dropped[reason]}},
+        )
+
+
+class MemoryBuffer:
+    """Best-effort mode: the same bounds and drop-oldest policy, in memory; lost if the process dies."""
+
+    durable = False
+
+    def __init__(self, max_bytes: int, max_age: float, clock: Clock = time.time) -> None:
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.clock = clock
+        self.stats = BufferStats()
+        self._rows: deque[tuple[int, float, int, str]] = deque()
+        self._next_id = 1
+
+    def append(self, lines: Sequence[str]) -> None:
+        now = self.clock()
+        for line in lines:
+            n = _nbytes(line)
+            self._rows.append((self._next_id, now, n, line))
+            self._next_id += 1
+            self.stats.bytes += n
+        self.stats.points += len(lines)
+        self.stats.appended += len(lines)
+        dropped = 0
+        while self.stats.bytes > self.max_bytes and self._rows:
+            self._pop()
+            dropped += 1
+        if dropped:
+            self.stats.dropped["bytes"] += dropped
+        self._refresh()
+
+    def peek(self, limit: int) -> list[Pending]:
+        out: list[Pending] = []
+        for rid, _, _, line in self._rows:
+            if len(out) >= limit:
+                break
+            out.append(Pending(rid, line))
+        return out
+
+    def ack(self, last_id: int) -> int:
+        n = 0
+        while self._rows and self._rows[0][0] <= last_id:
+            self._pop()
+            n += 1
+        self.stats.acked += n
+        self._refresh()
+        return n
+
+    def expire(self) -> int:
+        cutoff = self.clock() - self.max_age
+        n = 0
+        while self._rows and self._rows[0][1] < cutoff:
+            self._pop()
+            n += 1
+        if n:
+            self.stats.dropped["age"] += n
+        self._refresh()
+        return n
+
+    def close(self) -> None:
+        if self._rows:
+            log.warning(
+                "best-effort buffer discarded at shutdown", extra={"fields": {"points": len(self._rows)}}
+            )
+
+    def _pop(self) -> None:
+        _, _, n, _ = self._rows.popleft()
+        self.stats.points -= 1
+        self.stats.bytes -= n
+
+    def _refresh(self) -> None:
+        self.stats.oldest_enqueued = self._rows[0][1] if self._rows else None
