@@ -40,6 +40,15 @@ def check(site_file: Path = SiteArg) -> None:
 
 
 @app.command()
+def plan(site_file: Path = SiteArg) -> None:
+    """Print the exact Modbus requests of every line and the estimated cycle time (a dry run)."""
+    site = _load_or_exit(site_file)
+    from gateway.summary import print_plan
+
+    raise typer.Exit(0 if print_plan(site) else 1)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of the site file (for editor completion)."""
     json.dump(json_schema(), sys.stdout, indent=2)

@@ -1,0 +1,58 @@
+"""What the Modbus driver needs to know about a line and its devices, as plain data.
+
+The driver never reads the site file: gateway/modbus_setup.py turns the site config into these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from drivers.modbus.planner import ReadRequest
+
+Transport = Literal["tcp", "rtu", "rtu_over_tcp"]
+
+
+@dataclass(frozen=True)
+class LineSpec:
+    id: str
+    transport: Transport
+    host: str | None = None
+    port: int | None = None
+    device: str | None = None  # serial port path, for rtu
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: int = 8
+    stopbits: int = 1
+    timeout: float = 1.0
+    retries: int = 0
+    inter_request_delay: float = 0.0
+    max_connections: int = 1
+    down_after: int = 3
+    backoff_max: float = 300.0
+    backoff_min: float = 1.0  # first re-probe delay of a down device
+
+    @property
+    def endpoint(self) -> str:
+        if self.transport == "rtu":
+            return f"{self.device} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def serial_timing(self) -> bool:
+        """True when frames cross a serial bus (RTU, or RTU over a serial device server)."""
+        return self.transport in ("rtu", "rtu_over_tcp")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    id: str
+    unit: int
+    poll_interval: float
+    requests: tuple[ReadRequest, ...]
+    profile: str = ""
+    units: dict[str, str] = field(default_factory=dict)  # quantity -> engineering unit
+
+    @property
+    def register_reads(self) -> int:
+        return len(self.requests)

@@ -1,0 +1,81 @@
+"""The site file's Modbus lines and devices, turned into the driver's plain specs and line actors."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from drivers.modbus.planner import DEFAULT_MAX_GAP, plan_reads
+from drivers.modbus.spec import DeviceSpec, LineSpec
+from gateway.config import Device, Line, Site
+
+if TYPE_CHECKING:
+    from gateway.daemon import Component, Runtime
+
+
+def line_spec(line: Line) -> LineSpec:
+    return LineSpec(
+        id=line.id,
+        transport=line.transport,
+        host=line.host,
+        port=line.port,
+        device=line.device,
+        baudrate=line.baudrate,
+        parity=line.parity,
+        bytesize=line.bytesize,
+        stopbits=line.stopbits,
+        timeout=float(line.timeout),
+        retries=line.retries,
+        inter_request_delay=float(line.inter_request_delay),
+        max_connections=line.max_connections,
+        down_after=line.down_after,
+        backoff_max=float(line.backoff_max),
+    )
+
+
+def device_spec(site: Site, device: Device) -> DeviceSpec:
+    assert device.profile is not None
+    profile = site.profiles[device.profile]
+    wanted = set(device.quantities) if device.quantities else None
+    points = [p for p in profile.points if wanted is None or p.quantity in wanted]
+    unit = device.unit if device.unit is not None else profile.default_unit
+    requests = plan_reads(
+        points,
+        unit,
+        max_registers=device.max_registers_per_read or profile.max_registers_per_read,
+        max_gap=device.max_gap if device.max_gap is not None else DEFAULT_MAX_GAP,
+        one_read_per_value=device.one_read_per_value,
+    )
+    return DeviceSpec(
+        id=device.id,
+        unit=unit,
+        poll_interval=float(device.poll_interval),
+        requests=tuple(requests),
+        profile=profile.name,
+        units={p.quantity: p.unit for p in points},
+    )
+
+
+def modbus_specs(site: Site) -> list[tuple[LineSpec, list[DeviceSpec]]]:
+    """Every Modbus line of the site with the devices it polls, in file order."""
+    return [
+        (line_spec(line), [device_spec(site, d) for d in site.devices_on(line.id) if d.source == "modbus"])
+        for line in site.config.lines
+    ]
+
+
+def build(rt: Runtime) -> list[Component]:
+    """One line actor per Modbus line; they publish to rt.bus and expose their stats as a service."""
+    from drivers.modbus.line import LineActor
+
+    actors: list[Component] = []
+    line_stats = {}
+    device_stats = {}
+    for line, devices in modbus_specs(rt.site):
+        if not devices:
+            continue
+        actor = LineActor(line, devices, rt.bus.publish)
+        line_stats[line.id] = actor.stats
+        device_stats.update(actor.device_stats)
+        actors.append(actor)
+    rt.services["modbus_stats"] = {"lines": line_stats, "devices": device_stats}
+    return actors
