@@ -20,10 +20,13 @@ from pydantic import (
     model_validator,
 )
 
+from drivers.mqtt.settings import subscription_problems
 from drivers.profile import Profile, builtin_profiles, load_profile_file
 from gateway.core.durations import Duration
 from gateway.sink.settings import HttpConfig, InfluxConfig, SpoolConfig
 from gateway.yamlsrc import LoadedYaml, Loc, YamlSyntaxError, load
+from rules.spec import RULE_KINDS, Detection, GatewaySection, RuleSpec
+from rules.spec import cross_check as rules_cross_check
 
 Id = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", min_length=1, max_length=64)
 
@@ -179,6 +182,21 @@ class MqttSubscription(Strict):
     time_field: str | None = Field(default=None, description="json: field path of an epoch or ISO timestamp")
     qos: Literal[0, 1, 2] | None = None
 
+    @model_validator(mode="after")
+    def _check(self) -> MqttSubscription:
+        problems = subscription_problems(
+            self.topic,
+            self.format,
+            self.device,
+            self.quantity,
+            self.fields,
+            self.device_field,
+            self.time_field,
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 class MqttConfig(Strict):
     host: str = "localhost"
@@ -207,6 +225,11 @@ class SiteConfig(Strict):
     influx: InfluxConfig | None = Field(default=None, description="where samples are stored")
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    rules: list[RuleSpec] | None = Field(
+        default=None, description="detection rules; merged into the default rule set by id"
+    )
+    detection: Detection = Field(default_factory=Detection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -317,7 +340,10 @@ def load_site(path: str | Path, env: dict[str, str] | None = None) -> Site:
 
 def _strip_union_tags(loc: Loc) -> Loc:
     # pydantic inserts the union member name (e.g. "function-after[...]") into loc; the user never wrote it.
-    return tuple(x for x in loc if not (isinstance(x, str) and ("[" in x or x in ("str", "int", "float"))))
+    return tuple(x for x in loc if not (isinstance(x, str) and ("[" in x or x in _UNION_TAGS)))
+
+
+_UNION_TAGS = frozenset({"str", "int", "float", *RULE_KINDS})
 
 
 def _cross_check(cfg: SiteConfig, src: LoadedYaml, profiles: dict[str, Profile]) -> list[ConfigIssue]:
@@ -385,6 +411,12 @@ def _cross_check(cfg: SiteConfig, src: LoadedYaml, profiles: dict[str, Profile])
             if other is not None:
                 add(("devices", i, "unit"), f"unit {unit} on line {d.line} is already used by device {other}")
             units_on_line[(d.line, unit)] = d.id
+    for loc, msg in rules_cross_check(cfg):
+        add(loc, msg)
+    mqtt_devices = {d.id for d in cfg.devices if d.source == "mqtt"}
+    for i, sub in enumerate(cfg.mqtt.subscriptions if cfg.mqtt else []):
+        if sub.device is not None and sub.device not in mqtt_devices:
+            add(("mqtt", "subscriptions", i, "device"), f"{sub.device!r} is not a device with source: mqtt")
     return issues
 
 

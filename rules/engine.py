@@ -1,0 +1,301 @@
+"""The detection engine: pure, with no clock and no I/O. Time comes in with the events and with tick(now).
+
+    engine = Engine(topology, evaluators, settings, start=t0)
+    engine.feed(sample_or_status) -> [transitions]      # AlertChange / IncidentChange
+    engine.tick(now)              -> [transitions]      # timers: holds, silence, calendar windows
+
+Alert states: inactive -> pending -> firing -> recovering -> resolved. Holds (`for`, `clear_for`) are measured
+on evidence time and need continuous evidence: a gap in the data restarts them, and only fresh samples can
+clear anything, so data that stops never resolves an alert. Silence is judged from the device inventory
+(every device is expected from `start` on), not from having seen a device before.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from gateway.core.types import DeviceStatus, Event, Sample, SourceStatus
+from rules.correlate import MAINS_RULE, SILENT, VOLTS, Correlator
+from rules.kinds import Absence, Context, Kind, Polyphase
+from rules.model import (
+    FIRING,
+    INACTIVE,
+    PENDING,
+    RECOVERING,
+    RESOLVED,
+    Alert,
+    AlertChange,
+    DetectionSettings,
+    Incident,
+    RuleInfo,
+    Transition,
+)
+from rules.topology import Topology
+
+INF = math.inf
+
+
+class Engine:
+    def __init__(
+        self,
+        topology: Topology,
+        kinds: list[Kind],
+        settings: DetectionSettings | None = None,
+        start: float = 0.0,
+    ) -> None:
+        self.topo = topology
+        self.settings = settings or DetectionSettings()
+        self.kinds = kinds
+        self.infos: dict[str, RuleInfo] = {k.info.id: k.info for k in kinds}
+        self.by_device: dict[str, list[Kind]] = {d: [] for d in topology.devices}
+        self.absence: dict[str, list[Absence]] = {d: [] for d in topology.devices}
+        dark_kind: dict[str, str] = {}
+        for k in kinds:
+            if isinstance(k, Absence):
+                dark_kind[k.info.id] = SILENT
+                for d in k.devices:
+                    self.absence[d].append(k)
+                continue
+            if isinstance(k, Polyphase) and k.check == "outage":
+                dark_kind[k.info.id] = VOLTS
+            for d in k.devices:
+                self.by_device[d].append(k)
+        self._timed = [k for k in kinds if type(k).wakeup is not Kind.wakeup]
+        self.gap: dict[str, float] = {}
+        for d, node in topology.devices.items():
+            stale = [a.stale_after[d] for a in self.absence[d]]
+            self.gap[d] = min(stale) if stale else max(3.0 * node.interval, 10.0)
+        self.alerts: dict[str, Alert] = {}
+        self.last_seen: dict[str, float] = dict.fromkeys(topology.devices, start)
+        self.down: set[str] = set()
+        self.ctx = Context(topology)
+        self.corr = Correlator(topology, self.infos, dark_kind, self.settings)
+        self.unknown_devices = 0
+        self.now = start
+        self._dirty = False
+
+    # ---------------------------------------------------------------------------------------------------
+    @property
+    def incidents(self) -> dict[int, Incident]:
+        return self.corr.incidents
+
+    def feed(self, event: Event) -> list[Transition]:
+        out: list[Transition] = []
+        if isinstance(event, Sample):
+            self._sample(event, out)
+        elif isinstance(event, DeviceStatus):
+            if event.device not in self.topo.devices:
+                self.unknown_devices += 1
+                return out
+            if event.up:
+                self.down.discard(event.device)
+            else:
+                self.down.add(event.device)
+                self._silent(event.device, event.ts, out)
+        elif isinstance(event, SourceStatus):
+            if event.connected:
+                self.corr.source_down.pop(event.source, None)
+            else:
+                devs = frozenset(d for d in event.devices if d in self.topo.devices)
+                self.corr.source_down[event.source] = devs
+                for d in devs:
+                    self.down.add(d)
+                    self._silent(d, event.ts, out)
+            self._dirty = True
+        self.now = max(self.now, event.ts)
+        if self._dirty:
+            self._dirty = False
+            out.extend(self.corr.run(self.alerts, self.now))
+        return out
+
+    def _sample(self, s: Sample, out: list[Transition]) -> None:
+        node = self.topo.devices.get(s.device)
+        if node is None:
+            self.unknown_devices += 1
+            return
+        if s.quality == "stale" or not s.values:
+            return  # a repeated (retained) value proves nothing about now
+        if any(v != v or v in (INF, -INF) for v in s.values.values()):
+            s = Sample(s.device, s.ts, {k: v for k, v in s.values.items() if math.isfinite(v)}, s.quality)
+        d = s.device
+        if s.ts > self.last_seen[d]:
+            self.last_seen[d] = s.ts
+        self.down.discard(d)
+        self.ctx.last_values[d] = s.values
+        self.ctx.last_ts[d] = s.ts
+        for ab in self.absence[d]:
+            if ab.info.id + "|" + d in self.alerts:
+                self._apply(ab.info, d, "", False, None, s.ts, out)
+        for k in self.by_device[d]:
+            for sub, cond, value in k.on_sample(node, s, self.ctx):
+                self._apply(k.info, d, sub, cond, value, s.ts, out)
+
+    def _silent(self, d: str, ts: float, out: list[Transition]) -> None:
+        for ab in self.absence[d]:
+            a = self.alerts.get(ab.info.id + "|" + d)
+            if a is None or a.state != FIRING:
+                self._apply(ab.info, d, "", True, None, ts, out)
+
+    def tick(self, now: float) -> list[Transition]:
+        out: list[Transition] = []
+        if now < self.now:
+            now = self.now  # time never runs backwards inside the engine
+        self.now = now
+        for k in self._timed:
+            for d, sub, cond, value in k.on_tick(now):
+                self._apply(k.info, d, sub, cond, value, now, out)
+        for d, abs_rules in self.absence.items():
+            if not abs_rules:
+                continue
+            seen = self.last_seen[d]
+            down = d in self.down
+            for ab in abs_rules:
+                if down or now - seen >= ab.stale_after[d]:
+                    a = self.alerts.get(ab.info.id + "|" + d)
+                    if a is None or a.state != FIRING:
+                        self._apply(ab.info, d, "", True, None, now, out)
+        for a in [a for a in self.alerts.values() if a.state == PENDING]:
+            info = self.infos[a.rule]
+            if (
+                info.kind != "absence"
+                and now - a.since >= info.for_
+                and now - a.last_evidence <= self.gap[a.device]
+            ):
+                self._set(a, FIRING, now, out)
+        hold = self.corr.hold_deadline()
+        if self._dirty or (hold is not None and now >= hold):
+            self._dirty = False
+            out.extend(self.corr.run(self.alerts, now))
+        return out
+
+    def next_wakeup(self) -> float | None:
+        """The earliest time a tick could change something, for replay in virtual time."""
+        cands: list[float] = []
+        for d, abs_rules in self.absence.items():
+            if abs_rules and d not in self.down:
+                cands.append(self.last_seen[d] + min(ab.stale_after[d] for ab in abs_rules))
+        for a in self.alerts.values():
+            if a.state == PENDING:
+                cands.append(a.since + self.infos[a.rule].for_)
+        for k in self._timed:
+            w = k.wakeup()
+            if w is not None:
+                cands.append(w)
+        hold = self.corr.hold_deadline()
+        if hold is not None:
+            cands.append(hold)
+        future = [c for c in cands if c > self.now]
+        return min(future) if future else None
+
+    # ---------------------------------------------------------------------------------------------------
+    def _apply(
+        self,
+        info: RuleInfo,
+        device: str,
+        sub: str,
+        cond: bool | None,
+        value: float | None,
+        ts: float,
+        out: list[Transition],
+    ) -> None:
+        key = f"{info.id}|{device}" if not sub else f"{info.id}|{device}|{sub}"
+        a = self.alerts.get(key)
+        if a is None:
+            if cond is True:
+                a = Alert(key, info.id, device, PENDING, ts, ts, ts, value)
+                self.alerts[key] = a
+                out.append(AlertChange(ts, key, info.id, device, INACTIVE, PENDING, value))
+                if info.for_ <= 0:
+                    self._set(a, FIRING, ts, out)
+            return
+        if ts < a.last_evidence:
+            return  # late, out-of-order evidence cannot rewrite what is already decided
+        # silence is continuous by nature; everything else needs evidence without gaps
+        gap_limit = INF if (info.kind == "absence" and cond is True) else self.gap[device]
+        gap = ts - a.last_evidence > gap_limit
+        a.last_evidence = ts
+        if value is not None:
+            a.value = value
+        if cond is True:
+            if a.state == PENDING:
+                if gap:
+                    a.since = ts
+                elif ts - a.since >= info.for_:
+                    self._set(a, FIRING, ts, out)
+            elif a.state == RECOVERING:
+                a.flaps += 1
+                self._set(a, FIRING, ts, out, "flap")
+        elif cond is False:
+            if a.state == PENDING:
+                self._drop(a, INACTIVE, ts, out)
+            elif a.state == FIRING:
+                self._set(a, RECOVERING, ts, out)
+                if info.clear_for <= 0:
+                    self._drop(a, RESOLVED, ts, out)
+            elif a.state == RECOVERING:
+                if gap:
+                    a.since = ts
+                elif ts - a.since >= info.clear_for:
+                    self._drop(a, RESOLVED, ts, out)
+        elif a.state == PENDING:
+            self._drop(a, INACTIVE, ts, out)
+        elif a.state == RECOVERING:
+            self._set(a, FIRING, ts, out, "back in the hysteresis band")
+
+    def _set(self, a: Alert, state: str, ts: float, out: list[Transition], note: str = "") -> None:
+        out.append(AlertChange(ts, a.key, a.rule, a.device, a.state, state, a.value, note))
+        a.state = state
+        a.since = ts
+        if state == FIRING and a.fired_at is None:
+            a.fired_at = ts
+        self._dirty = True
+
+    def _drop(self, a: Alert, state: str, ts: float, out: list[Transition]) -> None:
+        out.append(AlertChange(ts, a.key, a.rule, a.device, a.state, state, a.value))
+        del self.alerts[a.key]
+        if state == RESOLVED:
+            self._dirty = True
+
+    # ---------------------------------------------------------------------------------------------------
+    def export_kinds(self) -> dict[str, dict[str, object]]:
+        return {k.info.id: st for k in self.kinds if (st := k.export())}
+
+    def restore(
+        self,
+        alerts: Iterable[Alert],
+        incidents: Iterable[Incident],
+        kinds_state: dict[str, dict[str, object]] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Continue after a restart. Running holds need new evidence: the time we were down proves nothing."""
+        now = self.now if now is None else now
+        self.now = max(self.now, now)
+        for a in alerts:
+            if a.rule not in self.infos or a.device not in self.topo.devices:
+                continue  # the rule or device left the site file; its incident keeps its history
+            if a.state in (PENDING, RECOVERING):
+                a.last_evidence = -INF
+            self.alerts[a.key] = a
+        for inc in incidents:
+            self.corr.incidents[inc.id] = inc
+            self.corr.next_id = max(self.corr.next_id, inc.id + 1)
+            if inc.is_open:
+                self.corr.open_by_key[inc.key] = inc.id
+                kind, _, ref = inc.scope.partition(":")
+                if inc.category == "power_outage" and kind == "domain":
+                    self.corr.domain_active.add(ref)
+            elif inc.state == "resolved":
+                prev = self.corr.resolved_by_key.get(inc.key)
+                if prev is None or prev < inc.id:
+                    self.corr.resolved_by_key[inc.key] = inc.id
+        for k in self.kinds:
+            st = (kinds_state or {}).get(k.info.id)
+            if st:
+                k.restore(st)
+        for d in self.last_seen:
+            self.last_seen[d] = max(self.last_seen[d], self.now)
+        self._dirty = True
+
+
+__all__ = ["MAINS_RULE", "Engine"]

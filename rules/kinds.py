@@ -1,0 +1,317 @@
+"""Rule kinds: each turns a device's samples into evidence for its alert instances.
+
+Evidence is (sub_key, condition, value): condition True = the trigger holds, False = the clear condition holds
+(fresh proof of health), None = inside the hysteresis band (neither). No evidence at all (the sample does not
+carry the quantity) is an empty list: absence of data is never proof of anything.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from gateway.core.types import Sample
+from rules.model import RuleInfo
+from rules.topology import DeviceNode, Topology
+
+Evidence = tuple[str, bool | None, float | None]
+TickEvidence = tuple[str, str, bool | None, float | None]  # device, sub, condition, value
+
+
+@dataclass
+class Context:
+    """What the engine knows besides the sample in hand: the latest readings of every device."""
+
+    topology: Topology
+    last_values: dict[str, Mapping[str, float]] = field(default_factory=dict)
+    last_ts: dict[str, float] = field(default_factory=dict)
+    freshness: float = 30.0  # a reading older than this does not count as the current value
+
+
+class Kind:
+    info: RuleInfo
+    devices: frozenset[str]
+
+    def on_sample(self, dev: DeviceNode, s: Sample, ctx: Context) -> list[Evidence]:
+        return []
+
+    def on_tick(self, now: float) -> list[TickEvidence]:
+        return []
+
+    def wakeup(self) -> float | None:
+        return None
+
+    def export(self) -> dict[str, object]:
+        return {}
+
+    def restore(self, data: dict[str, object]) -> None:
+        return None
+
+
+@dataclass
+class Polyphase(Kind):
+    info: RuleInfo
+    devices: frozenset[str]
+    check: str
+    phases: tuple[str, ...]
+    pct: float
+    clear_pct: float
+    others_above_pct: float
+
+    def on_sample(self, dev: DeviceNode, s: Sample, ctx: Context) -> list[Evidence]:
+        vals = [s.values[q] for q in self.phases if q in s.values]
+        if not vals:
+            return []
+        un = dev.nominal_voltage
+        lo, hi = min(vals), max(vals)
+        trig, clear = self.pct * un / 100.0, self.clear_pct * un / 100.0
+        cond: bool | None
+        if self.check == "outage":
+            cond = True if hi < trig else (False if lo >= clear else None)
+            return [("", cond, hi)]
+        if self.check == "phase_loss":
+            if len(vals) < 2:
+                return []
+            healthy = self.others_above_pct * un / 100.0
+            cond = True if lo < trig and hi >= healthy else (False if lo >= clear else None)
+            return [("", cond, lo)]
+        if self.check == "undervoltage":
+            # a dead phase is an outage or a phase loss, not an undervoltage: those rules own it
+            floor = 0.6 * un
+            cond = True if floor <= lo < trig else (False if lo >= clear else None)
+            return [("", cond, lo)]
+        cond = True if hi > trig else (False if hi <= clear else None)
+        return [("", cond, hi)]
+
+
+@dataclass
+class Threshold(Kind):
+    info: RuleInfo
+    devices: frozenset[str]
+    quantity: str
+    below: float | None
+    above: float | None
+    clear_at: float
+
+    def on_sample(self, dev: DeviceNode, s: Sample, ctx: Context) -> list[Evidence]:
+        v = s.values.get(self.quantity)
+        if v is None:
+            return []
+        if self.below is not None:
+            return [("", True if v < self.below else (False if v >= self.clear_at else None), v)]
+        assert self.above is not None
+        return [("", True if v > self.above else (False if v <= self.clear_at else None), v)]
+
+
+@dataclass
+class Absence(Kind):
+    """Handled by the engine itself (it needs the clock); this holds the settings."""
+
+    info: RuleInfo
+    devices: frozenset[str]
+    stale_after: dict[str, float]
+
+
+@dataclass
+class Rate(Kind):
+    info: RuleInfo
+    devices: frozenset[str]
+    quantity: str
+    limit: float  # units per second, positive
+    falling: bool
+    window: float
+    history: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
+
+    def on_sample(self, dev: DeviceNode, s: Sample, ctx: Context) -> list[Evidence]:
+        v = s.values.get(self.quantity)
+        if v is None:
+            return []
+        h = self.history.get(dev.id)
+        if h is None:
+            h = self.history[dev.id] = deque()
+        if h and s.ts - h[-1][0] > self.window:
+            h.clear()  # a gap: a rate across it would be invented
+        h.append((s.ts, v))
+        while h and s.ts - h[0][0] > self.window:
+            h.popleft()
+        t0, v0 = h[0]
+        if s.ts - t0 < self.window / 2:
+            return []
+        rate = (v - v0) / (s.ts - t0)
+        speed = -rate if self.falling else rate
+        cond = True if speed > self.limit else (False if speed <= self.limit / 2 else None)
+        return [("", cond, rate)]
+
+
+@dataclass
+class _Night:
+    day: str  # ISO date of the window's start
+    end_ts: float
+    n: int = 0
+    total: float = 0.0
+    lo: float = float("inf")
+    hi: float = float("-inf")
+
+
+@dataclass
+class Calendar(Kind):
+    """Aggregates a quantity over a daily local-time window (site time zone); counts bad windows in a row."""
+
+    info: RuleInfo
+    devices: frozenset[str]
+    quantity: str
+    start: time
+    end: time
+    tz: ZoneInfo
+    aggregate: str
+    above: float
+    clear_at: float
+    consecutive: int
+    current: dict[str, _Night] = field(default_factory=dict)
+    streak: dict[str, tuple[str, int]] = field(default_factory=dict)  # device -> (last bad day, count)
+
+    def _window_of(self, ts: float) -> tuple[date, float] | None:
+        local = datetime.fromtimestamp(ts, self.tz)
+        t = local.time()
+        day = local.date()
+        if self.start < self.end:
+            if not (self.start <= t < self.end):
+                return None
+        elif t >= self.start:
+            pass
+        elif t < self.end:
+            day = day - timedelta(days=1)
+        else:
+            return None
+        end_day = day if self.start < self.end else day + timedelta(days=1)
+        end_ts = datetime.combine(end_day, self.end, tzinfo=self.tz).timestamp()
+        return day, end_ts
+
+    def on_sample(self, dev: DeviceNode, s: Sample, ctx: Context) -> list[Evidence]:
+        out: list[Evidence] = []
+        cur = self.current.get(dev.id)
+        if cur is not None and s.ts >= cur.end_ts:
+            out.extend(self._close(dev.id))
+            cur = None
+        v = s.values.get(self.quantity)
+        if v is None:
+            return out
+        win = self._window_of(s.ts)
+        if win is None:
+            return out
+        day, end_ts = win
+        if cur is None or cur.day != day.isoformat():
+            if cur is not None:
+                out.extend(self._close(dev.id))
+            cur = self.current[dev.id] = _Night(day.isoformat(), end_ts)
+        cur.n += 1
+        cur.total += v
+        cur.lo = min(cur.lo, v)
+        cur.hi = max(cur.hi, v)
+        return out
+
+    def _close(self, device: str) -> list[Evidence]:
+        night = self.current.pop(device)
+        value = {"min": night.lo, "max": night.hi, "avg": night.total / night.n}[self.aggregate]
+        if value > self.above:
+            last_day, count = self.streak.get(device, ("", 0))
+            yesterday = (date.fromisoformat(night.day) - timedelta(days=1)).isoformat()
+            count = count + 1 if last_day == yesterday else 1
+            self.streak[device] = (night.day, count)
+            return [("", True, value)] if count >= self.consecutive else []
+        self.streak.pop(device, None)
+        if value <= self.clear_at:
+            return [("", False, value)]
+        return [("", None, value)]
+
+    def on_tick(self, now: float) -> list[TickEvidence]:
+        out: list[TickEvidence] = []
+        for device in [d for d, n in self.current.items() if now >= n.end_ts]:
+            out.extend((device, sub, cond, v) for sub, cond, v in self._close(device))
+        return out
+
+    def wakeup(self) -> float | None:
+        return min((n.end_ts for n in self.current.values()), default=None)
+
+    def export(self) -> dict[str, object]:
+        return {
+            "current": {d: [n.day, n.end_ts, n.n, n.total, n.lo, n.hi] for d, n in self.current.items()},
+            "streak": {d: list(v) for d, v in self.streak.items()},
+        }
+
+    def restore(self, data: dict[str, object]) -> None:
+        cur = data.get("current") or {}
+        assert isinstance(cur, dict)
+        for d, (day, end_ts, n, total, lo, hi) in cur.items():
+            self.current[d] = _Night(day, end_ts, n, total, lo, hi)
+        streak = data.get("streak") or {}
+        assert isinstance(streak, dict)
+        self.streak = {d: (str(v[0]), int(v[1])) for d, v in streak.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Cond:
+    quantity: str
+    above: float
+    devices: tuple[str, ...] | None
+
+
+@dataclass
+class Sequence(Kind):
+    info: RuleInfo
+    devices: frozenset[str]
+    mode: str
+    running: Cond
+    expect: tuple[Cond, ...]
+    max_starts: int
+    period: float
+    was_running: dict[str, bool] = field(default_factory=dict)
+    starts: dict[str, deque[float]] = field(default_factory=dict)
+
+    def _read(self, dev: DeviceNode, c: Cond, now: float, ctx: Context) -> float | None:
+        """Latest fresh value of c.quantity from c.devices, else the device itself, else its building."""
+        if c.devices is not None:
+            candidates: list[str] = list(c.devices)
+        else:
+            own = ctx.last_values.get(dev.id, {})
+            if c.quantity in own:
+                candidates = [dev.id]
+            else:
+                candidates = [d.id for d in ctx.topology.devices.values() if d.building == dev.building]
+        best: float | None = None
+        for d in candidates:
+            vals = ctx.last_values.get(d)
+            if vals is None or c.quantity not in vals or now - ctx.last_ts.get(d, -1e18) > ctx.freshness:
+                continue
+            v = vals[c.quantity]
+            best = v if best is None else max(best, v)
+        return best
+
+    def on_sample(self, dev: DeviceNode, s: Sample, ctx: Context) -> list[Evidence]:
+        r = s.values.get(self.running.quantity) if self.running.devices is None else None
+        if r is None:
+            r = self._read(dev, self.running, s.ts, ctx)
+        if r is None:
+            return []
+        running = r > self.running.above
+        was = self.was_running.get(dev.id, False)
+        self.was_running[dev.id] = running
+        if self.mode == "short_cycling":
+            q = self.starts.setdefault(dev.id, deque())
+            if running and not was:
+                q.append(s.ts)
+            while q and s.ts - q[0] > self.period:
+                q.popleft()
+            n = len(q)
+            cond = True if n > self.max_starts else (False if n <= self.max_starts // 2 else None)
+            return [("", cond, float(n))]
+        if not running:
+            return [("", None, r)]  # a stopped pump proves nothing about supply
+        got = [(c, v) for c in self.expect if (v := self._read(dev, c, s.ts, ctx)) is not None]
+        if not got:
+            return []
+        met = any(v > c.above for c, v in got)
+        return [("", not met, max(v for _, v in got))]

@@ -1,0 +1,178 @@
+"""Plain data the engine works on: rule settings, alert instances, incidents and the transitions it returns.
+
+Every time here is an absolute UTC epoch second, so state can be stored and restored as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# alert states; "inactive" alerts are not kept, "resolved" is reported once and then dropped
+PENDING, FIRING, RECOVERING, RESOLVED, INACTIVE = "pending", "firing", "recovering", "resolved", "inactive"
+# incident states
+OPEN_STATES = ("firing", "recovering")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInfo:
+    id: str
+    kind: str
+    category: str
+    event_code: str
+    severity: str
+    audiences: tuple[str, ...]
+    scope: str  # auto | device | domain | building | site
+    title: str
+    for_: float
+    clear_for: float
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionSettings:
+    correlation_window: float = 60.0
+    reopen_window: float = 1800.0
+    outage_fraction: float = 0.6
+    outage_clear_fraction: float = 0.2
+    outage_min_devices: int = 2
+    line_min_devices: int = 2
+    flap_threshold: int = 3
+    flap_window: float = 900.0
+    outage_severity: str = "critical"
+    outage_audiences: tuple[str, ...] = ("staff", "residents", "utility")
+
+
+@dataclass(slots=True)
+class Alert:
+    """One rule watching one device (and a sub-key such as a phase), while it is not inactive."""
+
+    key: str
+    rule: str
+    device: str
+    state: str
+    since: float  # entered the current state (for pending and recovering: the running hold's start)
+    started: float  # first became pending
+    last_evidence: float  # sample time of the latest evidence either way
+    value: float | None = None
+    fired_at: float | None = None
+    flaps: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "key": self.key, "rule": self.rule, "device": self.device, "state": self.state,
+            "since": self.since, "started": self.started, "last_evidence": self.last_evidence,
+            "value": self.value, "fired_at": self.fired_at, "flaps": self.flaps,
+        }  # fmt: skip
+
+    @staticmethod
+    def from_dict(d: dict[str, object]) -> Alert:
+        def f(name: str) -> float:
+            v = d[name]
+            assert isinstance(v, int | float)
+            return float(v)
+
+        def fo(name: str) -> float | None:
+            v = d.get(name)
+            return float(v) if isinstance(v, int | float) else None
+
+        flaps = d.get("flaps", 0)
+        return Alert(
+            key=str(d["key"]), rule=str(d["rule"]), device=str(d["device"]), state=str(d["state"]),
+            since=f("since"), started=f("started"), last_evidence=f("last_evidence"), value=fo("value"),
+            fired_at=fo("fired_at"), flaps=int(flaps) if isinstance(flaps, int) else 0,
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class Incident:
+    """One root cause: the alerts that show it, the devices they came from, and its life so far."""
+
+    id: int
+    key: str  # category/scope
+    category: str
+    scope: str  # site | domain:<id> | line:<id> | building:<id> | device:<id>
+    title: str
+    severity: str
+    event_code: str
+    audiences: list[str]
+    households: int
+    state: str  # firing | recovering | resolved | merged
+    opened_at: float
+    first_evidence_at: float
+    updated_at: float
+    recovering_since: float | None = None
+    resolved_at: float | None = None
+    flap_count: int = 0
+    flap_times: list[float] = field(default_factory=list)
+    flapping: bool = False
+    reopen_count: int = 0
+    merged_into: int | None = None
+    absorbed: list[int] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)  # alert keys attached now
+    symptoms: dict[str, list[str]] = field(default_factory=dict)  # device -> rules seen on it
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id, "key": self.key, "category": self.category, "scope": self.scope,
+            "title": self.title, "severity": self.severity, "event_code": self.event_code,
+            "audiences": list(self.audiences), "households": self.households, "state": self.state,
+            "opened_at": self.opened_at, "first_evidence_at": self.first_evidence_at,
+            "updated_at": self.updated_at, "recovering_since": self.recovering_since,
+            "resolved_at": self.resolved_at, "flap_count": self.flap_count,
+            "flap_times": list(self.flap_times), "flapping": self.flapping,
+            "reopen_count": self.reopen_count, "merged_into": self.merged_into,
+            "absorbed": list(self.absorbed), "alerts": list(self.alerts),
+            "symptoms": {k: list(v) for k, v in self.symptoms.items()},
+        }  # fmt: skip
+
+    @staticmethod
+    def from_dict(d: dict[str, object]) -> Incident:
+        inc = Incident(
+            id=int(d["id"]),  # type: ignore[call-overload]
+            **{k: d[k] for k in ("key", "category", "scope", "title", "severity", "event_code")},  # type: ignore[arg-type]
+            audiences=list(d.get("audiences") or []),  # type: ignore[call-overload]
+            households=int(d.get("households") or 0),  # type: ignore[call-overload]
+            state=str(d["state"]),
+            opened_at=float(d["opened_at"]),  # type: ignore[arg-type]
+            first_evidence_at=float(d["first_evidence_at"]),  # type: ignore[arg-type]
+            updated_at=float(d["updated_at"]),  # type: ignore[arg-type]
+        )
+        for name in ("recovering_since", "resolved_at", "merged_into"):
+            setattr(inc, name, d.get(name))
+        inc.flap_count = int(d.get("flap_count") or 0)  # type: ignore[call-overload]
+        inc.flap_times = [float(x) for x in d.get("flap_times") or []]  # type: ignore[attr-defined]
+        inc.flapping = bool(d.get("flapping"))
+        inc.reopen_count = int(d.get("reopen_count") or 0)  # type: ignore[call-overload]
+        inc.absorbed = [int(x) for x in d.get("absorbed") or []]  # type: ignore[attr-defined]
+        inc.alerts = [str(x) for x in d.get("alerts") or []]  # type: ignore[attr-defined]
+        inc.symptoms = {str(k): list(v) for k, v in (d.get("symptoms") or {}).items()}  # type: ignore[attr-defined]
+        return inc
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChange:
+    ts: float
+    key: str
+    rule: str
+    device: str
+    old: str
+    new: str
+    value: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentChange:
+    """`notify` is the seam for the notification outbox: False for flaps and reopenings."""
+
+    ts: float
+    incident: int
+    event: str  # opened | symptom | absorbed | merged | recovering | refired | flapping | resolved | reopened
+    notify: bool
+    detail: str = ""
+
+
+Transition = AlertChange | IncidentChange

@@ -1,0 +1,391 @@
+"""The `rules:`, `detection:` and `gateway:` sections of the site file (pydantic: this is the config edge).
+
+A site file without `rules:` gets DEFAULT_RULES, which work for the shipped profiles (quantity names
+voltage_l1..l3, current_l1, power_total, pressure in bar, flow in m3/h). A `rules:` list is merged into the
+defaults by id: an entry with a default's id replaces it (`enabled: false` drops it), other entries add.
+The engine never sees these models: rules/compile.py turns them into plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.core.durations import Duration
+
+Severity = Literal["critical", "major", "minor", "warning", "info"]
+SEVERITY_RANK: dict[str, int] = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
+Role = Literal["main_power", "unit_power", "zone_pressure", "pump", "tank", "flow", "other"]
+Scope = Literal["auto", "device", "domain", "building", "site"]
+
+_RuleId = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", min_length=1, max_length=64)
+_Category = Field(default="", pattern=r"^$|^[a-z][a-z0-9_]*$", max_length=40)
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Match(_Strict):
+    """Which devices a rule watches; every given criterion must hold. Empty = every device."""
+
+    roles: list[Role] | None = None
+    devices: list[str] | None = None
+    buildings: list[str] | None = None
+    domains: list[str] | None = None
+
+
+class RuleBase(_Strict):
+    id: str = _RuleId
+    enabled: bool = True
+    match: Match = Field(default_factory=Match)
+    category: str = _Category
+    event_code: str = Field(default="003", pattern=r"^\d{3}$", description="DOMAIN.md event code")
+    severity: Severity = "major"
+    audiences: list[str] = Field(default_factory=lambda: ["staff"])
+    scope: Scope = Field(
+        default="auto", description="what one incident covers: device, domain, building, site"
+    )
+    title: str = ""
+    for_: Duration = Field(default=0.0, alias="for", description="condition must hold this long to fire")
+    clear_for: Duration = Field(default=60.0, description="clear condition must hold this long (fresh data)")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class PolyphaseRule(RuleBase):
+    kind: Literal["polyphase"]
+    check: Literal["outage", "phase_loss", "undervoltage", "overvoltage"]
+    phases: list[str] = Field(
+        default_factory=lambda: ["voltage_l1", "voltage_l2", "voltage_l3"], min_length=1
+    )
+    pct: float | None = Field(default=None, gt=0, le=200, description="threshold, % of the nominal voltage")
+    others_above_pct: float = Field(
+        default=85.0, gt=0, le=200, description="phase_loss: healthy phases above"
+    )
+    clear_pct: float | None = Field(default=None, gt=0, le=200, description="clear threshold, % of nominal")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> PolyphaseRule:
+        trig, clear = {
+            "outage": (10.0, 85.0),
+            "phase_loss": (60.0, 85.0),
+            "undervoltage": (90.0, 92.0),
+            "overvoltage": (110.0, 108.0),
+        }[self.check]
+        if self.pct is None:
+            self.pct = trig
+        if self.clear_pct is None:
+            self.clear_pct = clear
+        over = self.check == "overvoltage"
+        if (self.clear_pct > self.pct) if over else (self.clear_pct < self.pct):
+            raise ValueError(
+                f"clear_pct {self.clear_pct:g} must be on the healthy side of pct {self.pct:g} "
+                f"({'at most' if over else 'at least'} pct)"
+            )
+        return self
+
+
+class ThresholdRule(RuleBase):
+    kind: Literal["threshold"]
+    quantity: str
+    below: float | None = None
+    above: float | None = None
+    clear_above: float | None = Field(default=None, description="default: the trigger threshold (no band)")
+    clear_below: float | None = None
+
+    @model_validator(mode="after")
+    def _one_side(self) -> ThresholdRule:
+        if (self.below is None) == (self.above is None):
+            raise ValueError("give exactly one of below or above")
+        if self.below is not None:
+            if self.clear_below is not None:
+                raise ValueError("a `below` rule clears with clear_above")
+            if self.clear_above is not None and self.clear_above < self.below:
+                raise ValueError(f"clear_above {self.clear_above:g} must be >= below {self.below:g}")
+        if self.above is not None:
+            if self.clear_above is not None:
+                raise ValueError("an `above` rule clears with clear_below")
+            if self.clear_below is not None and self.clear_below > self.above:
+                raise ValueError(f"clear_below {self.clear_below:g} must be <= above {self.above:g}")
+        return self
+
+
+class AbsenceRule(RuleBase):
+    kind: Literal["absence"]
+    stale_after: Duration | None = Field(
+        default=None, gt=0, description="silent after this long without data; default max(3 x interval, 10s)"
+    )
+
+
+class RateRule(RuleBase):
+    kind: Literal["rate"]
+    quantity: str
+    falling_faster_than: float | None = Field(default=None, gt=0, description="units per second")
+    rising_faster_than: float | None = Field(default=None, gt=0, description="units per second")
+    window: Duration = Field(default=10.0, gt=0, description="the change is measured over this span")
+
+    @model_validator(mode="after")
+    def _one(self) -> RateRule:
+        if (self.falling_faster_than is None) == (self.rising_faster_than is None):
+            raise ValueError("give exactly one of falling_faster_than or rising_faster_than")
+        return self
+
+
+class CalendarRule(RuleBase):
+    kind: Literal["calendar"]
+    quantity: str
+    window: str = Field(
+        description="local time span in the site's time zone, HH:MM-HH:MM (may cross midnight)"
+    )
+    aggregate: Literal["min", "avg", "max"] = "min"
+    above: float = Field(description="a window is bad when the aggregate is above this")
+    clear_below: float | None = Field(
+        default=None, description="a window clears when at or below; default above"
+    )
+    consecutive: int = Field(default=3, ge=1, le=60, description="bad windows in a row to fire")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        parts = v.replace(" ", "").split("-")
+        if len(parts) != 2 or not all(_CLOCK.match(p) for p in parts) or parts[0] == parts[1]:
+            raise ValueError(f"expected a local time span such as 02:00-04:00, got {v!r}")
+        return "-".join(parts)
+
+    @model_validator(mode="after")
+    def _clear(self) -> CalendarRule:
+        if self.clear_below is not None and self.clear_below > self.above:
+            raise ValueError(f"clear_below {self.clear_below:g} must be <= above {self.above:g}")
+        return self
+
+
+class Condition(_Strict):
+    quantity: str
+    above: float
+    devices: list[str] | None = Field(
+        default=None, description="where to read it; default: the same device, else its building"
+    )
+
+
+class SequenceRule(RuleBase):
+    kind: Literal["sequence"]
+    mode: Literal["no_response", "short_cycling"]
+    running: Condition = Field(description="when the equipment counts as running")
+    expect: list[Condition] = Field(
+        default_factory=list, description="no_response: at least one must hold while running"
+    )
+    within: Duration = Field(default=30.0, gt=0, description="no_response: grace after running starts")
+    max_starts: int = Field(default=6, ge=1, description="short_cycling: starts allowed per period")
+    period: Duration = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _need(self) -> SequenceRule:
+        if self.mode == "no_response" and not self.expect:
+            raise ValueError("mode no_response needs expect (e.g. flow above 0.5)")
+        return self
+
+
+RuleSpec = Annotated[
+    PolyphaseRule | ThresholdRule | AbsenceRule | RateRule | CalendarRule | SequenceRule,
+    Field(discriminator="kind"),
+]
+
+
+class Detection(_Strict):
+    """How alerts become incidents."""
+
+    correlation_window: Duration = Field(
+        default=60.0, description="a lone device fault waits this long for a root cause before it opens"
+    )
+    reopen_window: Duration = Field(
+        default=1800.0, description="a recurrence within this reopens the incident"
+    )
+    outage_fraction: float = Field(
+        default=0.6, gt=0, le=1, description="share of a power domain's devices dark for a domain outage"
+    )
+    outage_min_devices: int = Field(default=2, ge=1, description="and at least this many")
+    line_min_devices: int = Field(default=2, ge=1, description="all of a line's devices silent: a line fault")
+    flap_threshold: int = Field(default=3, ge=1, description="re-fires within flap_window that mark flapping")
+    flap_window: Duration = Field(default=900.0, gt=0)
+    outage_severity: Severity = "critical"
+    outage_audiences: list[str] = Field(default_factory=lambda: ["staff", "residents", "utility"])
+
+
+class MainsSensor(_Strict):
+    device: str
+    quantity: str = "voltage_l1"
+    below: float = Field(default=22.0, description="mains is lost below this value")
+
+
+class GatewaySection(_Strict):
+    mains: MainsSensor | None = Field(default=None, description="optional sensing of the gateway's own mains")
+
+
+def _r(**kw: object) -> RuleSpec:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(RuleSpec).validate_python(kw)
+
+
+_OUTAGE = ["staff", "residents", "utility"]
+
+DEFAULT_RULES: list[RuleSpec] = [
+    _r(
+        id="power.outage",
+        kind="polyphase",
+        check="outage",
+        category="power_outage",
+        severity="critical",
+        audiences=_OUTAGE,
+        match={"roles": ["main_power", "unit_power"]},
+        **{"for": "5s"},
+        clear_for="60s",
+    ),
+    _r(
+        id="power.phase_loss",
+        kind="polyphase",
+        check="phase_loss",
+        category="phase_loss",
+        severity="major",
+        audiences=["staff"],
+        match={"roles": ["main_power"]},
+        **{"for": "30s"},
+        clear_for="60s",
+    ),
+    _r(
+        id="power.undervoltage",
+        kind="polyphase",
+        check="undervoltage",
+        category="voltage",
+        severity="warning",
+        match={"roles": ["main_power"]},
+        **{"for": "5m"},
+        clear_for="2m",
+    ),
+    _r(
+        id="power.overvoltage",
+        kind="polyphase",
+        check="overvoltage",
+        category="voltage",
+        severity="major",
+        match={"roles": ["main_power"]},
+        **{"for": "1m"},
+        clear_for="2m",
+    ),
+    _r(
+        id="comm.absent",
+        kind="absence",
+        category="comm_fault",
+        severity="minor",
+        **{"for": "5s"},
+        clear_for="30s",
+    ),
+    _r(
+        id="water.low_pressure",
+        kind="threshold",
+        quantity="pressure",
+        below=1.0,
+        clear_above=1.5,
+        category="water_supply",
+        severity="critical",
+        audiences=["staff", "residents", "utility"],
+        scope="domain",
+        match={"roles": ["zone_pressure"]},
+        **{"for": "60s"},
+        clear_for="5m",
+    ),
+    _r(
+        id="water.burst",
+        kind="rate",
+        quantity="pressure",
+        falling_faster_than=0.05,
+        window="10s",
+        category="water_burst",
+        severity="critical",
+        audiences=["staff"],
+        scope="domain",
+        match={"roles": ["zone_pressure"]},
+        clear_for="2m",
+    ),
+    _r(
+        id="water.night_flow",
+        kind="calendar",
+        quantity="flow",
+        window="02:00-04:00",
+        aggregate="min",
+        above=0.5,
+        consecutive=3,
+        category="leak_suspected",
+        severity="warning",
+        audiences=["staff"],
+        match={"roles": ["flow"]},
+        clear_for="0s",
+    ),
+    _r(
+        id="pump.no_flow",
+        kind="sequence",
+        mode="no_response",
+        category="water_supply",
+        severity="major",
+        audiences=["staff"],
+        scope="domain",
+        match={"roles": ["pump"]},
+        running={"quantity": "current_l1", "above": 0.5},
+        expect=[{"quantity": "flow", "above": 0.2}, {"quantity": "pressure", "above": 0.5}],
+        within="60s",
+        clear_for="60s",
+    ),
+    _r(
+        id="pump.short_cycling",
+        kind="sequence",
+        mode="short_cycling",
+        category="pump_fault",
+        severity="warning",
+        audiences=["staff"],
+        match={"roles": ["pump"]},
+        running={"quantity": "current_l1", "above": 0.5},
+        max_starts=6,
+        period="1h",
+        clear_for="0s",
+    ),
+]
+
+
+def effective_rules(configured: list[RuleSpec] | None) -> list[RuleSpec]:
+    """Defaults merged with the site's rules by id (see the module docstring); disabled rules removed."""
+    by_id: dict[str, RuleSpec] = {r.id: r for r in DEFAULT_RULES}
+    for r in configured or []:
+        by_id[r.id] = r
+    return [r for r in by_id.values() if r.enabled]
+
+
+RULE_KINDS = ("polyphase", "threshold", "absence", "rate", "calendar", "sequence")
+Loc = tuple[str | int, ...]
+
+
+def cross_check(cfg: object) -> list[tuple[Loc, str]]:
+    """References from the rules/gateway sections to devices, buildings and domains (cfg: SiteConfig)."""
+    devices = {d.id for d in getattr(cfg, "devices", [])}
+    buildings = {b.id for b in getattr(cfg, "buildings", [])}
+    domains = {d.id for b in getattr(cfg, "buildings", []) for d in b.domains}
+    out: list[tuple[Loc, str]] = []
+    for i, r in enumerate(getattr(cfg, "rules", None) or []):
+        m = r.match
+        for name, known in (("devices", devices), ("buildings", buildings), ("domains", domains)):
+            for j, ref in enumerate(getattr(m, name) or []):
+                if ref not in known:
+                    out.append((("rules", i, "match", name, j), f"unknown {name[:-1]} {ref!r}"))
+        if isinstance(r, SequenceRule):
+            for path, c in [(("running",), r.running)] + [(("expect", k), c) for k, c in enumerate(r.expect)]:
+                for j, ref in enumerate(c.devices or []):
+                    if ref not in devices:
+                        out.append((("rules", i, *path, "devices", j), f"unknown device {ref!r}"))
+    gw = getattr(cfg, "gateway", None)
+    mains = getattr(gw, "mains", None)
+    if mains is not None and mains.device not in devices:
+        out.append((("gateway", "mains", "device"), f"unknown device {mains.device!r}"))
+    return out
