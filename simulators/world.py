@@ -71,6 +71,20 @@ MQTT_QUANTITIES: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+class ManualClock:
+    """A clock that only moves when told: values (and energy counters) hold still between reads in tests."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.t = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> float:
+        self.t += seconds
+        return self.t
+
+
 class WorldError(ValueError):
     """A request to the world names something the site does not have."""
 
