@@ -11,6 +11,7 @@ import pytest
 
 pytest_plugins: list[str] = []
 pytest_plugins.append("tests.fixtures.victoria")
+pytest_plugins.append("tests.fixtures.mosquitto")
 pytest_plugins.append("tests.fixtures.sim")
 
 T = TypeVar("T")

@@ -42,7 +42,7 @@ TASMOTA_3PHASE = (
     b'"ReactivePower":[10,20,30],"Factor":[0.91,0.95,0.97],"Frequency":[50,50,50],'
     b'"Voltage":[230,231,229],"Current":[0.47,0.91,1.35]},"DS18B20":{"Id":"01131B4C","Temperature":21.5}}'
 )
-SHELLY_EM0 = {
+SHELLY_EM0: dict[str, object] = {
     "id": 0,
     "a_current": 4.029, "a_voltage": 236.1, "a_act_power": 951.2, "a_aprt_power": 951.9, "a_pf": 1,
     "a_freq": 50, "b_current": 4.027, "b_voltage": 236.201, "b_act_power": -951.1, "b_aprt_power": 951.8,
@@ -50,7 +50,7 @@ SHELLY_EM0 = {
     "c_aprt_power": 716.2, "c_pf": 1, "c_freq": 50, "n_current": None, "total_current": 11.086,
     "total_act_power": 716.081, "total_aprt_power": 2619.915, "user_calibrated_phase": [],
 }  # fmt: skip
-SHELLY_EMDATA0 = {
+SHELLY_EMDATA0: dict[str, object] = {
     "id": 0, "a_total_act_energy": 2882.47, "a_total_act_ret_energy": 0, "b_total_act_energy": 1000,
     "b_total_act_ret_energy": 5, "c_total_act_energy": 4859.9, "c_total_act_ret_energy": 0,
     "total_act": 8742.37, "total_act_ret": 5,

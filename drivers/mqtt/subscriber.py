@@ -1,0 +1,424 @@
+"""The MQTT source: a paho-mqtt 2.x client whose network thread hands every message to the asyncio loop.
+
+Delivery contract (research recommendation 9):
+- fixed client id and a persistent session, QoS 1 by default: the broker keeps our subscriptions and queues
+  messages while the gateway is away;
+- manual acknowledgement: a QoS>0 message is acknowledged only after its Sample was accepted by the bus, so a
+  crash before that makes the broker deliver it again;
+- reconnect with a back-off capped at `reconnect_max`, resubscribe on every connect, and a watchdog that
+  reconnects a link that claims to be up but has carried nothing for `silence_timeout`;
+- a bad message is counted by cause, logged once per cause, acknowledged and skipped.
+
+Threads: paho callbacks only copy the message and post it with `loop.call_soon_threadsafe`; decoding,
+stats, logging and bus publishing all happen on the event loop, one message at a time, in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from drivers.mqtt.router import Router
+from drivers.mqtt.settings import MqttSettings
+from gateway.core.bus import Bus
+from gateway.core.once import OnceLog
+from gateway.core.stats import MqttStats
+from gateway.core.types import SourceStatus
+
+log = logging.getLogger("meterwatch.mqtt")
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    retain: bool
+    dup: bool
+    received: float
+    generation: int  # which connection delivered it
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    connected: bool
+    reason: str
+    session_present: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """The broker refused one of our subscriptions (e.g. an ACL)."""
+
+    topic: str
+    reason: str
+
+
+_Item = _Inbound | _Link | _Refused
+
+
+class MqttSubscriber:
+    """A Component: `await run(stop)` until `stop` is set."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        bus: Bus,
+        stats: MqttStats | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.name = f"mqtt:{settings.host}:{settings.port}"
+        self.bus = bus
+        self.stats = stats or MqttStats(source=settings.source)
+        self.clock = clock
+        self.router = Router(settings.subscriptions, settings.devices, ZoneInfo(settings.timezone))
+        self.once = OnceLog(log)
+        self.acked = 0  # QoS>0 messages acknowledged to the broker (for tests and benches)
+        self.watchdog_reconnects = 0
+        self.watchdog_checks = 0
+        # Written by the paho thread, read by the loop (plain attribute stores are atomic under the GIL).
+        self._generation = 0
+        self._subscribed_generation = -1
+        self._link_up = False
+        self._client: Client | None = None
+        self._last_activity = time.monotonic()
+        # Loop-thread state.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: asyncio.Queue[_Item] | None = None
+        self._qos0_waiting = 0
+        self._published_unacked: set[int] = set()
+        self._reported: bool | None = None  # connection state last published as SourceStatus
+        self._ever_connected = False
+        self._filters = _filters(settings)
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected and the broker has answered our subscriptions on this connection."""
+        return self._link_up and self._subscribed_generation == self._generation
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._inbox = asyncio.Queue()
+        client = self._client = self._make_client()
+        self._start(client)
+        consumer = asyncio.create_task(self._consume(client), name=f"{self.name}:consume")
+        try:
+            await self._watch(client, stop, consumer)
+        finally:
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+            await self._shutdown(client)
+
+    def _make_client(self) -> Client:
+        s = self.settings
+        v5 = s.protocol == "5"
+        client = Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else s.clean_start,
+            manual_ack=True,
+        )
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls is not None:
+            client.tls_set(
+                ca_certs=s.tls.ca_file,
+                certfile=s.tls.cert_file,
+                keyfile=s.tls.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(s.tls.insecure)
+        client.will_set(s.status_topic, "offline", qos=1, retain=True)
+        # paho's default ceiling is 120 s (older releases: 10 min); ours is capped at 30 s by the config.
+        client.reconnect_delay_set(
+            min_delay=max(1, math.ceil(s.reconnect_min)), max_delay=max(1, math.ceil(s.reconnect_max))
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _start(self, client: Client) -> None:
+        s = self.settings
+        props: Properties | None = None
+        if s.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0 if s.clean_start else s.session_expiry
+            props.ReceiveMaximum = s.receive_maximum
+            client.connect_async(s.host, s.port, s.keepalive, clean_start=s.clean_start, properties=props)
+        else:
+            client.connect_async(s.host, s.port, s.keepalive)
+        self._last_activity = time.monotonic()
+        client.loop_start()
+
+    async def _watch(self, client: Client, stop: asyncio.Event, consumer: asyncio.Task[None]) -> None:
+        tick = min(1.0, self.settings.silence_timeout / 4)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=tick)
+            if consumer.done():
+                consumer.result()  # a bug in the consumer must surface, not leave a silent source
+            self.watchdog_checks += 1
+            if not stop.is_set() and self._silent_too_long():
+                await self._restart_link(client)
+
+    def _silent_too_long(self) -> bool:
+        if not self.settings.devices or not self._link_up:
+            return False
+        return time.monotonic() - self._last_activity > self.settings.silence_timeout
+
+    async def _restart_link(self, client: Client) -> None:
+        self.watchdog_reconnects += 1
+        self.once.warn(
+            ("silence",),
+            "mqtt link up but no message for %.0fs while %d device(s) are expected; reconnecting",
+            self.settings.silence_timeout,
+            len(self.settings.devices),
+        )
+        client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+        self._start(client)
+
+    async def _shutdown(self, client: Client) -> None:
+        if self._link_up:
+            # A clean DISCONNECT does not fire the will, so say "offline" ourselves.
+            info = client.publish(self.settings.status_topic, "offline", qos=1, retain=True)
+            with contextlib.suppress(ValueError, RuntimeError):
+                await asyncio.to_thread(info.wait_for_publish, 2.0)
+        client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+        self._link_up = False
+        self.stats.connected = False
+        if self._reported is not False:
+            self._reported = False
+            self.bus.publish_nowait(self._source_status(False, "stopped"))
+        log.info("mqtt subscriber stopped", extra={"fields": {"client_id": self.settings.client_id}})
+
+    # ------------------------------------------------------------------------- paho thread (callbacks)
+    # Never raise here: an exception would end paho's network thread.
+
+    def _post(self, item: _Item) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing: the message stays unacknowledged
+            loop.call_soon_threadsafe(self._enqueue, item)
+
+    def _on_connect(
+        self,
+        client: Client,
+        userdata: object,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                self._post(_Link(False, f"connection refused: {reason_code}"))
+                return
+            self._generation += 1
+            self._link_up = True
+            self._last_activity = time.monotonic()
+            if self._filters:
+                if self.settings.protocol == "5":
+                    # Retained messages only for a new subscription: a resumed session already had them.
+                    client.subscribe(
+                        [
+                            (
+                                f,
+                                SubscribeOptions(
+                                    qos=q, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+                                ),
+                            )
+                            for f, q in self._filters
+                        ]
+                    )
+                else:
+                    client.subscribe(list(self._filters))
+            else:
+                self._subscribed_generation = self._generation
+            client.publish(self.settings.status_topic, "online", qos=1, retain=True)
+            self._post(_Link(True, "connected", bool(flags.session_present)))
+        except Exception:  # pragma: no cover - defensive: keep the network thread alive
+            log.exception("mqtt on_connect failed")
+
+    def _on_disconnect(
+        self,
+        client: Client,
+        userdata: object,
+        flags: DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._link_up = False
+        self._post(_Link(False, f"disconnected: {reason_code}"))
+
+    def _on_connect_fail(self, client: Client, userdata: object) -> None:
+        self._post(_Link(False, f"cannot connect to {self.settings.host}:{self.settings.port}"))
+
+    def _on_subscribe(
+        self,
+        client: Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        for (topic, _), rc in zip(self._filters, reason_codes, strict=False):
+            if rc.is_failure:
+                self._post(_Refused(topic, str(rc)))
+        self._subscribed_generation = self._generation
+
+    def _on_message(self, client: Client, userdata: object, msg: MQTTMessage) -> None:
+        try:
+            self._last_activity = time.monotonic()
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:
+                topic = "<topic is not UTF-8>"
+            self._post(
+                _Inbound(
+                    topic=topic,
+                    payload=bytes(msg.payload),
+                    qos=msg.qos,
+                    mid=msg.mid,
+                    retain=bool(msg.retain),
+                    dup=bool(msg.dup),
+                    received=self.clock(),
+                    generation=self._generation,
+                )
+            )
+        except Exception:  # pragma: no cover - defensive: keep the network thread alive
+            log.exception("mqtt on_message failed")
+
+    # ------------------------------------------------------------------------------- event loop side
+
+    def _enqueue(self, item: _Item) -> None:
+        assert self._inbox is not None
+        if isinstance(item, _Inbound) and item.qos == 0:
+            # QoS 0 has no broker-side flow control: bound what waits for a blocked bus.
+            if self._qos0_waiting >= self.settings.inbox_limit:
+                self.stats.messages += 1
+                self._problem(
+                    "inbox_full",
+                    "qos0",
+                    "mqtt QoS 0 message dropped: %d wait for the bus",
+                    self._qos0_waiting,
+                )
+                return
+            self._qos0_waiting += 1
+        self._inbox.put_nowait(item)
+
+    async def _consume(self, client: Client) -> None:
+        assert self._inbox is not None
+        while True:
+            item = await self._inbox.get()
+            if isinstance(item, _Link):
+                await self._on_link(item)
+                continue
+            if isinstance(item, _Refused):
+                self.once.warn(
+                    ("subscribe", item.topic), "mqtt subscription to %r refused: %s", item.topic, item.reason
+                )
+                continue
+            if item.qos == 0:
+                self._qos0_waiting -= 1
+            try:
+                await self._handle(client, item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug must not stop the source; the message is acknowledged so it cannot jam the session.
+                self.stats.decode_errors["internal"] += 1
+                if self.once.warn(("internal",), "mqtt message on %r could not be handled", item.topic):
+                    log.exception("mqtt internal error")
+                self._ack(client, item)
+
+    async def _handle(self, client: Client, item: _Inbound) -> None:
+        self.stats.messages += 1
+        self.stats.last_message = item.received
+        self.once.forget(("silence",))
+        if item.qos > 0 and item.dup and item.mid in self._published_unacked:
+            # Redelivery of a message the bus already has (its ack was lost with the old connection).
+            self._published_unacked.discard(item.mid)
+            self._ack(client, item)
+            return
+        routed = self.router.route(item.topic, item.payload, item.received, retained=item.retain)
+        where = routed.subscription.template.text if routed.subscription else item.topic
+        for p in routed.problems:
+            self._problem(p.cause, where, "mqtt %s on %r: %s", p.cause, item.topic, p.message)
+        if routed.sample is not None:
+            await self.bus.publish(routed.sample)
+        self._ack(client, item)
+
+    def _problem(self, cause: str, where: str, msg: str, *args: object) -> None:
+        self.stats.decode_errors[cause] += 1
+        self.once.warn((cause, where), msg, *args)
+
+    def _ack(self, client: Client, item: _Inbound) -> None:
+        if item.qos == 0:
+            return
+        if item.generation == self._generation and self._link_up:
+            client.ack(item.mid, item.qos)
+            self.acked += 1
+        else:
+            # The connection that delivered it is gone; the broker will redeliver it (dup) on the
+            # resumed session, and that copy is acknowledged without publishing twice.
+            self._published_unacked.add(item.mid)
+
+    async def _on_link(self, link: _Link) -> None:
+        s = self.settings
+        fields = {"broker": f"{s.host}:{s.port}", "client_id": s.client_id, "reason": link.reason}
+        self.stats.connected = link.connected
+        if link.connected:
+            if self._ever_connected:
+                self.stats.reconnects += 1
+            self._ever_connected = True
+            if not link.session_present:
+                self._published_unacked.clear()
+            self.once.forget(("connect",))
+            log.info("mqtt connected", extra={"fields": {**fields, "session_present": link.session_present}})
+        else:
+            self.once.warn(("connect",), "mqtt link down (%s); reconnecting with back-off", link.reason)
+        if self._reported != link.connected:
+            self._reported = link.connected
+            await self.bus.publish(self._source_status(link.connected, link.reason))
+
+    def _source_status(self, connected: bool, reason: str) -> SourceStatus:
+        return SourceStatus(
+            source=self.settings.source,
+            ts=self.clock(),
+            connected=connected,
+            reason=reason,
+            devices=tuple(sorted(self.settings.devices)),
+        )
+
+
+def _filters(settings: MqttSettings) -> tuple[tuple[str, int], ...]:
+    """One broker subscription per distinct filter, at the highest QoS asked for it."""
+    best: dict[str, int] = {}
+    for sub in settings.subscriptions:
+        f = sub.template.filter
+        best[f] = max(best.get(f, 0), sub.qos)
+    return tuple(best.items())
