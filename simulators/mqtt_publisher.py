@@ -158,6 +158,16 @@ def _num(v: float) -> float:
     return round(v, 6)
 
 
+def _per_phase(vals: dict[str, float], phases: list[str]) -> dict[str, float]:
+    """Per-phase values; a single-phase device's totals stand for its one phase (a Shelly EM channel)."""
+    out = dict(vals)
+    if phases == ["l1"]:
+        for total, phase in (("power_total", "power_l1"), ("power_factor", "power_factor_l1")):
+            if total in vals and phase not in vals:
+                out[phase] = vals[total]
+    return out
+
+
 def messages(pub: Publication, values: dict[str, float], now: float) -> list[tuple[str, bytes]]:
     """The (topic, payload) pairs one publication sends for `values` at `now`."""
     d, sub = pub.device, pub.sub
@@ -171,20 +181,21 @@ def messages(pub: Publication, values: dict[str, float], now: float) -> list[tup
         return [(_fill(sub.topic, names), json.dumps({"Time": stamp, "ENERGY": energy}).encode())]
     if sub.format == "shelly":
         phases = [ph for ph in ("l1", "l2", "l3") if f"voltage_{ph}" in vals or f"current_{ph}" in vals]
+        per_phase = _per_phase(vals, phases)
         if "channel" in parse_template(sub.topic).names:
             out = []
             for i, ph in enumerate(phases):
                 for kind, base in SHELLY_GEN1_KINDS.items():
                     q = f"{base}_{ph}"
-                    if q in vals:
+                    if q in per_phase:
                         topic = _fill(sub.topic, {**names, "channel": str(i), "quantity": kind})
-                        out.append((topic, repr(_num(vals[q])).encode()))
+                        out.append((topic, repr(_num(per_phase[q])).encode()))
             return out
         em: dict[str, Any] = {"id": 0}
         for ph, letter in zip(phases, "abc", strict=False):
             for key, base in SHELLY_GEN2_PHASE.items():
-                if f"{base}_{ph}" in vals:
-                    em[f"{letter}_{key}"] = _num(vals[f"{base}_{ph}"])
+                if f"{base}_{ph}" in per_phase:
+                    em[f"{letter}_{key}"] = _num(per_phase[f"{base}_{ph}"])
         if "power_total" in vals:
             em["total_act_power"] = _num(vals["power_total"])
         return [(_fill(sub.topic, names), json.dumps(em).encode())]
