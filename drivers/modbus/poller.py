@@ -1,0 +1,229 @@
+"""One device's poll cycle: its planned reads in order, decoded into Samples, failures classified.
+
+The poller does not know how bytes reach the device: it calls `read(request)` (the line actor's), which
+returns a ReadOutcome instead of raising. Rules (DESIGN.md, principle 5; research/collection-gateways.md 5.2):
+- each read's values become their own Sample, stamped when that read completed;
+- a read with no usable answer (timeout, connection, CRC, framing) ends the device's cycle: its remaining
+  reads are skipped, so a dead device costs its line at most one timeout (x retries) per cycle;
+- a Modbus exception answer (e.g. 02, address out of range) skips that read only: the device is alive;
+- NaN/inf values are dropped and counted; everything is counted in DeviceStats and logged once per cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from drivers.modbus.codec import decode
+from drivers.modbus.planner import ReadRequest
+from drivers.modbus.spec import DeviceSpec, LineSpec
+from drivers.profile import Point
+from gateway.core.once import OnceLog
+from gateway.core.stats import DeviceStats
+from gateway.core.types import DeviceStatus, Event, Quality, Sample
+
+log = logging.getLogger("meterwatch.modbus")
+
+Emit = Callable[[Event], Awaitable[None]]
+
+FAILURES = ("timeout", "connection", "crc", "framing")
+
+
+@dataclass(slots=True)
+class ReadOutcome:
+    """What one read produced. Exactly one of: words, exception_code, failure."""
+
+    words: list[int] | None = None  # registers, or bits as 0/1, len == request.count
+    exception_code: int | None = None  # the device answered with a Modbus exception
+    failure: str | None = None  # one of FAILURES: no usable answer
+    detail: str = ""
+    rtt: float = 0.0
+
+
+Read = Callable[[ReadRequest], Awaitable[ReadOutcome]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    point: Point
+    start: int  # offset of the point's words in the request's answer
+    decimals_key: tuple[str, int] | None
+
+
+class DevicePoller:
+    """Polls one device; keeps its liveness (up/down after `line.down_after` unanswered cycles)."""
+
+    def __init__(
+        self,
+        line: LineSpec,
+        device: DeviceSpec,
+        read: Read,
+        emit: Emit,
+        stats: DeviceStats,
+        once: OnceLog,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.line = line
+        self.device = device
+        self.read = read
+        self.emit = emit
+        self.stats = stats
+        self.once = once
+        self.rng = rng or random.Random()
+        self.up: bool | None = None  # None until the first answer or the first down verdict
+        self.failed_cycles = 0
+        self.probe_attempts = 0
+        self.last_failure = ""
+        self.decimals: dict[tuple[str, int], int] = {}
+        self._slots = {id(r): self._layout(r) for r in device.requests}
+        self._decimals_keys = {
+            s.decimals_key for slots in self._slots.values() for s in slots if s.decimals_key
+        }
+        first = device.requests[0].points[0] if device.requests and device.requests[0].points else None
+        self._probe = (
+            ReadRequest(device.unit, first.function or "holding", first.pdu, first.width, ())
+            if first is not None
+            else (device.requests[0] if device.requests else None)
+        )
+
+    @staticmethod
+    def _layout(request: ReadRequest) -> list[_Slot]:
+        return [
+            _Slot(
+                p,
+                p.pdu - request.address,
+                (request.function, p.decimals_register) if p.decimals_register is not None else None,
+            )
+            for p in request.points
+        ]
+
+    # ------------------------------------------------------------------------------------------------
+    async def cycle(self) -> bool:
+        """Run one poll cycle. Returns True when the device answered at least one read."""
+        self.stats.cycles += 1
+        answered = False
+        for request in self.device.requests:
+            outcome = await self._read(request)
+            if outcome.failure is not None:
+                break  # remaining reads skipped this cycle: the line is shared with other devices
+            answered = True
+            if outcome.words is not None:
+                await self._publish(request, outcome.words)
+        await self._verdict(answered)
+        return answered
+
+    async def probe(self) -> bool:
+        """One small read of a down device. Returns True (and marks it up) when it answers."""
+        assert self._probe is not None
+        self.probe_attempts += 1
+        outcome = await self._read(self._probe)
+        if outcome.failure is None:
+            await self._verdict(True)
+            return True
+        return False
+
+    def backoff(self) -> float:
+        """Delay before the next probe of a down device: doubling from the poll interval, capped, jittered."""
+        base = min(self.line.backoff_max, self.device.poll_interval * 2 ** min(self.probe_attempts, 30))
+        return base / 2 + self.rng.uniform(0, base / 2)
+
+    # ------------------------------------------------------------------------------------------------
+    async def _read(self, request: ReadRequest) -> ReadOutcome:
+        self.stats.requests += 1
+        outcome = await self.read(request)
+        dev = self.device.id
+        where = f"FC{request.code:02d} {request.address}+{request.count}"
+        if outcome.failure is not None:
+            self.stats.errors[outcome.failure] += 1
+            self.last_failure = f"{outcome.failure}: {outcome.detail}" if outcome.detail else outcome.failure
+            self.once.warn(
+                (dev, outcome.failure),
+                "%s (unit %d, line %s): %s on %s %s",
+                dev, self.device.unit, self.line.id, outcome.failure, where, outcome.detail,
+            )  # fmt: skip
+            return outcome
+        self.stats.rtt.observe(outcome.rtt)
+        self.stats.last_success = time.time()
+        for kind in FAILURES:
+            self.once.forget((dev, kind))
+        if outcome.exception_code is not None:
+            kind = f"exception_{outcome.exception_code}"
+            self.stats.errors[kind] += 1
+            self.once.warn(
+                (dev, kind, where),
+                "%s (unit %d, line %s): Modbus exception %02d on %s (%s), values skipped",
+                dev, self.device.unit, self.line.id, outcome.exception_code, where,
+                " ".join(p.quantity for p in request.points),
+            )  # fmt: skip
+        elif outcome.words is not None and len(outcome.words) < request.count:
+            self.stats.errors["framing"] += 1
+            self.once.warn(
+                (dev, "short", where),
+                "%s: answer to %s has %d values, expected %d",
+                dev, where, len(outcome.words), request.count,
+            )  # fmt: skip
+            outcome.words = None
+        return outcome
+
+    async def _publish(self, request: ReadRequest, words: list[int]) -> None:
+        ts = time.time()
+        if self._decimals_keys:
+            for key in self._decimals_keys:
+                function, address = key
+                if function == request.function and request.address <= address < request.end:
+                    self.decimals[key] = words[address - request.address]
+        values: dict[str, float] = {}
+        quality: Quality = "good"
+        for slot in self._slots[id(request)]:
+            p = slot.point
+            try:
+                decimals = self.decimals.get(slot.decimals_key) if slot.decimals_key else None
+                value = decode(p, words[slot.start : slot.start + p.width], decimals)
+            except ValueError as exc:
+                quality = "decode_error"
+                self.stats.errors["decode"] += 1
+                self.once.warn((self.device.id, "decode", p.quantity), "%s: %s", self.device.id, exc)
+                continue
+            if not math.isfinite(value):
+                quality = "decode_error"
+                self.stats.errors["nan"] += 1
+                self.once.warn(
+                    (self.device.id, "nan", p.quantity),
+                    "%s: %s read %s, value dropped",
+                    self.device.id, p.quantity, value,
+                )  # fmt: skip
+                continue
+            values[p.quantity] = value
+        if values:
+            self.stats.samples += 1
+            await self.emit(Sample(self.device.id, ts, values, quality))
+
+    async def _verdict(self, answered: bool) -> None:
+        if answered:
+            self.failed_cycles = 0
+            self.probe_attempts = 0
+            if self.up is not True:
+                self.up = True
+                self.stats.up = True
+                await self.emit(DeviceStatus(self.device.id, time.time(), True))
+                log.info(
+                    "device up",
+                    extra={
+                        "fields": {"device": self.device.id, "line": self.line.id, "unit": self.device.unit}
+                    },
+                )
+            return
+        self.failed_cycles += 1
+        if self.up is not False and self.failed_cycles >= self.line.down_after:
+            self.up = False
+            self.stats.up = False
+            reason = f"no answer in {self.failed_cycles} cycles ({self.last_failure})"
+            await self.emit(DeviceStatus(self.device.id, time.time(), False, reason))
+            log.warning(
+                "device down",
+                extra={"fields": {"device": self.device.id, "line": self.line.id, "reason": reason}},
+            )
