@@ -7,12 +7,18 @@ from datetime import UTC
 from pathlib import Path
 
 import pytest
+from paho.mqtt.client import Client, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.mqtt.router import Router
 from drivers.mqtt.settings import make_subscription
 from gateway.config import Site, load_site
 from simulators.mqtt_publisher import messages, plan_publications
+from simulators.runner import SimulatorThread
 from simulators.world import ManualClock, World
+from tests.conftest import wait_until
+from tests.fixtures.mosquitto import Mosquitto
+from tests.fixtures.sim import write_sim_site
 
 SUBSCRIPTIONS = {
     "number": '{topic: "sensors/{building}/{device}/{quantity}", format: number}',
@@ -112,3 +118,54 @@ def test_example_site_publications() -> None:
     assert warnings == []
     formats = {p.device.id: p.sub.format for p in pubs}
     assert formats == {"B3-tank": "number", "B3-pump": "tasmota"}
+
+
+class Inbox:
+    """Every message the broker delivers on `#`, by device."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.by_device: dict[str, int] = {}
+        self.client = Client(CallbackAPIVersion.VERSION2, client_id="sim-test-inbox")
+        self.client.on_connect = lambda c, *_: c.subscribe("#", qos=1)
+        self.client.on_message = self._message
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def _message(self, client: Client, userdata: object, msg: MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        device = parts[2] if parts[0] == "sensors" else parts[1]
+        self.by_device[device] = self.by_device.get(device, 0) + 1
+
+    def count(self, device: str) -> int:
+        return self.by_device.get(device, 0)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_publishes_through_mosquitto_goes_silent_when_unpowered_and_survives_restart(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    site = load_site(write_sim_site(tmp_path, mqtt_port=mosquitto.port))
+    inbox = Inbox(mosquitto)
+    sim = SimulatorThread(site, clock=ManualClock()).start()
+    try:
+        wait_until(lambda: inbox.count("M-tank") >= 1 and inbox.count("M-plug") >= 1, what="first readings")
+        # M-plug is line_powered in B3: cut B3 and it goes silent, while M-tank (water) keeps publishing.
+        sim.world.cut_power("B3")
+        start = inbox.count("M-tank")
+        wait_until(lambda: inbox.count("M-tank") >= start + 1, what="a tank reading after the cut")
+        plug = inbox.count("M-plug")  # anything in flight at the cut has arrived by now
+        wait_until(lambda: inbox.count("M-tank") >= start + 3, what="more tank readings")
+        assert inbox.count("M-plug") == plug
+        sim.world.restore_power("B3")
+        wait_until(lambda: inbox.count("M-plug") > plug, what="the plug back after the restore")
+        # The broker restarts: the publisher reconnects on its own and readings resume.
+        mosquitto.restart()
+        inbox.close()
+        inbox = Inbox(mosquitto)
+        wait_until(lambda: inbox.count("M-tank") >= 2, timeout=15, what="readings after a broker restart")
+    finally:
+        sim.stop()
+        inbox.close()
