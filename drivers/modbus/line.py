@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -52,7 +52,9 @@ def _crc16(frame: bytes) -> int:
 class Connection:
     """One pymodbus client plus the line discipline around it (silences, reconnects, error classes)."""
 
-    def __init__(self, line: LineSpec, stats: LineStats, name: str, on_change: ConnectionWatcher) -> None:
+    def __init__(
+        self, line: LineSpec, stats: LineStats, name: str, on_change: Callable[[Connection, bool], None]
+    ) -> None:
         self.line = line
         self.stats = stats
         self.name = name
