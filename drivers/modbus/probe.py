@@ -1,0 +1,184 @@
+"""`meterwatch probe`: read raw registers once and print every way they can be read.
+
+For a meter without a trustworthy datasheet: each register as int16/uint16, then every 32-bit and 64-bit
+window in all four byte/word orders (ABCD, CDAB, BADC, DCBA) with the profile settings that select it, so the
+right `type`, `byte_order` and `word_order` can be copied into a profile.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from drivers.modbus.codec import Order, float32_value, words_to_int
+from drivers.modbus.line import Connection
+from drivers.modbus.planner import ReadRequest
+from drivers.modbus.poller import ReadOutcome
+from drivers.modbus.spec import LineSpec, Transport
+from drivers.profile import Function
+from gateway.core.stats import LineStats
+
+ORDERS: tuple[tuple[str, Order, Order], ...] = (
+    ("ABCD", "big", "big"),
+    ("CDAB", "big", "little"),
+    ("BADC", "little", "big"),
+    ("DCBA", "little", "little"),
+)
+EXCEPTIONS = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    6: "server device busy",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Interpretation:
+    offset: int  # first register of the window, relative to the read's address
+    width: int  # registers
+    order: str  # ABCD, CDAB, BADC, DCBA ("" for single registers)
+    byte_order: Order
+    word_order: Order
+    signed: int
+    unsigned: int
+    real: float | None  # float32/float64 (None for 16-bit)
+
+
+def _signed(n: int, bits: int) -> int:
+    return n - (1 << bits) if n >= 1 << (bits - 1) else n
+
+
+def all_interpretations(regs: Sequence[int]) -> list[Interpretation]:
+    """Every 16-bit register, then every 32-bit and 64-bit window in the four orders."""
+    out = [Interpretation(i, 1, "", "big", "big", _signed(w, 16), w, None) for i, w in enumerate(regs)]
+    for width in (2, 4):
+        bits = 16 * width
+        for i in range(len(regs) - width + 1):
+            window = regs[i : i + width]
+            for name, byte_order, word_order in ORDERS:
+                n = words_to_int(window, byte_order, word_order)
+                if width == 2:
+                    real = float32_value(n)
+                else:
+                    (real,) = struct.unpack(">d", n.to_bytes(8, "big"))
+                out.append(Interpretation(i, width, name, byte_order, word_order, _signed(n, bits), n, real))
+    return out
+
+
+def _real(value: float | None) -> str:
+    if value is None:
+        return ""
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.9g}"
+
+
+def format_interpretations(address: int, regs: Sequence[int]) -> list[str]:
+    lines = ["registers:"]
+    items = all_interpretations(regs)
+    for it in (x for x in items if x.width == 1):
+        a = address + it.offset
+        lines.append(
+            f"  {a:5d} (0x{a:04X})  0x{it.unsigned:04X}  int16 {it.signed:>6d}  uint16 {it.unsigned:>5d}"
+        )
+    for width, kind in ((2, "32-bit"), (4, "64-bit")):
+        windows = [x for x in items if x.width == width]
+        if not windows:
+            continue
+        real = "float32" if width == 2 else "float64"
+        lines.append(f"{kind} values (type int{16 * width}/uint{16 * width}/{real}):")
+        for it in windows:
+            a = address + it.offset
+            lines.append(
+                f"  {a:5d} (0x{a:04X}) {it.order} "
+                f"(byte_order: {it.byte_order:6s} word_order: {it.word_order:6s})"
+                f"  {real} {_real(it.real):>16s}  int{16 * width} {it.signed:>21d}"
+                f"  uint{16 * width} {it.unsigned:>20d}"
+            )
+    return lines
+
+
+async def read_once(line: LineSpec, unit: int, function: Function, address: int, count: int) -> ReadOutcome:
+    """One read over a fresh connection of `line`; the connection is closed afterwards."""
+    conn = Connection(
+        line, LineStats(line=line.id, transport=line.transport), f"probe:{line.id}", lambda c, up: None
+    )
+    try:
+        return await conn.read(ReadRequest(unit, function, address, count, ()))
+    finally:
+        conn.close()
+
+
+def describe_outcome(outcome: ReadOutcome) -> str | None:
+    """Why there is nothing to show, or None when there are words."""
+    if outcome.exception_code is not None:
+        code = outcome.exception_code
+        return f"device answered with Modbus exception {code:02d} ({EXCEPTIONS.get(code, 'unknown')})"
+    if outcome.failure is not None:
+        return f"{outcome.failure}: {outcome.detail}" if outcome.detail else outcome.failure
+    return None
+
+
+async def run_probe(
+    host: str | None,
+    port: int,
+    serial: str | None,
+    rtu_over_tcp: bool,
+    baudrate: int,
+    parity: str,
+    stopbits: int,
+    unit: int,
+    address: str,
+    count: int,
+    function: str,
+    timeout: float,
+) -> int:
+    """The `meterwatch probe` command: print the interpretations; returns the exit code."""
+
+    def fail(msg: str) -> int:
+        print(f"probe: {msg}", file=sys.stderr)
+        return 2
+
+    if (host is None) == (serial is None):
+        return fail("give either --host (Modbus TCP, or --rtu-over-tcp) or --serial (RTU)")
+    if function not in ("holding", "input"):
+        return fail(f"--function must be holding or input, got {function!r}")
+    if parity not in ("N", "E", "O"):
+        return fail(f"--parity must be N, E or O, got {parity!r}")
+    try:
+        start = int(address, 0)
+    except ValueError:
+        return fail(f"--address must be a number (decimal or 0x hex), got {address!r}")
+    if not 0 <= start <= 0xFFFF or start + count > 0x10000:
+        return fail(f"--address {start} with --count {count} is outside 0..65535")
+    if not 0 <= unit <= 247:
+        return fail(f"--unit must be 0..247, got {unit}")
+    if serial is not None:
+        line = LineSpec(
+            id="probe", transport="rtu", device=serial, baudrate=baudrate, parity=parity,  # type: ignore[arg-type]
+            stopbits=stopbits, timeout=timeout,
+        )  # fmt: skip
+    else:
+        transport: Transport = "rtu_over_tcp" if rtu_over_tcp else "tcp"
+        line = LineSpec(id="probe", transport=transport, host=host, port=port, timeout=timeout)
+    fn: Function = "holding" if function == "holding" else "input"
+    outcome = await read_once(line, unit, fn, start, count)
+    code = 3 if fn == "holding" else 4
+    print(
+        f"{line.transport} {line.endpoint} unit {unit} FC{code:02d} "
+        f"address {start} (0x{start:04X}) count {count}"
+    )
+    problem = describe_outcome(outcome)
+    if problem is not None or outcome.words is None:
+        print(f"no data: {problem}", file=sys.stderr)
+        return 1
+    print("raw: " + " ".join(f"{w:04X}" for w in outcome.words))
+    for text in format_interpretations(start, outcome.words):
+        print(text)
+    return 0
