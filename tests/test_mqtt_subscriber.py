@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from drivers.mqtt.settings import MqttSettings, make_subscription
+from drivers.mqtt.settings import MqttSettings, TlsSettings, make_subscription
 from drivers.mqtt.subscriber import MqttSubscriber
 from gateway.core.bus import Bus, Subscription
 from gateway.core.types import Event, Sample, SourceStatus
@@ -303,3 +303,19 @@ async def test_username_and_password(mosquitto_with_users: Mosquitto) -> None:
         assert "refused" in status[0].reason or "cannot connect" in status[0].reason
         assert not r.subscriber.stats.connected
         assert "wrong" not in repr(bad)  # the password never shows in logs or reprs
+
+
+async def test_tls_with_a_private_ca(mosquitto_tls: Mosquitto) -> None:
+    broker = mosquitto_tls
+    assert broker.ca_file is not None
+    settings = settings_for(broker, tls=TlsSettings(ca_file=str(broker.ca_file)))
+    async with running(settings) as r:
+        pub = Publisher(broker)
+        pub.publish("sensors/B3/B3-tank/level", "5")
+        await eventually(lambda: r.values("level") == [5.0], what="reading over TLS")
+        pub.close()
+    # Without the CA the broker's certificate is refused: the source never reports itself connected.
+    async with running(settings_for(broker, tls=TlsSettings()), wait=False) as r:
+        status = await eventually(lambda: r.statuses(), what="SourceStatus after a failed TLS handshake")
+        assert not status[0].connected
+        assert not r.subscriber.stats.connected
