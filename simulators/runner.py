@@ -32,7 +32,7 @@ from typing import IO, Any
 from gateway.config import Site
 from simulators.modbus_server import LineServer, build_line_servers
 from simulators.mqtt_publisher import MqttPublisher
-from simulators.scenario import Scenario
+from simulators.scenario import Scenario, load_scenario
 from simulators.world import Clock, World
 
 log = logging.getLogger("meterwatch.sim")
@@ -60,7 +60,7 @@ class SiteSimulator:
     def __init__(
         self,
         site: Site,
-        scenario: Scenario | None = None,
+        scenario: Scenario | str | Path | None = None,
         *,
         speed: float = 1.0,
         clock: Clock | None = None,
@@ -69,6 +69,8 @@ class SiteSimulator:
         mqtt: bool = True,
     ) -> None:
         self.site = site
+        if isinstance(scenario, str | Path):
+            scenario = load_scenario(scenario, site)  # raises ConfigError naming file:line
         self.scenario = scenario
         self.speed = speed
         self.clock: Clock = clock if clock is not None else VirtualClock(speed)
@@ -125,6 +127,13 @@ class SiteSimulator:
                 f"{p.device.id} ({p.sub.format} {p.sub.topic})" for p in self.mqtt.publications
             )
         return out
+
+    def describe(self) -> list[str]:
+        """One human line per endpoint served, e.g. "b1-gw: tcp 127.0.0.1:15021"."""
+        lines = [f"{name}: {endpoint}" for name, endpoint in self.endpoints().items()]
+        if self.scenario is not None:
+            lines.append(f"scenario: {self.scenario.name} ({len(self.scenario.actions)} steps)")
+        return lines
 
     async def _play(self, scenario: Scenario) -> None:
         start = time.monotonic()
@@ -282,8 +291,8 @@ async def run_forever(sim: SiteSimulator, duration: float | None = None) -> None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with sim:
-        for line_id, endpoint in sim.endpoints().items():
-            print(f"{line_id}: {endpoint}", flush=True)
+        for line in sim.describe():
+            print(line, flush=True)
         print(f"{READY} (Ctrl-C to stop)", flush=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), duration)
