@@ -25,6 +25,11 @@ from rules.topology import Topology
 POWER_CATEGORIES = frozenset({"power_outage", "phase_loss", "voltage", "comm_fault"})
 SILENT, VOLTS = "silent", "volts"
 MAINS_RULE = "site.mains"
+_NAMES = {
+    "comm_fault": "communication fault",
+    "water_supply": "water supply",
+    "leak_suspected": "leak suspected",
+}
 
 
 def scope_level(scope: str, topo: Topology) -> int:
@@ -56,6 +61,7 @@ class Correlator:
         self.domain_active: set[str] = set()
         self.source_down: dict[str, frozenset[str]] = {}
         self._root_keys: set[str] = set()
+        self.answering: set[str] = set()  # devices with a sample since they were last silent (engine-kept)
         self._power_domains = [d.id for d in topo.domains.values() if d.kind == "power"]
         self._mains_of: dict[str, list[str]] = {}
         for dev in topo.devices.values():
@@ -97,10 +103,11 @@ class Correlator:
         infos = [self.infos[a.rule] for a in alerts]
         worst = min(infos, key=lambda i: SEVERITY_RANK.get(i.severity, 9))
         audiences = sorted({x for i in infos for x in i.audiences})
+        name = _NAMES.get(category, category.replace("_", " "))
         meta: dict[str, object] = {
             "category": category, "scope": scope, "severity": worst.severity,
             "event_code": worst.event_code, "audiences": audiences, "households": 0,
-            "title": worst.title or f"{category.replace('_', ' ')}: {scope.replace(':', ' ')}",
+            "title": worst.title or f"{name}: {scope.replace(':', ' ')}",
         }  # fmt: skip
         if kind == "site" and category == "power_outage":
             meta.update(
@@ -149,11 +156,17 @@ class Correlator:
                 continue
             k = sum(1 for m in members if m in dark)
             frac = k / len(members)
-            main_dark = any(VOLTS in dark.get(m, ()) for m in self._mains_of.get(dom, ()))
-            if (
-                main_dark
-                or (k >= self.s.outage_min_devices and frac >= self.s.outage_fraction)
-                or (dom in self.domain_active and k > 0 and frac > self.s.outage_clear_fraction)
+            mains = self._mains_of.get(dom, ())
+            main_dark = any(VOLTS in dark.get(m, ()) for m in mains)
+            # a main meter that answers with voltage is direct proof the domain has power: silent devices
+            # behind it are a line or device fault, however many they are
+            main_alive = any(m not in dark and m in self.answering for m in mains)
+            if main_dark or (
+                not main_alive
+                and (
+                    (k >= self.s.outage_min_devices and frac >= self.s.outage_fraction)
+                    or (dom in self.domain_active and k > 0 and frac > self.s.outage_clear_fraction)
+                )
             ):
                 domains.add(dom)
         self.domain_active = domains

@@ -122,6 +122,9 @@ class Engine:
         if s.ts > self.last_seen[d]:
             self.last_seen[d] = s.ts
         self.down.discard(d)
+        if d not in self.corr.answering:
+            self.corr.answering.add(d)
+            self._dirty = True
         self.ctx.last_values[d] = s.values
         self.ctx.last_ts[d] = s.ts
         for ab in self.absence[d]:
@@ -132,6 +135,7 @@ class Engine:
                 self._apply(k.info, d, sub, cond, value, s.ts, out)
 
     def _silent(self, d: str, ts: float, out: list[Transition]) -> None:
+        self.corr.answering.discard(d)
         for ab in self.absence[d]:
             a = self.alerts.get(ab.info.id + "|" + d)
             if a is None or a.state != FIRING:
@@ -152,6 +156,7 @@ class Engine:
             down = d in self.down
             for ab in abs_rules:
                 if down or now - seen >= ab.stale_after[d]:
+                    self.corr.answering.discard(d)
                     a = self.alerts.get(ab.info.id + "|" + d)
                     if a is None or a.state != FIRING:
                         self._apply(ab.info, d, "", True, None, now, out)

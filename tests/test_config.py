@@ -66,7 +66,7 @@ def test_cross_reference_errors_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_site(write(tmp_path, text))
     (issue,) = info.value.issues
-    assert ":10: devices[0].line: unknown line 'l9'" in str(issue)
+    assert ":11: devices[0].line: unknown line 'l9'" in str(issue)
 
 
 def test_env_substitution_and_missing_variable(tmp_path: Path) -> None:

@@ -1,0 +1,185 @@
+"""Writes the generated traces of tests/cases (the hand-written files stay as they are).
+
+Run `.venv/bin/python tests/cases/_gen.py` after changing a scenario below; the traces are committed so a
+case can be read (and replayed with `meterwatch replay`) without running anything.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+HERE = Path(__file__).parent
+TZ = ZoneInfo("Asia/Shanghai")
+T0 = datetime(2026, 3, 2, 10, 0, 0, tzinfo=TZ).timestamp()  # a Monday, 10:00 site time
+V3 = ("voltage_l1", "voltage_l2", "voltage_l3")
+
+Row = tuple[float, str, str, str]
+
+
+def write(case: str, rows: list[Row]) -> None:
+    d = HERE / case
+    d.mkdir(exist_ok=True)
+    rows.sort(key=lambda r: r[0])
+    with (d / "trace.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ts", "device", "quantity", "value"])
+        for ts, dev, q, v in rows:
+            local = datetime.fromtimestamp(ts, TZ).isoformat(timespec="seconds")
+            w.writerow([local, dev, q, v])
+
+
+def meter(rows: list[Row], dev: str, t: float, volts: float | None, phases: tuple[str, ...] = V3) -> None:
+    if volts is None:
+        rows.append((t, dev, "", ""))
+        return
+    for q in phases:
+        rows.append((t, dev, q, f"{volts:g}"))
+
+
+def neighbour(rows: list[Row], seconds: int) -> None:
+    for i in range(0, seconds, 5):
+        meter(rows, "B2-main", T0 + i, 231.0)
+
+
+def main_meter_all_phases() -> None:
+    rows: list[Row] = []
+    for i in range(0, 180):
+        t = T0 + i
+        meter(rows, "B1-main", t, 0.0 if 30 <= i < 40 else 229.5)
+        if i % 5 == 0:
+            meter(rows, "B2-main", t, 231.0)
+    write("main-meter-loses-all-phases-for-10s-one-power-incident", rows)
+
+
+def twenty_silent(case: str, silent: Callable[[int, int], bool], seconds: int = 240) -> None:
+    rows: list[Row] = []
+    for i in range(0, seconds, 5):
+        t = T0 + i
+        for n in range(1, 21):
+            dev = f"B1-u{n:02d}"
+            meter(rows, dev, t, None if silent(n, i) else 228.0 + n % 3, ("voltage_l1",))
+        for n in range(1, 4):
+            meter(rows, f"B2-u{n:02d}", t, 230.0, ("voltage_l1",))
+    write(case, rows)
+
+
+def outage_then_data_stops() -> None:
+    rows: list[Row] = []
+    for i in range(0, 60):
+        meter(rows, "B1-main", T0 + i, 0.0 if i >= 20 else 230.0)
+    for i in range(0, 400, 5):
+        meter(rows, "B2-main", T0 + i, 230.0)
+    write("outage-whose-data-stops-stays-open-no-all-clear", rows)
+
+
+def voltage_flap() -> None:
+    rows: list[Row] = []
+    for i in range(0, 300):
+        off = 20 <= i < 60 or 80 <= i < 140
+        meter(rows, "B1-main", T0 + i, 0.0 if off else 230.0)
+    neighbour(rows, 300)
+    write("voltage-back-for-20s-then-gone-same-incident-flap-noted", rows)
+
+
+def reopen() -> None:
+    rows: list[Row] = []
+    for i in range(0, 600):
+        off = 20 <= i < 40 or 300 <= i < 320
+        meter(rows, "B1-main", T0 + i, 0.0 if off else 230.0)
+    neighbour(rows, 600)
+    write("recurrence-within-reopen-window-reopens-same-incident", rows)
+
+
+def pump_flow_collapse() -> None:
+    rows: list[Row] = []
+    for i in range(0, 300):
+        t = T0 + i
+        rows.append((t, "B1-pump", "current_l1", "4.2"))
+        rows.append((t, "B1-pump", "power_total", "2100"))
+        if i % 2 == 0:
+            rows.append((t, "B1-flow", "flow", "0.03" if i >= 100 else "11.8"))
+        rows.append((t, "B1-pressure", "pressure", "2.9" if i < 100 else "0.3"))
+    write("pump-running-with-flow-collapsing-water-supply-incident", rows)
+
+
+def night_flow(case: str, nights: int, leak_from_night: int) -> None:
+    rows: list[Row] = []
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=TZ).timestamp()
+    for step in range(0, (nights + 1) * 24 * 4):  # every 15 minutes
+        t = start + step * 900
+        local = datetime.fromtimestamp(t, TZ)
+        night = (t - start) // 86400
+        leaking = night >= leak_from_night
+        hour = local.hour
+        base = 0.9 if leaking else 0.0
+        flow = (6.0 if 6 <= hour < 23 else 0.4) + base if not (2 <= hour < 4) else base + 0.05
+        rows.append((t, "B1-flow", "flow", f"{flow:.2f}"))
+    write(case, rows)
+
+
+def late_root() -> None:
+    rows: list[Row] = []
+    for i in range(0, 400, 5):
+        t = T0 + i
+        for n in range(1, 6):
+            dev = f"B1-u{n:02d}"
+            silent = (n == 1 and i >= 20) or (n > 1 and i >= 200)
+            meter(rows, dev, t, None if silent else 230.0, ("voltage_l1",))
+    write("late-root-cause-absorbs-open-device-fault", rows)
+
+
+def line_fault() -> None:
+    rows: list[Row] = []
+    for i in range(0, 300, 2):
+        t = T0 + i
+        meter(rows, "B1-main", t, 230.0)
+        for n in range(1, 4):
+            meter(rows, f"B1-m{n}", t, None if i >= 30 else 230.0, ("voltage_l1",))
+    write("all-meters-on-one-line-silent-with-mains-healthy-line-fault", rows)
+
+
+def mains_lost() -> None:
+    rows: list[Row] = []
+    for i in range(0, 200, 2):
+        t = T0 + i
+        rows.append((t, "gw-ups", "mains_present", "0" if i >= 40 else "1"))
+        for b in ("B1", "B2"):
+            for n in range(1, 3):
+                meter(rows, f"{b}-u{n}", t, None if i >= 42 else 230.0, ("voltage_l1",))
+    write("gateway-mains-lost-one-site-outage-absorbs-domains", rows)
+
+
+def phase_loss() -> None:
+    rows: list[Row] = []
+    for i in range(0, 200):
+        t = T0 + i
+        if 20 <= i < 120:
+            rows.extend([(t, "B1-main", "voltage_l1", "231"), (t, "B1-main", "voltage_l2", "3"),
+                         (t, "B1-main", "voltage_l3", "229")])  # fmt: skip
+        else:
+            meter(rows, "B1-main", t, 230.0)
+    neighbour(rows, 200)
+    write("one-phase-lost-phase-loss-not-outage", rows)
+
+
+if __name__ == "__main__":
+    main_meter_all_phases()
+    twenty_silent(
+        "twenty-line-powered-meters-silent-within-30s-one-domain-outage",
+        lambda n, i: i >= 60 + (n - 1) * 1.5,  # the 20 meters drop out over 30 s
+    )
+    twenty_silent("one-silent-meter-among-answering-ones-device-fault", lambda n, i: n == 7 and i >= 60)
+    outage_then_data_stops()
+    voltage_flap()
+    reopen()
+    pump_flow_collapse()
+    night_flow("night-flow-three-nights-running-leak-suspected", 4, 1)
+    night_flow("night-flow-two-nights-no-leak", 3, 2)
+    late_root()
+    line_fault()
+    mains_lost()
+    phase_loss()
