@@ -84,6 +84,9 @@ def schema() -> None:
 def run(
     site_file: Path = SiteArg,
     log_level: str = typer.Option("info", help="debug, info, warning, error"),
+    tap: Path | None = typer.Option(
+        None, help="debug: append every polled sample to this JSON-lines file (slows sources if the disk is)"
+    ),
 ) -> None:
     """Run the gateway daemon until SIGTERM or SIGINT."""
     site = _load_or_exit(site_file)
@@ -91,7 +94,7 @@ def run(
     from gateway.logfmt import setup_logging
 
     setup_logging(log_level)
-    raise typer.Exit(run_daemon(site))
+    raise typer.Exit(run_daemon(site, tap=tap))
 
 
 @app.command()

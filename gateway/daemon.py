@@ -86,7 +86,7 @@ async def serve(rt: Runtime, stop: asyncio.Event) -> None:
     log.info("meterwatch stopped")
 
 
-def run_daemon(site: Site, state_dir: Path | None = None) -> int:
+def run_daemon(site: Site, state_dir: Path | None = None, tap: Path | None = None) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -94,6 +94,10 @@ def run_daemon(site: Site, state_dir: Path | None = None) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         rt = build_runtime(site, state_dir)
+        if tap is not None:  # debug: every published sample to a JSON-lines file (gateway/sink/tap.py)
+            from gateway.sink.tap import SampleTap
+
+            rt.components.insert(0, SampleTap(rt.bus, tap))
         await serve(rt, stop)
 
     asyncio.run(main())
