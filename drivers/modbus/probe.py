@@ -115,13 +115,28 @@ async def read_once(line: LineSpec, unit: int, function: Function, address: int,
         conn.close()
 
 
+HINTS = {
+    2: "the device has no such register here: check --address, --count and --function",
+    1: "the device does not support this function: try the other --function",
+}
+FAILURE_HINTS = {
+    "connection": "check --host/--port (or --serial) and that the device or gateway is reachable",
+    "timeout": "no answer: check --unit, the wiring and the serial settings (baud rate, parity)",
+    "crc": "answer with a bad CRC: check the baud rate, parity and stop bits",
+    "framing": "unusable answer: check --rtu-over-tcp (RTU framing) versus plain Modbus TCP",
+}
+
+
 def describe_outcome(outcome: ReadOutcome) -> str | None:
-    """Why there is nothing to show, or None when there are words."""
+    """Why there is nothing to show (with what to check), or None when there are words."""
     if outcome.exception_code is not None:
         code = outcome.exception_code
-        return f"device answered with Modbus exception {code:02d} ({EXCEPTIONS.get(code, 'unknown')})"
+        text = f"device answered with Modbus exception {code:02d} ({EXCEPTIONS.get(code, 'unknown')})"
+        return f"{text}; {HINTS[code]}" if code in HINTS else text
     if outcome.failure is not None:
-        return f"{outcome.failure}: {outcome.detail}" if outcome.detail else outcome.failure
+        text = f"{outcome.failure}: {outcome.detail}" if outcome.detail else outcome.failure
+        hint = FAILURE_HINTS.get(outcome.failure)
+        return f"{text}; {hint}" if hint else text
     return None
 
 
@@ -170,14 +185,15 @@ async def run_probe(
     fn: Function = "holding" if function == "holding" else "input"
     outcome = await read_once(line, unit, fn, start, count)
     code = 3 if fn == "holding" else 4
-    print(
+    request = (
         f"{line.transport} {line.endpoint} unit {unit} FC{code:02d} "
         f"address {start} (0x{start:04X}) count {count}"
     )
     problem = describe_outcome(outcome)
     if problem is not None or outcome.words is None:
-        print(f"no data: {problem}", file=sys.stderr)
+        print(f"probe: no data from {request}: {problem}", file=sys.stderr)
         return 1
+    print(request)
     print("raw: " + " ".join(f"{w:04X}" for w in outcome.words))
     for text in format_interpretations(start, outcome.words):
         print(text)
