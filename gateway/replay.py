@@ -2,7 +2,9 @@
 
 The engine is the one the daemon runs; only the clock differs. Between events the replay jumps straight to
 the engine's next timer (next_wakeup), so hours of trace replay in milliseconds and give the same result as
-ticking every second.
+ticking every second. A `tail` runs the timers past the last row (holds, calendar windows, correlation
+waits), but the end of the recording is not evidence of silence: a device is judged silent only from what
+the recording shows.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ def run_replay(
             out.extend(engine.feed(evs[i]))
             i += 1
         out.extend(engine.tick(ts))
-    end = (evs[-1].ts if evs else t0) + tail
+    last = evs[-1].ts if evs else t0
+    engine.data_end = last  # the tail runs the timers on; the recording's end silences nobody
+    end = last + tail
     advance(end, inclusive=True)
     out.extend(engine.tick(end))
     return ReplayResult(engine, out, t0, end)

@@ -25,6 +25,9 @@ from rules.topology import Topology
 POWER_CATEGORIES = frozenset({"power_outage", "phase_loss", "voltage", "comm_fault"})
 SILENT, VOLTS = "silent", "volts"
 MAINS_RULE = "site.mains"
+# A burst is one way a water zone loses supply: once the loss of supply is confirmed on the same scope, the
+# burst is a symptom of that one incident, and a burst incident opened earlier is absorbed by it.
+CATEGORY_PARENT = {"water_burst": "water_supply"}
 _NAMES = {
     "comm_fault": "communication fault",
     "water_supply": "water supply",
@@ -39,6 +42,12 @@ def scope_level(scope: str, topo: Topology) -> int:
     if kind == "domain":
         return 1 + topo.depth(ref)
     return {"source": 8, "line": 10, "building": 15}.get(kind, 20)
+
+
+def key_rank(key: str, topo: Topology) -> tuple[int, int]:
+    """Lower ranks are nearer the root cause: by scope first, then a parent category before its child."""
+    category, _, scope = key.partition("/")
+    return scope_level(scope, topo), 1 if category in CATEGORY_PARENT else 0
 
 
 class Correlator:
@@ -212,21 +221,27 @@ class Correlator:
                     continue
             desired.setdefault(key, []).append(a)
             assigned[a.key] = key
+        for key in list(desired):
+            category, _, scope = key.partition("/")
+            up = f"{CATEGORY_PARENT.get(category)}/{scope}"
+            if category in CATEGORY_PARENT and up in desired:
+                for a in desired.pop(key):
+                    desired[up].append(a)
+                    assigned[a.key] = up
 
         out: list[IncidentChange] = []
         # roots first, so incidents below them can be merged into them
-        for key in sorted(desired, key=lambda k: scope_level(k.partition("/")[2], self.topo)):
+        for key in sorted(desired, key=lambda k: key_rank(k, self.topo)):
             self._upsert(key, desired[key], now, out)
         for key, inc_id in sorted(self.open_by_key.items()):
             if key in desired:
                 continue
             inc = self.incidents[inc_id]
-            level = scope_level(inc.scope, self.topo)
+            rank = key_rank(key, self.topo)
             higher = sorted(
-                {assigned[k] for k in inc.alerts if k in assigned},
-                key=lambda k: scope_level(k.partition("/")[2], self.topo),
+                {assigned[k] for k in inc.alerts if k in assigned}, key=lambda k: key_rank(k, self.topo)
             )
-            target = next((t for t in higher if scope_level(t.partition("/")[2], self.topo) < level), None)
+            target = next((t for t in higher if key_rank(t, self.topo) < rank), None)
             if target is not None and target in self.open_by_key:
                 parent = self.incidents[self.open_by_key[target]]
                 inc.state, inc.merged_into, inc.updated_at = "merged", parent.id, now

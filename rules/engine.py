@@ -73,6 +73,9 @@ class Engine:
         self.corr = Correlator(topology, self.infos, dark_kind, self.settings)
         self.unknown_devices = 0
         self.now = start
+        # the last instant the data could have told anything (a replayed recording's end): silence after it
+        # is the recorder stopping, not the meters, so it is not judged; None in the live daemon
+        self.data_end: float | None = None
         self._dirty = False
 
     # ---------------------------------------------------------------------------------------------------
@@ -154,8 +157,9 @@ class Engine:
                 continue
             seen = self.last_seen[d]
             down = d in self.down
+            judged = now if self.data_end is None else min(now, self.data_end)
             for ab in abs_rules:
-                if down or now - seen >= ab.stale_after[d]:
+                if down or judged - seen >= ab.stale_after[d]:
                     self.corr.answering.discard(d)
                     a = self.alerts.get(ab.info.id + "|" + d)
                     if a is None or a.state != FIRING:
@@ -179,7 +183,9 @@ class Engine:
         cands: list[float] = []
         for d, abs_rules in self.absence.items():
             if abs_rules and d not in self.down:
-                cands.append(self.last_seen[d] + min(ab.stale_after[d] for ab in abs_rules))
+                due = self.last_seen[d] + min(ab.stale_after[d] for ab in abs_rules)
+                if self.data_end is None or due <= self.data_end:
+                    cands.append(due)
         for a in self.alerts.values():
             if a.state == PENDING:
                 cands.append(a.since + self.infos[a.rule].for_)

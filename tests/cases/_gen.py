@@ -71,7 +71,8 @@ def outage_then_data_stops() -> None:
     rows: list[Row] = []
     for i in range(0, 60):
         meter(rows, "B1-main", T0 + i, 0.0 if i >= 20 else 230.0)
-    for i in range(0, 400, 5):
+    # the neighbour keeps answering for 12 minutes: B1-main's silence is recorded, not the recording's end
+    for i in range(0, 725, 5):
         meter(rows, "B2-main", T0 + i, 230.0)
     write("outage-whose-data-stops-stays-open-no-all-clear", rows)
 
