@@ -8,6 +8,10 @@ absent: a site without Modbus or without MQTT simply has no such series):
   side chose (today {"lines": {id: LineStats}, "devices": {id: DeviceStats}}): they are found by type.
 - rt.services["mqtt_stats"]: one MqttStats (or several, in a dict or list).
 - rt.services["sink"]: the Forwarder (points written, write latency, spool, drops, dead letters).
+- rt.services["incidents"]: anything with `open_incidents() -> list[Incident]` (duck-typed; each incident
+  has id, category, scope, severity): `meterwatch_incidents_open` counts them per category and scope, and
+  `meterwatch_incident_open` carries one series per open incident (value 1), which Grafana shows as
+  annotations. No such service, no such families.
 - rt.services["device_view"]: DeviceView below, the bus-side view of every configured device, so that
   `meterwatch_device_up` exists for every device of the site, also those no poller keeps stats for
   (MQTT sensors: up while they publish within 3 expected intervals).
@@ -39,6 +43,10 @@ from gateway.core.bus import Bus, Subscription
 from gateway.core.stats import DeviceStats, Histogram, LineStats, MqttStats
 from gateway.core.types import DeviceStatus, Sample
 from gateway.sink.lineproto import LineEncoder
+
+# Error kinds always exposed (at 0 until they happen), so rate() and alerts see a series from the start.
+LINE_ERROR_KINDS = ("timeout", "connection", "crc", "framing")
+DEVICE_ERROR_KINDS = (*LINE_ERROR_KINDS, "decode", "nan")
 
 STALE_INTERVALS = 3.0  # an MQTT device is down after this many expected intervals without a sample
 MIN_STALE_SECONDS = 10.0
@@ -117,8 +125,12 @@ def find_stats(obj: object, kinds: tuple[type, ...], depth: int = 0) -> Iterator
             yield from find_stats(v, kinds, depth + 1)
     elif hasattr(obj, "__dict__") and not isinstance(obj, type):
         for v in vars(obj).values():
-            if isinstance(v, kinds | dict | list | tuple):
+            if isinstance(v, (*kinds, dict, list, tuple)):
                 yield from find_stats(v, kinds, depth + 1)
+
+
+def _with_zeros(counts: dict[str, int], kinds: tuple[str, ...]) -> list[tuple[str, int]]:
+    return sorted({**dict.fromkeys(kinds, 0), **counts}.items())
 
 
 def _histogram(name: str, doc: str, labels: list[str]) -> HistogramMetricFamily:
@@ -145,6 +157,7 @@ class GatewayCollector(Collector):
         yield from self._mqtt(now)
         yield from self._sink(now)
         yield from self._bus()
+        yield from self._incidents()
 
     def _info(self) -> Iterator[Metric]:
         info = InfoMetricFamily("meterwatch_build", "meterwatch version and site")
@@ -174,7 +187,7 @@ class GatewayCollector(Collector):
         )
         for ls in lines:
             req.add_metric([ls.line, ls.transport], ls.requests)
-            for kind, n in sorted(ls.errors.items()):
+            for kind, n in _with_zeros(ls.errors, LINE_ERROR_KINDS):
                 err.add_metric([ls.line, kind], n)
             conn.add_metric([ls.line], 1.0 if ls.connected else 0.0)
             rec.add_metric([ls.line], ls.reconnects)
@@ -237,7 +250,7 @@ class GatewayCollector(Collector):
                 last.add_metric([dev_id, building, source], last_ok)
             if st is not None:
                 req.add_metric([dev_id, st.line], st.requests)
-                for kind, n in sorted(st.errors.items()):
+                for kind, n in _with_zeros(st.errors, DEVICE_ERROR_KINDS):
                     err.add_metric([dev_id, st.line, kind], n)
                 _add_hist(rtt, [dev_id, st.line], st.rtt)
                 cycles.add_metric([dev_id, st.line], st.cycles)
@@ -380,6 +393,30 @@ class GatewayCollector(Collector):
             depth.add_metric([sub.name], sub.queue.qsize())
             dropped.add_metric([sub.name], sub.dropped)
         yield from (pub, depth, dropped)
+
+    # -- incidents --------------------------------------------------------------------------------------
+    def _incidents(self) -> Iterator[Metric]:
+        service = self.services.get("incidents")
+        open_incidents = getattr(service, "open_incidents", None)
+        if not callable(open_incidents):
+            return
+        incidents = list(open_incidents())
+        counts = GaugeMetricFamily(
+            "meterwatch_incidents_open", "open incidents by category and scope", labels=["category", "scope"]
+        )
+        each = GaugeMetricFamily(
+            "meterwatch_incident_open",
+            "1 for every open incident (Grafana annotations come from this series)",
+            labels=["incident_id", "category", "scope", "severity"],
+        )
+        per_key: dict[tuple[str, str], int] = {}
+        for inc in incidents:
+            category, scope = str(inc.category), str(inc.scope)
+            per_key[(category, scope)] = per_key.get((category, scope), 0) + 1
+            each.add_metric([str(inc.id), category, scope, str(inc.severity)], 1.0)
+        for (category, scope), n in sorted(per_key.items()):
+            counts.add_metric([category, scope], n)
+        yield from (counts, each)
 
 
 def _version() -> str:

@@ -13,6 +13,7 @@ pytest_plugins: list[str] = []
 pytest_plugins.append("tests.fixtures.victoria")
 pytest_plugins.append("tests.fixtures.mosquitto")
 pytest_plugins.append("tests.fixtures.sim")
+pytest_plugins.append("tests.fixtures.prometheus")
 
 T = TypeVar("T")
 
