@@ -134,6 +134,21 @@ def simulate(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def replay(
+    trace: Path = typer.Argument(..., help="long CSV ts,device,quantity,value; or a wide CSV with --mapping"),
+    config: Path = typer.Option(..., "--config", help="site file (YAML) whose rules and topology to use"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON line per incident instead of a table"),
+    mapping: Path | None = typer.Option(None, help="column mapping of a wide CSV (YAML)"),
+    tail: str = typer.Option("0s", help="run the timers on this long past the last row, e.g. 5m"),
+) -> None:
+    """Run a recorded trace through the site's rules in virtual time and print the incidents."""
+    site = _load_or_exit(config)
+    from gateway.replay import replay_command
+
+    raise typer.Exit(replay_command(trace, site, mapping, tail, as_json))
+
+
 def main() -> None:
     app()
 

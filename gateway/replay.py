@@ -10,15 +10,19 @@ the recording shows.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import Site
+from gateway.core.durations import parse_duration
 from gateway.core.types import Event
 from gateway.incidents.site_model import build_engine
+from gateway.replay_trace import TraceError, load_mapping, read_trace
 from rules.engine import Engine
 from rules.model import Incident, IncidentChange, Transition
 
@@ -108,7 +112,7 @@ def print_table(records: list[dict[str, Any]], title: str) -> None:
 
     table = Table(title=title)
     for col in ("id", "category", "scope", "state", "opened", "resolved", "households", "symptoms", "flaps"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in records:
         symptoms = r["symptoms"]
         shown = ", ".join(symptoms[:6]) + (f" +{len(symptoms) - 6}" if len(symptoms) > 6 else "")
@@ -123,4 +127,33 @@ def print_table(records: list[dict[str, Any]], title: str) -> None:
             shown,
             str(r["flap_count"]) + (" (flapping)" if r["flapping"] else ""),
         )
-    Console().print(table)
+    # piped output has no terminal width: wide enough that times and scopes are never cut
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def replay_command(trace_path: Path, site: Site, mapping_path: Path | None, tail: str, as_json: bool) -> int:
+    """`meterwatch replay`: the exit code; incidents on stdout, every problem on stderr."""
+    try:
+        tail_s = parse_duration(tail)
+    except ValueError as exc:
+        print(f"--tail: {exc}", file=sys.stderr)
+        return 2
+    tz = site.config.site.timezone
+    try:
+        mapping = load_mapping(mapping_path) if mapping_path is not None else None
+        trace = read_trace(trace_path, tz, mapping)
+    except TraceError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    unknown = sorted(trace.devices - {d.id for d in site.config.devices})
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10})" if len(unknown) > 10 else "")
+        print(f"{trace_path}: devices not in the site file are ignored: {shown}", file=sys.stderr)
+    result = run_replay(site, trace.events, tail=tail_s)
+    records = [incident_record(i, tz) for i in result.incidents()]
+    if as_json:
+        sys.stdout.write(json_lines(records))
+        return 0
+    span = f"{local_time(result.start, tz)} .. {local_time(result.end, tz)} ({tz})"
+    print_table(records, f"{len(records)} incident(s) from {trace_path.name}, {span}")
+    return 0
