@@ -3,7 +3,7 @@
 Each line: {"ts": "<UTC ISO time>", "status": 400, "reason": "<server message>", "line": "<line protocol>"}.
 The file is fsynced before the spool forgets the points, so a crash in between can duplicate a dead letter
 but never lose one. Re-send after fixing the cause with e.g.
-`jq -r .line deadletter.jsonl | curl --data-binary @- "$URL/api/v2/write?bucket=...&precision=ms"`.
+`jq -r .line deadletter.jsonl | curl --data-binary @- "$URL/api/v2/write?bucket=...&precision=us"`.
 """
 
 from __future__ import annotations

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import urllib3
-from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
+from gateway.sink.lineproto import PRECISION
 from gateway.sink.settings import InfluxConfig
 
 OutcomeKind = Literal["ok", "retry", "too_large", "rejected", "config", "unreachable"]
@@ -93,7 +94,7 @@ class InfluxWriter:
                 bucket=self.cfg.bucket,
                 org=self.cfg.org,
                 record="\n".join(lines),
-                write_precision=WritePrecision.MS,  # type: ignore[arg-type]
+                write_precision=PRECISION,  # type: ignore[arg-type]
             )
         except ApiException as exc:
             status = int(exc.status or 0)

@@ -6,7 +6,12 @@ zone_pressure -> pressure, flow -> flow, tank -> level, anything else -> other.
 Tags: site, building, device, profile (the profile name, or "mqtt"), domain (when the device has one).
 Fields: one float per quantity (the quantity name unchanged) plus an integer `quality` field:
 0 good, 1 stale, 2 comm_error, 3 decode_error. It is a number, not a string, because VictoriaMetrics and
-other v2-write-API stores keep numeric fields only. Timestamps are written in milliseconds.
+other v2-write-API stores keep numeric fields only.
+
+Timestamps are written in microseconds (PRECISION). A Modbus device's cycle publishes one Sample per read,
+each stamped when its read completed, and two reads of one device can complete within the same
+millisecond: at millisecond precision InfluxDB would merge them into one point whose `quality` is
+whichever came last. VictoriaMetrics keeps milliseconds and truncates finer timestamps.
 
 A Prometheus-style store such as VictoriaMetrics names field f of measurement m as the metric `m_f`
 (`series_name`).
@@ -24,6 +29,7 @@ from gateway.core.types import Quality, Sample
 
 MEASUREMENTS: tuple[str, ...] = ("power", "pressure", "flow", "level", "other")
 QUALITY_FIELD = "quality"
+PRECISION = "us"  # of the timestamps we write; the writer sends it as the precision parameter
 QUALITY_CODES: dict[Quality, int] = {"good": 0, "stale": 1, "comm_error": 2, "decode_error": 3}
 MQTT_PROFILE_TAG = "mqtt"
 
@@ -126,4 +132,4 @@ class LineEncoder:
         if not fields:
             return None
         fields.append(f"{QUALITY_FIELD}={QUALITY_CODES.get(sample.quality, 0)}i")
-        return f"{prefix} {','.join(fields)} {round(sample.ts * 1000)}"
+        return f"{prefix} {','.join(fields)} {round(sample.ts * 1_000_000)}"

@@ -23,7 +23,7 @@ class InfluxConfig(_Strict):
 
     url: str = Field(description="base URL, e.g. http://localhost:8086")
     org: str = Field(default="meterwatch", description="organisation (ignored by VictoriaMetrics)")
-    bucket: str = Field(default="meterwatch", description="bucket (VictoriaMetrics: becomes a `db` label)")
+    bucket: str = Field(default="meterwatch", description="bucket (ignored by VictoriaMetrics)")
     token: SecretStr | None = Field(default=None, description="API token; write it as ${INFLUX_TOKEN}")
     batch_size: int = Field(default=1000, ge=1, le=50_000, description="points per write request")
     flush_interval: Duration = Field(default=1.0, gt=0, le=60, description="longest wait to fill a batch")
