@@ -15,12 +15,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.broker import local_broker
 from gateway.config import ConfigError, Site, load_site
-from gateway.daemon import build_runtime, serve
+from gateway.daemon import Component, build_runtime, serve
 from gateway.live import LiveView
 from gateway.logfmt import setup_logging
+
+if TYPE_CHECKING:
+    from simulators.mqtt_publisher import MqttPublisher
+    from simulators.runner import SiteSimulator
 
 DEFAULT_SITE = Path(__file__).parents[1] / "deploy/examples/compound.yaml"
 DEFAULT_SCENARIO = Path(__file__).parents[1] / "deploy/examples/scenarios/demo.yaml"
@@ -44,19 +49,50 @@ async def run_demo(
         if mqtt is not None:
             broker = await stack.enter_async_context(local_broker(mqtt.host, mqtt.port))
             print(f"demo: MQTT broker: {broker}", flush=True)
-        sim = await stack.enter_async_context(SiteSimulator(site, scenario=scenario))
+        # The MQTT sensors start publishing only once the gateway has subscribed: on a fresh broker there is
+        # no session yet, and a reading published before the subscription would be lost (a real sensor
+        # would publish again; the demo's slowest sensor only every 10 s).
+        sim = await stack.enter_async_context(SiteSimulator(site, scenario=scenario, mqtt=False))
         for line in sim.describe():
             print(f"demo: simulator: {line}", flush=True)
         rt = build_runtime(site, state_dir=state_dir)
         view = LiveView.attach(site, rt.bus, plain=plain)
         rt.components.append(view)
         started = time.time()
-        await serve(rt, stop)
+        serving = asyncio.create_task(serve(rt, stop), name="gateway")
+        publisher = await _publish_when_subscribed(site, sim, rt.components, stop)
+        try:
+            await serving
+        finally:
+            if publisher is not None:
+                await publisher.stop()
         if view.first_reading_at is None:
             print("demo: no reading arrived; see the log lines above", file=sys.stderr)
             return 1
         print(f"demo: first reading {view.first_reading_at - started:.1f}s after start", flush=True)
     return 0
+
+
+async def _publish_when_subscribed(
+    site: Site, sim: SiteSimulator, components: list[Component], stop: asyncio.Event
+) -> MqttPublisher | None:
+    """Start the simulated MQTT sensors once the gateway's subscriber is subscribed (or after 5 s anyway)."""
+    from drivers.mqtt.subscriber import MqttSubscriber
+    from simulators.mqtt_publisher import MqttPublisher
+
+    if site.config.mqtt is None or not any(d.source == "mqtt" for d in site.config.devices):
+        return None
+    subscribers = [c for c in components if isinstance(c, MqttSubscriber)]
+    deadline = time.monotonic() + 5.0
+    while not stop.is_set() and time.monotonic() < deadline and not all(s.subscribed for s in subscribers):
+        await asyncio.sleep(0.05)
+    if stop.is_set():
+        return None
+    publisher = MqttPublisher(site, sim.world)
+    await publisher.start()
+    names = ", ".join(f"{p.device.id} ({p.sub.format} {p.sub.topic})" for p in publisher.publications)
+    print(f"demo: simulator: {publisher.endpoint}: {names}", flush=True)
+    return publisher
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 1
     scenario = args.scenario
-    if scenario is None and DEFAULT_SCENARIO.exists() and args.site == DEFAULT_SITE:
+    if scenario is None and DEFAULT_SCENARIO.exists() and args.site.resolve() == DEFAULT_SITE.resolve():
         scenario = DEFAULT_SCENARIO
     plain = True if args.plain else None
     with tempfile.TemporaryDirectory(prefix="meterwatch-demo-") as tmp:

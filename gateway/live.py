@@ -137,13 +137,24 @@ class LiveView:
                 await self._drain(stop, time.monotonic() + 0.5)
                 live.update(self.table())
 
+    def everyone_reported(self) -> bool:
+        return all(v.up is not None for v in self.views.values())
+
     async def _run_plain(self, stop: asyncio.Event) -> None:
+        # Print a first snapshot as soon as every device has reported (up or down), so a new user sees the
+        # whole site at once rather than after a fixed period; then one every `plain_every` seconds.
         next_print = time.monotonic() + self.plain_every
+        complete_shown = False
         while not stop.is_set():
-            await self._drain(stop, next_print)
-            if time.monotonic() >= next_print:
-                stamp = time.strftime("%H:%M:%S")
-                print(f"--- {stamp} live readings", flush=True)
-                for line in self.snapshot_lines():
-                    print(line, flush=True)
+            await self._drain(stop, min(next_print, time.monotonic() + 0.25))
+            first_complete = not complete_shown and self.everyone_reported()
+            if first_complete or time.monotonic() >= next_print:
+                complete_shown = complete_shown or first_complete
+                self.print_snapshot()
                 next_print = time.monotonic() + self.plain_every
+
+    def print_snapshot(self) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        print(f"--- {stamp} live readings", flush=True)
+        for line in self.snapshot_lines():
+            print(line, flush=True)
