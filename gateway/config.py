@@ -23,6 +23,7 @@ from pydantic import (
 from drivers.mqtt.settings import subscription_problems
 from drivers.profile import Profile, builtin_profiles, load_profile_file
 from gateway.core.durations import Duration
+from gateway.incidents.settings import IncidentsConfig
 from gateway.sink.settings import HttpConfig, InfluxConfig, SpoolConfig
 from gateway.yamlsrc import LoadedYaml, Loc, YamlSyntaxError, load
 from rules.spec import RULE_KINDS, Detection, GatewaySection, RuleSpec
@@ -230,6 +231,7 @@ class SiteConfig(Strict):
     )
     detection: Detection = Field(default_factory=Detection)
     gateway: GatewaySection = Field(default_factory=GatewaySection)
+    incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------

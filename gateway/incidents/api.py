@@ -1,0 +1,91 @@
+"""GET /api/incidents and GET /api/incidents/{id}: the daemon's incidents as JSON (pydantic models: an edge).
+
+Records carry the same fields as `meterwatch replay --json` (gateway/replay.incident_record): times in the
+site's time zone as ISO 8601. The list reads the store (what is committed is what is shown); the detail adds
+the incident's append-only timeline, including the gateway's downtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel
+
+from gateway.incidents.store import StoreReader, TimelineEntry
+from gateway.replay import incident_record
+from rules.model import Incident
+
+
+class IncidentOut(BaseModel):
+    id: int
+    category: str
+    scope: str
+    title: str
+    state: str
+    severity: str
+    event_code: str
+    audiences: list[str]
+    opened_at: str | None
+    first_evidence_at: str | None
+    resolved_at: str | None
+    households: int
+    symptoms: list[str]
+    flap_count: int
+    flapping: bool
+    reopen_count: int
+    absorbed: list[int]
+    merged_into: int | None
+
+
+class TimelineOut(BaseModel):
+    seq: int
+    ts: float
+    at: str
+    event: str
+    notify: bool
+    detail: str
+
+
+class IncidentDetail(IncidentOut):
+    timeline: list[TimelineOut]
+
+
+class IncidentList(BaseModel):
+    site: str
+    timezone: str
+    state: Literal["open", "all"]
+    incidents: list[IncidentOut]
+
+
+def make_router(reader: StoreReader, site_id: str, tz: str) -> APIRouter:
+    zone = ZoneInfo(tz)
+    router = APIRouter(prefix="/api/incidents", tags=["incidents"])
+
+    def out(inc: Incident) -> IncidentOut:
+        return IncidentOut.model_validate(incident_record(inc, tz))
+
+    def entry(e: TimelineEntry) -> TimelineOut:
+        at = datetime.fromtimestamp(e.ts, zone).isoformat(timespec="seconds")
+        return TimelineOut(seq=e.seq, ts=e.ts, at=at, event=e.event, notify=e.notify, detail=e.detail)
+
+    @router.get("", response_model=IncidentList)
+    async def list_incidents(
+        state: Literal["open", "all"] = Query("open", description="open: firing or recovering"),
+        limit: int = Query(100, ge=1, le=10_000),
+    ) -> IncidentList:
+        incs = await asyncio.to_thread(reader.incidents, state, limit)
+        return IncidentList(site=site_id, timezone=tz, state=state, incidents=[out(i) for i in incs])
+
+    @router.get("/{incident_id}", response_model=IncidentDetail)
+    async def get_incident(incident_id: int) -> IncidentDetail:
+        inc = await asyncio.to_thread(reader.incident, incident_id)
+        if inc is None:
+            raise HTTPException(status_code=404, detail=f"no incident {incident_id}")
+        timeline = await asyncio.to_thread(reader.timeline, incident_id)
+        return IncidentDetail(**out(inc).model_dump(), timeline=[entry(e) for e in timeline])
+
+    return router
