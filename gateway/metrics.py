@@ -10,8 +10,8 @@ absent: a site without Modbus or without MQTT simply has no such series):
 - rt.services["sink"]: the Forwarder (points written, write latency, spool, drops, dead letters).
 - rt.services["incidents"]: anything with `open_incidents() -> list[Incident]` (duck-typed; each incident
   has id, category, scope, severity): `meterwatch_incidents_open` counts them per category and scope, and
-  `meterwatch_incident_open` carries one series per open incident (value 1), which Grafana shows as
-  annotations. No such service, no such families.
+  `meterwatch_incident_open` carries one series per open incident (value 1, with the building its scope
+  lies in), which Grafana shows as annotations. No such service, no such families.
 - rt.services["device_view"]: DeviceView below, the bus-side view of every configured device, so that
   `meterwatch_device_up` exists for every device of the site, also those no poller keeps stats for
   (MQTT sensors: up while they publish within 3 expected intervals).
@@ -406,17 +406,35 @@ class GatewayCollector(Collector):
         )
         each = GaugeMetricFamily(
             "meterwatch_incident_open",
-            "1 for every open incident (Grafana annotations come from this series)",
-            labels=["incident_id", "category", "scope", "severity"],
+            "1 for every open incident (Grafana annotations come from this series); building is empty for a "
+            "site-wide scope",
+            labels=["incident_id", "category", "scope", "severity", "building"],
         )
         per_key: dict[tuple[str, str], int] = {}
         for inc in incidents:
             category, scope = str(inc.category), str(inc.scope)
             per_key[(category, scope)] = per_key.get((category, scope), 0) + 1
-            each.add_metric([str(inc.id), category, scope, str(inc.severity)], 1.0)
+            each.add_metric([str(inc.id), category, scope, str(inc.severity), self._building_of(scope)], 1.0)
         for (category, scope), n in sorted(per_key.items()):
             counts.add_metric([category, scope], n)
         yield from (counts, each)
+
+    def _building_of(self, scope: str) -> str:
+        """The one building a scope (building:, domain:, device:, line:) lies in; "" for site or mixed."""
+        kind, _, ident = scope.partition(":")
+        try:
+            if kind == "building":
+                return ident
+            if kind == "domain":
+                return self.site.domains()[ident][0].id
+            if kind == "device":
+                return self.site.device(ident).building
+            if kind == "line":
+                buildings = {d.building for d in self.site.devices_on(ident)}
+                return buildings.pop() if len(buildings) == 1 else ""
+        except KeyError:
+            return ""
+        return ""
 
 
 def _version() -> str:

@@ -120,19 +120,28 @@ async def test_incident_families_from_the_incident_service(sim_site_file: Path) 
             FakeIncident(8, "lost_meter", "device:R-pressure", "warning"),
             FakeIncident(9, "lost_meter", "device:P-tuf", "warning"),
             FakeIncident(10, "power_outage", "domain:B1-power", "critical"),  # e.g. a reopened one
+            FakeIncident(11, "power_outage", "site", "critical"),
+            FakeIncident(12, "line_fault", "line:pty", "warning"),
+            FakeIncident(13, "lost_meter", "device:no-such-device", "warning"),
         ]
         s = await scrape(port)
         assert {(lbl["category"], lbl["scope"]): v for lbl, v in s.series("meterwatch_incidents_open")} == {
             ("power_outage", "domain:B1-power"): 2,
             ("lost_meter", "device:R-pressure"): 1,
             ("lost_meter", "device:P-tuf"): 1,
+            ("power_outage", "site"): 1,
+            ("line_fault", "line:pty"): 1,
+            ("lost_meter", "device:no-such-device"): 1,
         }
         each = s.series("meterwatch_incident_open")
-        assert sorted((lbl["incident_id"], lbl["severity"], v) for lbl, v in each) == [
-            ("10", "critical", 1.0),
-            ("7", "critical", 1.0),
-            ("8", "warning", 1.0),
-            ("9", "warning", 1.0),
+        assert sorted((lbl["incident_id"], lbl["severity"], lbl["building"], v) for lbl, v in each) == [
+            ("10", "critical", "B1", 1.0),
+            ("11", "critical", "", 1.0),
+            ("12", "warning", "B3", 1.0),
+            ("13", "warning", "", 1.0),
+            ("7", "critical", "B1", 1.0),
+            ("8", "warning", "B2", 1.0),
+            ("9", "warning", "B3", 1.0),
         ]
         promtool_check_metrics(s.text)
 
