@@ -71,7 +71,7 @@ def _info(r: RuleSpec, for_: float | None = None) -> RuleInfo:
 
 
 def _cond(c: Condition) -> Cond:
-    return Cond(c.quantity, c.above, tuple(c.devices) if c.devices is not None else None)
+    return Cond(c.quantity, c.above, tuple(c.devices) if c.devices is not None else None, c.over)
 
 
 def _hhmm(s: str) -> time:

@@ -70,6 +70,9 @@ class Engine:
         self.last_seen: dict[str, float] = dict.fromkeys(topology.devices, start)
         self.down: set[str] = set()
         self.ctx = Context(topology)
+        for k in kinds:
+            for q, span in k.windows().items():
+                self.ctx.windows[q] = max(self.ctx.windows.get(q, 0.0), span)
         self.corr = Correlator(topology, self.infos, dark_kind, self.settings)
         self.unknown_devices = 0
         self.now = start
@@ -130,6 +133,8 @@ class Engine:
             self._dirty = True
         self.ctx.last_values[d] = s.values
         self.ctx.last_ts[d] = s.ts
+        if self.ctx.windows:
+            self.ctx.record(s)
         for ab in self.absence[d]:
             if ab.info.id + "|" + d in self.alerts:
                 self._apply(ab.info, d, "", False, None, s.ts, out)

@@ -29,6 +29,28 @@ class Context:
     last_values: dict[str, Mapping[str, float]] = field(default_factory=dict)
     last_ts: dict[str, float] = field(default_factory=dict)
     freshness: float = 30.0  # a reading older than this does not count as the current value
+    # quantity -> the longest trailing span a rule averages it over; only these quantities keep a history
+    windows: dict[str, float] = field(default_factory=dict)
+    history: dict[tuple[str, str], deque[tuple[float, float]]] = field(default_factory=dict)
+
+    def record(self, s: Sample) -> None:
+        for q, span in self.windows.items():
+            v = s.values.get(q)
+            if v is None:
+                continue
+            h = self.history.get((s.device, q))
+            if h is None:
+                h = self.history[(s.device, q)] = deque()
+            h.append((s.ts, v))
+            while h[0][0] < s.ts - span:
+                h.popleft()
+
+    def mean(self, device: str, quantity: str, now: float, span: float) -> float | None:
+        h = self.history.get((device, quantity))
+        if not h:
+            return None
+        vals = [v for t, v in h if t >= now - span]
+        return sum(vals) / len(vals) if vals else None
 
 
 class Kind:
@@ -43,6 +65,10 @@ class Kind:
 
     def wakeup(self) -> float | None:
         return None
+
+    def windows(self) -> dict[str, float]:
+        """Quantities this rule averages, with the span: the engine keeps their recent readings."""
+        return {}
 
     def export(self) -> dict[str, object]:
         return {}
@@ -257,6 +283,7 @@ class Cond:
     quantity: str
     above: float
     devices: tuple[str, ...] | None
+    over: float = 0.0  # mean over this trailing span; 0 = the latest reading
 
 
 @dataclass
@@ -286,12 +313,22 @@ class Sequence(Kind):
             vals = ctx.last_values.get(d)
             if vals is None or c.quantity not in vals or now - ctx.last_ts.get(d, -1e18) > ctx.freshness:
                 continue
-            v = vals[c.quantity]
+            v = ctx.mean(d, c.quantity, now, c.over) if c.over > 0 else vals[c.quantity]
+            if v is None:
+                continue
             best = v if best is None else max(best, v)
         return best
 
+    def windows(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for c in (self.running, *self.expect):
+            if c.over > 0:
+                out[c.quantity] = max(out.get(c.quantity, 0.0), c.over)
+        return out
+
     def on_sample(self, dev: DeviceNode, s: Sample, ctx: Context) -> list[Evidence]:
-        r = s.values.get(self.running.quantity) if self.running.devices is None else None
+        own = self.running.devices is None and self.running.over == 0
+        r = s.values.get(self.running.quantity) if own else None
         if r is None:
             r = self._read(dev, self.running, s.ts, ctx)
         if r is None:

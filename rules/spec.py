@@ -169,6 +169,13 @@ class Condition(_Strict):
     devices: list[str] | None = Field(
         default=None, description="where to read it; default: the same device, else its building"
     )
+    over: Duration = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="compare the mean of the readings over this trailing span (a noisy meter, e.g. the flow "
+        "of a cavitating pump); 0 = the latest reading",
+    )
 
 
 class SequenceRule(RuleBase):

@@ -4,8 +4,9 @@ expected.yaml holds either `errors:` (substrings of the config errors, file:line
 (the incidents that are not merged, in opening order; only the fields given are compared), plus optionally
 `merged:`, `timeline_events:` (event names of the single incident), `tail:` (virtual time to run past the
 trace's end), `env:` (e.g. TZ, applied to the process for the run: calendar rules must not care) and
-`trace:`/`mapping:` paths ({repo} expands to the repository root). Times `*_within_s` are seconds after the
-trace's first event.
+`site:`/`trace:`/`mapping:` paths ({repo} expands to the repository root; a recorded data set outside the
+repository is referenced, never copied, and its absence fails the case). Times `*_within_s` are seconds
+after the trace's first event.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def test_case(case: str, case_env: Any) -> None:
     d = CASES / case
     exp = yaml.safe_load((d / "expected.yaml").read_text()) or {}
     case_env(exp.get("env") or {})
-    site_path = d / "site.yaml"
+    site_path = _path(exp.get("site", "site.yaml"), d)
     if "errors" in exp:
         with pytest.raises(ConfigError) as info:
             load_site(site_path)
@@ -85,6 +86,8 @@ def test_case(case: str, case_env: Any) -> None:
         return
     site = load_site(site_path)
     trace_path = _path(exp.get("trace", "trace.csv"), d)
+    if not trace_path.exists():
+        pytest.fail(f"{case}: trace {trace_path} is missing (a shared data set? see expected.yaml)")
     mapping = load_mapping(_path(exp["mapping"], d)) if "mapping" in exp else None
     trace = read_trace(trace_path, site.config.site.timezone, mapping)
     result = run_replay(site, trace.events, tail=parse_duration(exp.get("tail", 0)))

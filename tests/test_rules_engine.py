@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.config import Site, load_site
+import pytest
+
+from gateway.config import ConfigError, Site, load_site
 from gateway.core.types import Sample
 from gateway.replay import run_replay
 
@@ -77,3 +79,46 @@ def test_silence_recorded_inside_the_trace_is_still_judged(tmp_path: Path) -> No
     assert [(i.category, i.scope, i.state) for i in result.incidents()] == [
         ("comm_fault", "device:B1-pump", "firing")
     ]
+
+
+PUMP_SITE = """\
+site: {id: t, timezone: Asia/Shanghai}
+buildings:
+  - {id: B1, households: 4, domains: [{id: B1-water, kind: water}]}
+devices:
+  - {id: pump, building: B1, domain: B1-water, role: pump, households: 4, source: mqtt, expected_interval: 1s}
+rules:
+  - id: pump.no_flow
+    kind: sequence
+    mode: no_response
+    category: water_supply
+    scope: domain
+    match: {roles: [pump]}
+    running: {quantity: current_l1, above: 0.5}
+    expect: [{quantity: flow, above: 3.0, over: OVER}]
+    within: 20s
+"""
+
+
+def _surging_pump() -> list[Sample]:
+    # a cavitating pump: flow ~0.2 m3/h with a surge to 4 m3/h every 8 s (mean ~0.7), motor running
+    return [
+        Sample("pump", T0 + i, {"current_l1": 2.5, "flow": 7.5 if i < 100 else (4.0 if i % 8 == 0 else 0.2)})
+        for i in range(0, 400)
+    ]
+
+
+def test_expect_over_a_span_sees_through_surges(tmp_path: Path) -> None:
+    latest = run_replay(_site(tmp_path, PUMP_SITE.replace("OVER", "0s")), _surging_pump())
+    assert latest.incidents() == []  # every surge restarts the 20 s hold
+    mean = run_replay(_site(tmp_path, PUMP_SITE.replace("OVER", "20s")), _surging_pump())
+    (inc,) = mean.incidents()
+    assert (inc.category, inc.scope, inc.state) == ("water_supply", "domain:B1-water", "firing")
+    # the 20 s mean falls under 3 m3/h about 12 s after the collapse at +100 s, then the 20 s hold runs
+    assert 125 <= inc.opened_at - T0 <= 140, inc.opened_at - T0
+
+
+def test_expect_over_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        _site(tmp_path, PUMP_SITE.replace("OVER", "-5s"))
+    assert any("rules[0].expect[0].over" in str(i) for i in info.value.issues), info.value.issues
