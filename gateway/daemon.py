@@ -45,6 +45,7 @@ Builder = Callable[[Runtime], list[Component]]
 # "module:function" builders, in start order: consumers first so they subscribe before sources publish.
 BUILDERS: list[str] = [
     "gateway.store_setup:build",
+    "gateway.detect_setup:build",
     "gateway.modbus_setup:build",
     "gateway.mqtt_setup:build",
     "gateway.store_setup:build_http",  # last: serves the routers every builder above registered
