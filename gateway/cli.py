@@ -149,6 +149,20 @@ def replay(
     raise typer.Exit(replay_command(trace, site, mapping, tail, as_json))
 
 
+@app.command()
+def incidents(
+    site_file: Path | None = typer.Argument(None, help="site file: its http section gives the address"),
+    url: str | None = typer.Option(None, help="the daemon's HTTP base URL, e.g. http://127.0.0.1:9464"),
+    all_: bool = typer.Option(False, "--all", help="resolved ones too, newest first"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+) -> None:
+    """List the running daemon's incidents (GET /api/incidents); exit 1 when it cannot be reached."""
+    from gateway.incidents.listing import list_incidents, url_for
+
+    base = url or url_for(_load_or_exit(site_file) if site_file is not None else None)
+    raise typer.Exit(list_incidents(base, all_, as_json))
+
+
 def main() -> None:
     app()
 
