@@ -22,6 +22,7 @@ test: lint
 bench: bootstrap
 	$(PY) bench/poll.py
 	$(PY) bench/planner.py
+	$(PY) bench/rules.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -190,6 +190,7 @@ class Correlator:
         desired: dict[str, list[Alert]] = {}
         assigned: dict[str, str] = {}
         self.held = {}
+        attached = {k: key for key, i in self.open_by_key.items() for k in self.incidents[i].alerts}
         for a in active:
             info = self.infos[a.rule]
             dev = self.topo.devices[a.device]
@@ -207,14 +208,20 @@ class Correlator:
                     key = f"comm_fault/source:{src}"
                 elif dev.line in lines:
                     key = f"comm_fault/line:{dev.line}"
+            stay = attached.get(a.key)
             if key is None:
                 scope = self._own_scope(info, a)
                 key = f"{info.category}/{scope}"
+            # An alert moves up to a root found late, never down: when the root's own evidence clears first
+            # (the main meter reads volts again while the unit meters' clear holds run), its symptoms stay
+            # with it until they resolve, instead of popping out as one incident each.
+            if stay is not None and key_rank(stay, self.topo) < key_rank(key, self.topo):
+                key = stay
+            elif key.partition("/")[2].startswith("device:"):
                 fired = a.fired_at if a.fired_at is not None else a.since
                 if (
                     key not in self.open_by_key
                     and a.rule in self.dark_kind
-                    and scope.startswith("device:")
                     and now - fired < self.s.correlation_window
                 ):
                     self.held[a.key] = fired + self.s.correlation_window

@@ -167,6 +167,20 @@ def phase_loss() -> None:
     write("one-phase-lost-phase-loss-not-outage", rows)
 
 
+def power_back_main_first() -> None:
+    rows: list[Row] = []
+    for i in range(0, 300):
+        t = T0 + i
+        off = 30 <= i < 150
+        if i % 5 == 0:
+            meter(rows, "B1-main", t, 0.0 if off else 229.0)
+            meter(rows, "B2-main", t, 231.0)
+        for n in range(1, 5):
+            if i % 10 == 2 * n:  # polled every 10 s, each at its own phase
+                meter(rows, f"B1-u{n:02d}", t, 0.0 if off else 228.0)
+    write("power-back-main-meter-first-unit-meters-stay-in-the-one-incident", rows)
+
+
 if __name__ == "__main__":
     main_meter_all_phases()
     twenty_silent(
@@ -184,3 +198,4 @@ if __name__ == "__main__":
     line_fault()
     mains_lost()
     phase_loss()
+    power_back_main_first()
