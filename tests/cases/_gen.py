@@ -181,6 +181,20 @@ def power_back_main_first() -> None:
     write("power-back-main-meter-first-unit-meters-stay-in-the-one-incident", rows)
 
 
+def night_flow_across_midnight_and_dst() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    rows: list[Row] = []
+    start = datetime(2026, 3, 26, 12, 0, tzinfo=berlin).timestamp()
+    leak_from = datetime(2026, 3, 27, 20, 0, tzinfo=berlin).timestamp()
+    for step in range(0, 4 * 24 * 4):  # every 15 minutes for four days
+        t = start + step * 900
+        hour = datetime.fromtimestamp(t, berlin).hour
+        base = 0.9 if t >= leak_from else 0.0
+        flow = base + (6.0 if 6 <= hour < 23 else (0.05 if hour >= 23 or hour < 5 else 0.4))
+        rows.append((t, "B1-flow", "flow", f"{flow:.2f}"))
+    write("calendar-window-across-midnight-and-dst-in-site-time-host-elsewhere", rows)
+
+
 if __name__ == "__main__":
     main_meter_all_phases()
     twenty_silent(
@@ -199,3 +213,4 @@ if __name__ == "__main__":
     mains_lost()
     phase_loss()
     power_back_main_first()
+    night_flow_across_midnight_and_dst()
