@@ -157,6 +157,14 @@ def test_dockerfile_copies_what_exists() -> None:
         for src in line.split():
             assert (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist"
     assert "EXPOSE 9464" in text and "USER meterwatch" in text
+    # The build context is the repository root: the ignore file lets through exactly what is copied.
+    allowed = [
+        ln[1:] for ln in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines() if ln.startswith("!")
+    ]
+    for src in (s for line in copies for s in line.split()):
+        assert src in allowed or f"{src}/**" in allowed, (
+            f"{src} is excluded by deploy/Dockerfile.dockerignore"
+        )
 
 
 def test_compose_site_is_the_example_compound_with_stack_endpoints() -> None:
