@@ -33,6 +33,7 @@ from tests.fixtures.sim import SIM_DEVICES, SimHandle, write_sim_site
 from tests.fixtures.victoria import Victoria
 
 PROMTOOL = "/usr/bin/promtool"
+ALERTS = Path(__file__).parents[1] / "deploy/prometheus/alerts.yml"
 MQTT_DEVICES = ("M-tank", "M-plug")
 
 
@@ -242,7 +243,11 @@ async def test_metrics_of_a_running_gateway(tmp_path: Path, mosquitto: Mosquitto
         sim.stop()
 
 
-async def test_spool_at_its_bound_and_influx_unreachable(sim: SimHandle, tmp_path: Path) -> None:
+async def test_spool_at_its_bound_and_influx_unreachable(
+    sim: SimHandle, tmp_path: Path, prometheus: Prometheus
+) -> None:
+    """Drops and unreachable writes on /metrics, and the deploy kit's alert rules firing on them in a real
+    Prometheus."""
     dead = free_port()  # nothing listens here: InfluxDB is down for the whole test
     gw_site = with_sections(
         sim.site_path,
@@ -269,6 +274,26 @@ async def test_spool_at_its_bound_and_influx_unreachable(sim: SimHandle, tmp_pat
         status, body = await asyncio.to_thread(http_get, port, "/readyz")
         assert status == 200, body
         promtool_check_metrics(s.text)
+
+        await asyncio.to_thread(prometheus.start, [f"127.0.0.1:{port}"], "meterwatch", [ALERTS])
+
+        async def alerts() -> dict[str, dict[str, object]]:
+            return {a["labels"]["alertname"]: a for a in await asyncio.to_thread(prometheus.alerts)}
+
+        deadline = time.monotonic() + 60
+        seen = await alerts()
+        while not (
+            seen.get("MeterwatchSpoolDropping", {}).get("state") == "firing"
+            and seen.get("MeterwatchInfluxUnreachable", {}).get("state") == "pending"
+        ):
+            if time.monotonic() > deadline:
+                pytest.fail(f"alerts from deploy/prometheus/alerts.yml: {seen}")
+            await asyncio.sleep(0.5)
+            seen = await alerts()
+        dropping = seen["MeterwatchSpoolDropping"]["labels"]
+        assert isinstance(dropping, dict) and dropping["reason"] == "bytes"
+        assert dropping["severity"] == "critical"
+        assert "MeterwatchDown" not in seen and "MeterwatchManyDevicesDown" not in seen
 
 
 # ---------------------------------------------------------------------------------------------------------
