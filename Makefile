@@ -22,6 +22,7 @@ test: lint
 bench: bootstrap
 	$(PY) bench/poll.py
 	$(PY) bench/planner.py
+	$(PY) bench/sink.py
 	$(PY) bench/rules.py
 
 clean:

@@ -1,0 +1,326 @@
+"""Sink figures against a real VictoriaMetrics (Debian's package) started by the bench on a free port.
+
+Site size chosen: 200 devices x 10 quantities polled every second, i.e. 200 samples (points) and 2,000 values
+per second: a large residential compound (20 buildings, a main meter, unit meters and water sensors each).
+
+1. Throughput: samples published on the bus as fast as the path takes them, through the sink into
+   VictoriaMetrics, timed until VictoriaMetrics accepted the last one; once spool-first (durable: SQLite,
+   WAL, synchronous=FULL, one commit per batch) and once best-effort (memory buffer). CPU % of this process
+   (all threads; VictoriaMetrics' own CPU not included) and its peak RSS during the phase.
+2. Replay after a 10-minute outage: 200 x 600 = 120,000 samples in the spool, then the sink started with
+   the shipped default replay_rate (5,000 points/s) while the site keeps producing 200 samples/s; timed
+   until the backlog is gone. And the same backlog replayed with no rate limit and no live traffic, which
+   is the path's capacity.
+
+Prints one human line per figure and one JSON line with all of them. Runtime about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures.victoria
+
+from gateway.config import Site, load_site
+from gateway.core.bus import Bus
+from gateway.core.types import Sample
+from gateway.sink.deadletter import DeadLetters
+from gateway.sink.forwarder import Forwarder
+from gateway.sink.influx import InfluxWriter
+from gateway.sink.lineproto import LineEncoder
+from gateway.sink.settings import InfluxConfig, SpoolConfig
+from gateway.sink.spool import Buffer, MemoryBuffer, Spool
+from tests.fixtures.victoria import Victoria
+
+BUILDINGS = 20
+DEVICES_PER_BUILDING = 10
+QUANTITIES = [f"q{i}" for i in range(10)]
+SITE_RATE = BUILDINGS * DEVICES_PER_BUILDING  # samples per second at a 1 s poll interval
+OUTAGE_S = 600
+THROUGHPUT_SAMPLES = 200_000
+BATCH = 1000  # the shipped influx.batch_size default
+DEFAULT_REPLAY = SpoolConfig().replay_rate
+
+
+def write_site(directory: Path) -> Site:
+    buildings, lines, devices = [], [], []
+    for b in range(BUILDINGS):
+        bid = f"B{b:02d}"
+        buildings.append(f"  - {{id: {bid}, domains: [{{id: {bid}-power, kind: power}}]}}")
+        lines.append(f"  - {{id: l{b:02d}, transport: tcp, host: 127.0.0.1, port: 1502}}")
+        for u in range(DEVICES_PER_BUILDING):
+            devices.append(
+                f"  - {{id: {bid}-m{u}, building: {bid}, domain: {bid}-power, line: l{b:02d}, unit: {u + 1},"
+                " profile: dtsu666}"
+            )
+    text = (
+        "site: {id: bench}\nbuildings:\n"
+        + "\n".join(buildings)
+        + "\nlines:\n"
+        + "\n".join(lines)
+        + "\ndevices:\n"
+        + "\n".join(devices)
+        + "\n"
+    )
+    path = directory / "site.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_site(path)
+
+
+class SampleSource:
+    """Samples of the whole site, second after second from `t0`: every device once per second."""
+
+    def __init__(self, site: Site, t0: float, seed: int = 1) -> None:
+        rng = random.Random(seed)
+        self.devices = [d.id for d in site.config.devices]
+        # a pool of realistic readings (5 significant digits, like a meter's float32), reused with new stamps
+        self.pool = [{q: round(rng.uniform(0, 500), 3) for q in QUANTITIES} for _ in range(997)]
+        self.t0 = t0
+        self.n = 0
+
+    def take(self, count: int) -> Iterator[Sample]:
+        for _ in range(count):
+            i = self.n
+            self.n += 1
+            second, k = divmod(i, len(self.devices))
+            ts = self.t0 + second + k * 0.0037  # the devices of one cycle answer a few ms apart
+            yield Sample(self.devices[k], ts, self.pool[i % len(self.pool)])
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Meter:
+    """CPU % of this process and its peak RSS between start() and stop()."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._run = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.peak = rss_bytes()
+        self._run = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.cpu0 = ru.ru_utime + ru.ru_stime
+        self.t0 = time.perf_counter()
+
+    def _sample(self) -> None:
+        while self._run:
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.05)
+
+    def stop(self) -> tuple[float, float, int]:
+        """(seconds, CPU % of one core, peak RSS bytes)"""
+        wall = time.perf_counter() - self.t0
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = ru.ru_utime + ru.ru_stime - self.cpu0
+        self._run = False
+        assert self._thread is not None
+        self._thread.join()
+        return wall, 100.0 * cpu / wall, self.peak
+
+
+@dataclass
+class Bench:
+    site: Site
+    vm: Victoria
+    work: Path
+
+    def forwarder(self, bus: Bus, buffer: Buffer, replay_rate: float) -> Forwarder:
+        cfg = InfluxConfig(url=self.vm.url, bucket="bench", batch_size=BATCH, flush_interval=0.2)
+        return Forwarder(
+            sub=bus.subscribe("sink", maxsize=20_000, overflow="block"),
+            encoder=LineEncoder(self.site),
+            buffer=buffer,
+            writer=InfluxWriter(cfg),
+            dead=DeadLetters(self.work / "deadletter.jsonl"),
+            batch_size=BATCH,
+            flush_interval=0.2,
+            replay_rate=replay_rate,
+        )
+
+    async def throughput(self, buffer: Buffer, source: SampleSource) -> dict[str, float]:
+        bus = Bus()
+        fw = self.forwarder(bus, buffer, replay_rate=1e9)
+        stop = asyncio.Event()
+        task = asyncio.create_task(fw.run(stop))
+        meter = Meter()
+        meter.start()
+        for s in source.take(THROUGHPUT_SAMPLES):
+            await bus.publish(s)
+        while fw.stats.points_written < THROUGHPUT_SAMPLES:
+            if task.done():
+                raise RuntimeError(f"the sink stopped: {task.exception()}")
+            await asyncio.sleep(0.005)
+        wall, cpu, peak = meter.stop()
+        stop.set()
+        await task
+        if fw.stats.write_errors:
+            raise RuntimeError(f"write errors during the bench: {dict(fw.stats.write_errors)}")
+        return {
+            "samples": THROUGHPUT_SAMPLES,
+            "seconds": round(wall, 2),
+            "samples_per_s": round(THROUGHPUT_SAMPLES / wall),
+            "values_per_s": round(THROUGHPUT_SAMPLES * len(QUANTITIES) / wall),
+            "cpu_percent": round(cpu, 1),
+            "peak_rss_mb": round(peak / 2**20, 1),
+        }
+
+    def fill_spool(self, path: Path, source: SampleSource) -> dict[str, float]:
+        """A 10-minute outage's worth of samples, appended in the sink's batch size (as the intake does)."""
+        enc = LineEncoder(self.site)
+        spool = Spool(path, max_bytes=SpoolConfig().max_bytes, max_age=SpoolConfig().max_age)
+        total = SITE_RATE * OUTAGE_S
+        t0 = time.perf_counter()
+        for _ in range(total // BATCH):
+            spool.append([line for s in source.take(BATCH) if (line := enc.encode(s))])
+        wall = time.perf_counter() - t0
+        size = spool.stats.bytes
+        spool.close()
+        return {
+            "points": total,
+            "seconds": round(wall, 2),
+            "append_per_s": round(total / wall),
+            "bytes": size,
+        }
+
+    async def replay(
+        self, path: Path, source: SampleSource, replay_rate: float, live: bool
+    ) -> dict[str, float]:
+        spool = Spool(path, max_bytes=SpoolConfig().max_bytes, max_age=SpoolConfig().max_age)
+        backlog = spool.stats.points
+        bus = Bus()
+        fw = self.forwarder(bus, spool, replay_rate=replay_rate)
+        stop = asyncio.Event()
+        task = asyncio.create_task(fw.run(stop))
+        feeding = asyncio.Event()
+        start_n = source.n
+        feeder = asyncio.create_task(self._live(bus, source, feeding)) if live else None
+        meter = Meter()
+        meter.start()
+        # drained: the backlog is written (it is sent first: the spool is FIFO) and what waits is at most
+        # two seconds of live samples
+        while fw.stats.points_written < backlog or spool.stats.points > 2 * SITE_RATE:
+            if task.done():
+                raise RuntimeError(f"the sink stopped: {task.exception()}")
+            await asyncio.sleep(0.01)
+        wall, cpu, peak = meter.stop()
+        feeding.set()
+        if feeder is not None:
+            await feeder
+        stop.set()
+        await task
+        # live samples still spooled at the stop stay in the spool file: not written, not counted
+        return {
+            "backlog": backlog,
+            "replay_rate_limit": replay_rate,
+            "live_samples_per_s": SITE_RATE if live else 0,
+            "live_samples_written": source.n - start_n - spool.stats.points,
+            "seconds": round(wall, 2),
+            "backlog_per_s": round(backlog / wall),
+            "cpu_percent": round(cpu, 1),
+            "peak_rss_mb": round(peak / 2**20, 1),
+        }
+
+    async def _live(self, bus: Bus, source: SampleSource, stop: asyncio.Event) -> None:
+        """The site keeps polling during the replay: one second's samples every second."""
+        next_at = time.monotonic()
+        while not stop.is_set():
+            for s in source.take(SITE_RATE):
+                await bus.publish(s)
+            next_at += 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - time.monotonic()))
+
+
+async def run(bench: Bench) -> dict[str, object]:
+    now = time.time()
+    results: dict[str, object] = {}
+    # distinct time ranges per phase, so no phase overwrites another's points
+    results["durable"] = await bench.throughput(
+        Spool(bench.work / "through.sqlite", 512 * 2**20, 7 * 86400.0), SampleSource(bench.site, now - 86400)
+    )
+    results["best_effort"] = await bench.throughput(
+        MemoryBuffer(512 * 2**20, 7 * 86400.0), SampleSource(bench.site, now - 80000)
+    )
+    path = bench.work / "outage.sqlite"
+    results["spool_fill"] = bench.fill_spool(path, SampleSource(bench.site, now - 70000))
+    results["replay_default"] = await bench.replay(
+        path, SampleSource(bench.site, now - 60000), DEFAULT_REPLAY, live=True
+    )
+    path2 = bench.work / "outage2.sqlite"
+    bench.fill_spool(path2, SampleSource(bench.site, now - 50000))
+    live = SampleSource(bench.site, now - 40000)
+    results["replay_unlimited"] = await bench.replay(path2, live, 1e9, live=False)
+    # every sample of every phase is a point of power_q0: count them in VictoriaMetrics
+    sent = 2 * THROUGHPUT_SAMPLES + 2 * SITE_RATE * OUTAGE_S
+    sent += results["replay_default"]["live_samples_written"]  # type: ignore[index]
+    stored = await asyncio.to_thread(bench.vm.count, '{__name__="power_q0",site="bench"}')
+    results["check"] = {"samples_sent": sent, "points_stored": stored}
+    if stored < sent:
+        raise RuntimeError(f"VictoriaMetrics holds {stored} of {sent} samples")
+    return results
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="meterwatch-bench-sink-"))
+    vm = Victoria(work / "victoria-data")
+    try:
+        vm.start()
+        site = write_site(work)
+        r = asyncio.run(run(Bench(site, vm, work)))
+    finally:
+        vm.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    d, b, f = r["durable"], r["best_effort"], r["spool_fill"]
+    rd, ru = r["replay_default"], r["replay_unlimited"]
+    assert isinstance(d, dict) and isinstance(b, dict) and isinstance(f, dict)
+    assert isinstance(rd, dict) and isinstance(ru, dict)
+    print(
+        f"site: {SITE_RATE} devices x {len(QUANTITIES)} quantities at 1 s = {SITE_RATE} samples/s; "
+        f"batch {BATCH}; VictoriaMetrics on localhost; {os.cpu_count()} cores"
+    )
+    for name, x in (("spool-first (durable)", d), ("best-effort (memory) ", b)):
+        print(
+            f"{name}: {x['samples_per_s']:>7,} samples/s ({x['values_per_s']:,} values/s) stored, "
+            f"CPU {x['cpu_percent']}%, peak RSS {x['peak_rss_mb']} MB"
+        )
+    print(
+        f"10-minute outage: {f['points']:,} samples spooled ({f['bytes'] / 2**20:.1f} MB) at "
+        f"{f['append_per_s']:,} samples/s"
+    )
+    print(
+        f"replay at the default limit ({DEFAULT_REPLAY:.0f}/s) with the site live: backlog gone in "
+        f"{rd['seconds']} s ({rd['backlog_per_s']:,} samples/s), CPU {rd['cpu_percent']}%, "
+        f"peak RSS {rd['peak_rss_mb']} MB"
+    )
+    print(
+        f"replay without limit, site idle: {ru['seconds']} s ({ru['backlog_per_s']:,} samples/s), "
+        f"CPU {ru['cpu_percent']}%, peak RSS {ru['peak_rss_mb']} MB"
+    )
+    print(json.dumps({"bench": "sink", "site_samples_per_s": SITE_RATE, "quantities": len(QUANTITIES), **r}))
+
+
+if __name__ == "__main__":
+    main()
