@@ -155,5 +155,7 @@ def replay_command(trace_path: Path, site: Site, mapping_path: Path | None, tail
         sys.stdout.write(json_lines(records))
         return 0
     span = f"{local_time(result.start, tz)} .. {local_time(result.end, tz)} ({tz})"
-    print_table(records, f"{len(records)} incident(s) from {trace_path.name}, {span}")
+    merged = len(result.incidents(include_merged=True)) - len(records)
+    absorbed = f" ({merged} more absorbed into them)" if merged else ""
+    print_table(records, f"{len(records)} incident(s){absorbed} from {trace_path.name}, {span}")
     return 0

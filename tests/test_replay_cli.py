@@ -44,6 +44,12 @@ def test_table_lists_the_incident_in_site_time() -> None:
     assert "B1-main" in row and " 96 " in row
 
 
+def test_table_says_how_many_incidents_were_absorbed() -> None:
+    out = meterwatch(str(LATE / "trace.csv"), "--config", str(LATE / "site.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert "1 incident(s) (1 more absorbed into them) from trace.csv" in out.stdout
+
+
 def test_json_lines_carry_category_scope_times_households_symptoms() -> None:
     out = meterwatch(str(LATE / "trace.csv"), "--config", str(LATE / "site.yaml"), "--json", tz="UTC")
     assert out.returncode == 0, out.stderr
