@@ -41,16 +41,19 @@ def make_app(site: Site, services: dict[str, object], bus: Bus | None = None) ->
     app = FastAPI(title="meterwatch", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     registry = make_registry(site, services, bus)
 
+    # These handlers are `async` on purpose: they run on the daemon's loop, the only thread that mutates the
+    # counters and dicts they read (a sync handler would run in a worker thread, racing the loop). They
+    # take a few milliseconds; a hung loop therefore also shows as a failing /healthz.
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
         ok, checks = readiness(services)
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
