@@ -206,9 +206,9 @@ async def test_victoria_down_for_60s_while_polling_continues_loses_nothing(
         every=0.5,
     )
     written_during_outage = d.sink.stats.points_written
+    assert d.sink.buffer.stats.points > 0, "the outage's samples should be waiting in the buffer"
     await asyncio.to_thread(victoria.start)
     after = len(d.polled())  # samples published before VictoriaMetrics was back
-    assert d.sink.buffer.stats.points > 0, "the outage's samples should be waiting in the buffer"
 
     polled = d.polled()
     enc = LineEncoder(site)
