@@ -226,15 +226,19 @@ async def test_metrics_of_a_running_gateway(tmp_path: Path, mosquitto: Mosquitto
             sim.world.stop_device("R-pressure")
             # A value the register cannot hold: the meter answers Modbus exception 04.
             sim.world.set_value("T-pressure", "pressure", 400.0)
+            # A slow meter: three reads of 0.25 s each overrun its 0.5 s interval, so cycles are skipped.
+            sim.world.set_delay("T-sdm630", 0.25)
             s = await scrape_until(
                 port,
                 lambda s: (
                     s.value("meterwatch_device_up", device="R-pressure") == 0
                     and s.value("meterwatch_device_errors_total", device="T-pressure", kind="exception_4") > 0
+                    and s.value("meterwatch_device_skipped_cycles_total", device="T-sdm630") > 0
                 ),
                 30,
-                "R-pressure down and exception 04 on T-pressure",
+                "R-pressure down, exception 04 on T-pressure, skipped cycles on T-sdm630",
             )
+            assert s.value("meterwatch_device_up", device="T-sdm630") == 1
             assert s.value("meterwatch_device_errors_total", device="R-pressure", kind="timeout") >= 1
             assert s.value("meterwatch_modbus_line_errors_total", line="rtutcp", kind="timeout") >= 1
             assert s.value("meterwatch_device_up", device="R-dtsu666") == 1
