@@ -91,10 +91,16 @@ def run(
     """Run the gateway daemon until SIGTERM or SIGINT."""
     site = _load_or_exit(site_file)
     from gateway.daemon import run_daemon
+    from gateway.incidents.store import StoreError
     from gateway.logfmt import setup_logging
 
     setup_logging(log_level)
-    raise typer.Exit(run_daemon(site, tap=tap))
+    try:
+        code = run_daemon(site, tap=tap)
+    except StoreError as exc:  # a store we cannot trust: say which file and stop before collecting
+        typer.echo(f"meterwatch run: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -7,6 +7,8 @@ The engine runs in virtual time here (the manager takes `now` from the test), so
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from gateway.core.types import Sample
 from gateway.incidents.manager import IncidentManager
 from gateway.incidents.store import GATEWAY_DOWN, Batch, IncidentStore, StoreError, StoreReader
 from rules.model import IncidentChange
+from tests.conftest import free_port
 
 T0 = 1_760_000_000.0  # any fixed UTC instant
 
@@ -183,3 +186,39 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not sqlite, it is a text file that someone put here\n" * 20)
     with pytest.raises(StoreError, match=r"incidents\.sqlite: cannot open the incident store"):
         IncidentStore(bad)
+
+
+def test_run_with_a_broken_store_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    from bench.rules_live import write_live_site
+
+    site = write_live_site(tmp_path, port=free_port())
+    state = tmp_path / "var" / "livetest"
+    state.mkdir(parents=True)
+    (state / "incidents.sqlite").write_bytes(b"not a database " * 100)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", str(site)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "meterwatch run: " in out.stderr
+    assert f"{Path('var') / 'livetest' / 'incidents.sqlite'}: cannot open the incident store" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_store_path_is_relative_to_the_site_file(tmp_path: Path) -> None:
+    from gateway.core.bus import Bus
+    from gateway.daemon import Runtime
+    from gateway.detect_setup import store_path
+
+    default = tmp_path / "default.yaml"
+    default.write_text(SITE, encoding="utf-8")
+    rt = Runtime(site=load_site(default), bus=Bus(), state_dir=tmp_path / "state")
+    assert store_path(rt) == tmp_path / "state" / "incidents.sqlite"
+    (tmp_path / "conf").mkdir()
+    custom = tmp_path / "conf" / "custom.yaml"
+    custom.write_text(SITE.replace("incidents: {heartbeat: 5s}", "incidents: {path: db/inc.sqlite}"), "utf-8")
+    rt = Runtime(site=load_site(custom), bus=Bus(), state_dir=tmp_path / "state")
+    assert store_path(rt) == tmp_path / "conf" / "db" / "inc.sqlite"

@@ -62,9 +62,10 @@ class Detector:
         now = self.clock()
         wake = self.mgr.engine.next_wakeup()
         due = now + self.tick_every if wake is None else min(wake, now + self.tick_every)
-        event = None
-        with contextlib.suppress(TimeoutError):
-            event = await asyncio.wait_for(self.sub.get(), timeout=max(0.0, due - now))
+        event = self.sub.get_nowait()
+        if event is None and due > now:
+            with contextlib.suppress(TimeoutError):
+                event = await asyncio.wait_for(self.sub.get(), timeout=due - now)
         if event is not None:
             self.mgr.feed(event)
             for _ in range(MAX_EVENTS_PER_ROUND):

@@ -156,7 +156,7 @@ class IncidentStore:
             # FULL: a committed transition survives power loss, not only a process crash
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(f"{path}: cannot open the incident store: {exc}") from exc
         version = self._meta("schema_version")
         if version is None:
