@@ -220,6 +220,8 @@ class Forwarder:
             settled, outcome = await self._deliver(pending)
             if settled:
                 await self._on_spool(self.buffer.ack, pending[settled - 1].id)
+            if outcome is not None:
+                await self._on_spool(self.buffer.release)  # the unsettled rows may be dropped again
             if outcome is not None and outcome.kind != "ok":
                 wait = self._retry_delay(outcome)
                 if await _sleep_or_stop(stop, wait):
@@ -309,6 +311,7 @@ class Forwarder:
             if settled:
                 self.buffer.ack(pending[settled - 1].id)
             if outcome is not None:
+                self.buffer.release()
                 break
             pending = self.buffer.peek(self.batch_size)
 

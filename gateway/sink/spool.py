@@ -19,6 +19,12 @@ approximates the file size; freed pages are reused, so the file stops growing at
 `max_age` the time a point may wait. Past either bound the OLDEST points are dropped and counted by
 reason ("bytes", "age"); they are logged once per episode, never silently.
 
+In flight: the rows the sender peeked and is writing right now are neither dropped by the byte bound nor
+counted against it (they are about to go). Otherwise a row could be counted as dropped and still reach
+InfluxDB, and the drop counter would say more than was lost. So the spool may exceed `max_bytes` by at
+most one batch, until the write ends: `ack` forgets the rows, `release` (the write failed) makes them the
+oldest rows again, the first to go at the next append over the bound.
+
 Corruption: a file SQLite cannot open or that fails `quick_check` is renamed `<name>.corrupt-<UTC time>`
 (kept for manual recovery) and a fresh spool is created, instead of refusing to start.
 """
@@ -69,8 +75,15 @@ class Buffer(Protocol):
     max_bytes: int
 
     def append(self, lines: Sequence[str]) -> None: ...
-    def peek(self, limit: int) -> list[Pending]: ...
-    def ack(self, last_id: int) -> int: ...
+    def peek(self, limit: int) -> list[Pending]:
+        """The oldest rows, now in flight: the byte bound spares them until ack() or release()."""
+
+    def ack(self, last_id: int) -> int:
+        """Forget every row up to last_id (written or dead-lettered); nothing is in flight any more."""
+
+    def release(self) -> None:
+        """The write of the peeked rows ended without (full) success: they may be dropped again."""
+
     def expire(self) -> int: ...
     def close(self) -> None: ...
 
@@ -91,6 +104,8 @@ class Spool:
         self.clock = clock
         self.stats = BufferStats()
         self._last_drop_log: dict[str, float] = {}
+        self._inflight = 0  # rows with id <= this are being written (see "In flight" above)
+        self._inflight_bytes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = self._open()
 
@@ -186,13 +201,14 @@ class Spool:
             self._refresh_oldest()
 
     def _trim_bytes(self, total: int) -> tuple[int, int]:
-        """Inside the caller's transaction: drop the oldest rows until `total` fits. (rows, bytes) dropped."""
-        excess = total - self.max_bytes
+        """Inside the caller's transaction: drop the oldest rows not in flight until `total` (without the
+        rows in flight) fits. Returns (rows, bytes) dropped."""
+        excess = total - self._inflight_bytes - self.max_bytes
         if excess <= 0:
             return 0, 0
         freed = rows = 0
         cut = None
-        cur = self.db.execute("SELECT id, nbytes FROM points ORDER BY id")
+        cur = self.db.execute("SELECT id, nbytes FROM points WHERE id > ? ORDER BY id", (self._inflight,))
         while freed < excess:
             chunk = cur.fetchmany(512)
             if not chunk:
@@ -205,21 +221,28 @@ class Spool:
                     break
         cur.close()
         if cut is not None:
-            self.db.execute("DELETE FROM points WHERE id <= ?", (cut,))
+            self.db.execute("DELETE FROM points WHERE id > ? AND id <= ?", (self._inflight, cut))
         return rows, freed
 
     def peek(self, limit: int) -> list[Pending]:
         try:
             cur = self.db.execute("SELECT id, line FROM points ORDER BY id LIMIT ?", (limit,))
-            return [Pending(int(r[0]), str(r[1])) for r in cur]
+            rows = [Pending(int(r[0]), str(r[1])) for r in cur]
         except sqlite3.OperationalError:
             raise
         except sqlite3.DatabaseError as exc:
             self._recover(exc)
             return []
+        self._inflight = rows[-1].id if rows else 0
+        self._inflight_bytes = sum(_nbytes(r.line) for r in rows)
+        return rows
+
+    def release(self) -> None:
+        self._inflight = self._inflight_bytes = 0
 
     def ack(self, last_id: int) -> int:
         """InfluxDB accepted (or the dead-letter file took) every point up to `last_id`: forget them."""
+        self._inflight = self._inflight_bytes = 0
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -294,6 +317,8 @@ class MemoryBuffer:
         self.stats = BufferStats()
         self._rows: deque[tuple[int, float, int, str]] = deque()
         self._next_id = 1
+        self._inflight = 0  # rows with id <= this are being written: the byte bound spares them
+        self._inflight_bytes = 0
 
     def append(self, lines: Sequence[str]) -> None:
         now = self.clock()
@@ -305,9 +330,14 @@ class MemoryBuffer:
         self.stats.points += len(lines)
         self.stats.appended += len(lines)
         dropped = 0
-        while self.stats.bytes > self.max_bytes and self._rows:
-            self._pop()
-            dropped += 1
+        if self.stats.bytes - self._inflight_bytes > self.max_bytes:
+            spared: list[tuple[int, float, int, str]] = []
+            while self._rows and self._rows[0][0] <= self._inflight:
+                spared.append(self._rows.popleft())  # still counted in stats: they stay
+            while self.stats.bytes - self._inflight_bytes > self.max_bytes and self._rows:
+                self._pop()
+                dropped += 1
+            self._rows.extendleft(reversed(spared))
         if dropped:
             self.stats.dropped["bytes"] += dropped
         self._refresh()
@@ -318,9 +348,15 @@ class MemoryBuffer:
             if len(out) >= limit:
                 break
             out.append(Pending(rid, line))
+        self._inflight = out[-1].id if out else 0
+        self._inflight_bytes = sum(_nbytes(p.line) for p in out)
         return out
 
+    def release(self) -> None:
+        self._inflight = self._inflight_bytes = 0
+
     def ack(self, last_id: int) -> int:
+        self._inflight = self._inflight_bytes = 0
         n = 0
         while self._rows and self._rows[0][0] <= last_id:
             self._pop()
