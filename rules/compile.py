@@ -134,6 +134,7 @@ def compile_rules(specs: list[RuleSpec], topo: Topology) -> list[Kind]:
                     tuple(_cond(c) for c in r.expect),
                     r.max_starts,
                     r.period,
+                    r.stopped_below if r.stopped_below is not None else r.running.above / 2,
                 )
             )
     if topo.mains is not None and topo.mains.device in topo.devices:

@@ -295,6 +295,7 @@ class Sequence(Kind):
     expect: tuple[Cond, ...]
     max_starts: int
     period: float
+    stopped_below: float  # running ends only under this: a reading hovering at the threshold is no restart
     was_running: dict[str, bool] = field(default_factory=dict)
     starts: dict[str, deque[float]] = field(default_factory=dict)
 
@@ -333,8 +334,8 @@ class Sequence(Kind):
             r = self._read(dev, self.running, s.ts, ctx)
         if r is None:
             return []
-        running = r > self.running.above
         was = self.was_running.get(dev.id, False)
+        running = r >= self.stopped_below if was else r > self.running.above
         self.was_running[dev.id] = running
         if self.mode == "short_cycling":
             q = self.starts.setdefault(dev.id, deque())

@@ -188,11 +188,20 @@ class SequenceRule(RuleBase):
     within: Duration = Field(default=30.0, gt=0, description="no_response: grace after running starts")
     max_starts: int = Field(default=6, ge=1, description="short_cycling: starts allowed per period")
     period: Duration = Field(default=3600.0, gt=0)
+    stopped_below: float | None = Field(
+        default=None,
+        description="running ends only when the running quantity falls below this (hysteresis, so a value "
+        "hovering at running.above is not a new start each time); default half of running.above",
+    )
 
     @model_validator(mode="after")
     def _need(self) -> SequenceRule:
         if self.mode == "no_response" and not self.expect:
             raise ValueError("mode no_response needs expect (e.g. flow above 0.5)")
+        if self.stopped_below is not None and self.stopped_below > self.running.above:
+            raise ValueError(
+                f"stopped_below {self.stopped_below:g} must be <= running.above {self.running.above:g}"
+            )
         return self
 
 

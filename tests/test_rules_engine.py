@@ -122,3 +122,10 @@ def test_expect_over_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         _site(tmp_path, PUMP_SITE.replace("OVER", "-5s"))
     assert any("rules[0].expect[0].over" in str(i) for i in info.value.issues), info.value.issues
+
+
+def test_stopped_below_must_be_under_the_running_threshold(tmp_path: Path) -> None:
+    text = PUMP_SITE.replace("OVER", "0s") + "    stopped_below: 0.8\n"
+    with pytest.raises(ConfigError) as info:
+        _site(tmp_path, text)
+    assert any("stopped_below 0.8 must be <= running.above 0.5" in str(i) for i in info.value.issues)

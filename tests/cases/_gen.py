@@ -195,6 +195,25 @@ def night_flow_across_midnight_and_dst() -> None:
     write("calendar-window-across-midnight-and-dst-in-site-time-host-elsewhere", rows)
 
 
+def short_cycling() -> None:
+    rows: list[Row] = []
+    for i in range(0, 3 * 3600, 10):
+        t = T0 + i
+        minute = i / 60
+        # first hour: a start every 15 min (on for 5); second hour: every 6 min (on for 2); then off
+        if minute < 60:
+            on = minute % 15 < 5
+        elif minute < 120:
+            on = (minute - 60) % 6 < 2
+        else:
+            on = False
+        # while running, the motor current dips to 0.45 A every 30 s: at the 0.5 A threshold, not a stop
+        current = (0.45 if i % 30 == 0 else 2.0) if on else 0.0
+        rows.append((t, "B1-pump", "current_l1", f"{current:g}"))
+        rows.append((t, "B1-flow", "flow", "6.0" if on else "0.0"))
+    write("pump-short-cycling-starts-counted-with-hysteresis", rows)
+
+
 if __name__ == "__main__":
     main_meter_all_phases()
     twenty_silent(
@@ -214,3 +233,4 @@ if __name__ == "__main__":
     phase_loss()
     power_back_main_first()
     night_flow_across_midnight_and_dst()
+    short_cycling()
