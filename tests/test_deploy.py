@@ -177,7 +177,10 @@ def test_compose_site_is_the_example_compound_with_stack_endpoints() -> None:
             for d in site.config.devices
         ]
 
-    assert devices(docker) == devices(example)
+    assert devices(docker) == devices(example), (
+        "deploy/examples/compound-docker.yaml must hold the devices of deploy/examples/compound.yaml: "
+        "copy the change over (only lines, mqtt, influx, spool and http differ)"
+    )
     assert [b.model_dump() for b in docker.config.buildings] == [
         b.model_dump() for b in example.config.buildings
     ]
