@@ -162,6 +162,7 @@ class Spool:
             self.db.close()
         self._quarantine(str(exc))
         self.stats.points = self.stats.bytes = 0
+        self._inflight = self._inflight_bytes = 0  # ids start again in the new file
         self.stats.oldest_enqueued = None
         self.db = self._connect()
 
