@@ -198,7 +198,7 @@ def test_kill_9_in_the_middle_of_a_60s_outage_loses_nothing_acknowledged(
         from_spool.update(points_of_line(line))
     want.update(from_spool)
     want.update(expected_points(polled2, enc))
-    # the restarted sink replays the spool first; its backoff reaches 30 s, hence the generous deadline
+    # the restarted sink replays the spool first; its backoff reaches 10 s, hence the generous deadline
     deadline = time.monotonic() + 150
     while True:
         got, _ = victoria.stored(SELECTOR)

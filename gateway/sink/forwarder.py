@@ -37,7 +37,8 @@ log = logging.getLogger("meterwatch.sink")
 
 WRITE_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BACKOFF_START = 1.0
-BACKOFF_MAX = 30.0
+# A down database is probed at least this often, so a backlog starts draining within ~10 s of its return.
+BACKOFF_MAX = 10.0
 RETRY_AFTER_MAX = 600.0
 EXPIRE_EVERY = 10.0
 
