@@ -95,6 +95,14 @@ async def _publish_when_subscribed(
     return publisher
 
 
+def default_scenario(site_path: Path) -> Path | None:
+    """The demo scenario plays on the example site however its path is written (`make demo` passes it
+    relative); another site gets none, since the scenario names the example's devices."""
+    if DEFAULT_SCENARIO.exists() and site_path.resolve() == DEFAULT_SITE.resolve():
+        return DEFAULT_SCENARIO
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="meterwatch-demo", description=__doc__)
     ap.add_argument("site", nargs="?", type=Path, default=DEFAULT_SITE)
@@ -112,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    scenario = args.scenario
-    if scenario is None and DEFAULT_SCENARIO.exists() and args.site.resolve() == DEFAULT_SITE.resolve():
-        scenario = DEFAULT_SCENARIO
+    scenario = args.scenario if args.scenario is not None else default_scenario(args.site)
     plain = True if args.plain else None
     with tempfile.TemporaryDirectory(prefix="meterwatch-demo-") as tmp:
         state_dir = args.state_dir or Path(tmp)

@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import free_port
@@ -80,3 +81,15 @@ def test_demo_shows_every_device_up_within_10s_and_stops_on_ctrl_c(tmp_path: Pat
     out = demo.lines("out")
     assert any(ln.startswith("demo: first reading") for ln in out), demo.dump()
     assert not any("Traceback" in ln for ln in demo.lines("err")), demo.dump()
+
+
+def test_the_example_scenario_plays_however_the_example_path_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.demo import DEFAULT_SCENARIO, default_scenario
+
+    monkeypatch.chdir(EXAMPLE.parents[2])
+    assert default_scenario(Path("deploy/examples/compound.yaml")) == DEFAULT_SCENARIO  # as `make demo`
+    assert default_scenario(EXAMPLE) == DEFAULT_SCENARIO
+    site, _ = example_on_free_ports(tmp_path)
+    assert default_scenario(site) is None
