@@ -57,6 +57,9 @@ async def run_demo(
             print(f"demo: simulator: {line}", flush=True)
         rt = build_runtime(site, state_dir=state_dir)
         view = LiveView.attach(site, rt.bus, plain=plain)
+        incidents = rt.services.get("incidents")
+        if incidents is not None and hasattr(incidents, "open_incidents"):
+            view.incidents = incidents
         rt.components.append(view)
         started = time.time()
         serving = asyncio.create_task(serve(rt, stop), name="gateway")

@@ -9,14 +9,16 @@ import asyncio
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from gateway.config import Device, Site
 from gateway.core.bus import Bus, Subscription
 from gateway.core.types import DeviceStatus, Sample, SourceStatus
+from rules.model import Incident
 
 # The few quantities an engineer looks at first, in display order, with their formats.
 HEADLINE: tuple[tuple[str, str, str], ...] = (
@@ -28,6 +30,10 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("flow", "Q", "{:.2f} m3/h"),
     ("level", "level", "{:.2f} m"),
 )
+
+
+class IncidentSource(Protocol):
+    def open_incidents(self) -> list[Incident]: ...
 
 
 @dataclass
@@ -51,6 +57,8 @@ class LiveView:
     name: str = "live-view"
     views: dict[str, DeviceView] = field(default_factory=dict)
     first_reading_at: float | None = None
+    # the daemon's incident service (rt.services["incidents"]) when detection runs: shown under the readings
+    incidents: IncidentSource | None = None
 
     @classmethod
     def attach(cls, site: Site, bus: Bus, plain: bool | None = None) -> LiveView:
@@ -103,6 +111,32 @@ class LiveView:
             t.add_row(d.id, d.building, d.role, src, state, age, *cells)
         return t
 
+    def open_incidents(self) -> list[Incident]:
+        return [] if self.incidents is None else self.incidents.open_incidents()
+
+    def incident_lines(self) -> list[str]:
+        out = []
+        for inc in self.open_incidents():
+            since = time.strftime("%H:%M:%S", time.localtime(inc.opened_at))
+            extra = f" households={inc.households}" if inc.households else ""
+            flap = f" flaps={inc.flap_count}" if inc.flap_count else ""
+            devices = ",".join(sorted(inc.symptoms))
+            out.append(
+                f"#{inc.id} {inc.state:<10} {inc.severity:<8} {inc.title} since {since}{extra}{flap}"
+                f" symptoms={devices or '-'}"
+            )
+        return out
+
+    def render(self) -> Group | Table:
+        if self.incidents is None:
+            return self.table()
+        lines = self.incident_lines()
+        t = Table(title=f"open incidents: {len(lines)}", expand=False, show_header=False)
+        t.add_column("incident")
+        for line in lines or ["none"]:
+            t.add_row(f"[red]{line}[/]" if lines else "[green]none[/]")
+        return Group(self.table(), t)
+
     def snapshot_lines(self, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
         lines = []
@@ -132,10 +166,10 @@ class LiveView:
 
     async def _run_rich(self, stop: asyncio.Event) -> None:
         console = Console()
-        with Live(self.table(), console=console, refresh_per_second=2, screen=False) as live:
+        with Live(self.render(), console=console, refresh_per_second=2, screen=False) as live:
             while not stop.is_set():
                 await self._drain(stop, time.monotonic() + 0.5)
-                live.update(self.table())
+                live.update(self.render())
 
     def everyone_reported(self) -> bool:
         return all(v.up is not None for v in self.views.values())
@@ -158,3 +192,8 @@ class LiveView:
         print(f"--- {stamp} live readings", flush=True)
         for line in self.snapshot_lines():
             print(line, flush=True)
+        if self.incidents is not None:
+            lines = self.incident_lines()
+            print(f"--- open incidents: {len(lines)}", flush=True)
+            for line in lines:
+                print(line, flush=True)
