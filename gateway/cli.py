@@ -84,6 +84,9 @@ def schema() -> None:
 def run(
     site_file: Path = SiteArg,
     log_level: str = typer.Option("info", help="debug, info, warning, error"),
+    state_dir: Path | None = typer.Option(
+        None, help="where the spool, dead letters and incident store live; default var/<site id>"
+    ),
     tap: Path | None = typer.Option(
         None, help="debug: append every polled sample to this JSON-lines file (slows sources if the disk is)"
     ),
@@ -96,7 +99,7 @@ def run(
 
     setup_logging(log_level)
     try:
-        code = run_daemon(site, tap=tap)
+        code = run_daemon(site, state_dir=state_dir, tap=tap)
     except StoreError as exc:  # a store we cannot trust: say which file and stop before collecting
         typer.echo(f"meterwatch run: {exc}", err=True)
         raise typer.Exit(1) from None

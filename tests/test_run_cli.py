@@ -32,3 +32,18 @@ def test_run_polls_then_stops_cleanly_on_signal(sim: SimHandle, tmp_path: Path, 
     assert any('msg="meterwatch stopped"' in ln for ln in err), run.dump()
     assert not any("Traceback" in ln or "level=error" in ln for ln in err), run.dump()
     assert (tmp_path / "var" / sim.site.config.site.id).is_dir()  # state where the daemon was started
+
+
+def test_state_dir_option_puts_the_state_there(sim: SimHandle, tmp_path: Path) -> None:
+    site = sim.site_path
+    site.write_text(site.read_text() + "\nhttp: {port: 0}\n", encoding="utf-8")
+    state = tmp_path / "state"
+    run = Watched("gateway.cli", ["run", str(site), "--state-dir", str(state)], cwd=tmp_path)
+    try:
+        run.wait_for(_devices_up, timeout=60, what="every simulated device reported up", which="err")
+        code = run.stop(signal.SIGTERM)
+    finally:
+        run.kill()
+    assert code == 0, run.dump()
+    assert (state / "incidents.sqlite").is_file(), sorted(p.name for p in state.iterdir())
+    assert not (tmp_path / "var").exists()
