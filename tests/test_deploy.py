@@ -262,8 +262,7 @@ def test_systemd_unit_is_hardened_notify_with_a_watchdog() -> None:
         "CapabilityBoundingSet": "",
     }.items():
         assert k.get(key) == [want], key
-    assert k["WorkingDirectory"] == ["%S/meterwatch"]  # the state dir: spool under ./var/<site>
-    assert k["ExecStart"][0].endswith("meterwatch run /etc/meterwatch/site.yaml")
+    assert k["ExecStart"][0].endswith("meterwatch run /etc/meterwatch/site.yaml --state-dir %S/meterwatch")
 
 
 def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
