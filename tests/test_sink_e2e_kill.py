@@ -32,6 +32,7 @@ from gateway.sink.lineproto import LineEncoder
 from gateway.sink.tap import read_tap
 from simulators.runner import SimulatorThread
 from tests.conftest import wait_until
+from tests.fixtures.service import stop_process
 from tests.fixtures.sim import write_sim_site
 from tests.fixtures.victoria import (
     PointKey,
@@ -82,14 +83,10 @@ class Gateway:
     def terminate(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail("meterwatch did not stop within 30 s of SIGTERM")
+        stopped = stop_process(self.proc, 30)
         self.proc = None
+        if not stopped:
+            pytest.fail("meterwatch did not stop within 30 s of SIGTERM")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
