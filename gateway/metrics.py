@@ -101,14 +101,9 @@ class DeviceView:
         assert self.sub is not None, "attach() first"
         sub = self.sub
         while not stop.is_set():
-            getter = asyncio.ensure_future(sub.get())
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if getter in done:
-                self.feed(getter.result())
-            else:
-                getter.cancel()
+            ev = await sub.get_until(stop)
+            if ev is not None:
+                self.feed(ev)
 
 
 def find_stats(obj: object, kinds: tuple[type, ...], depth: int = 0) -> Iterator[Any]:

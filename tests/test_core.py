@@ -46,6 +46,23 @@ async def test_drop_oldest_subscriber_counts_drops_and_keeps_newest() -> None:
     assert [e.ts for e in got if e is not None] == [3.0, 4.0]
 
 
+async def test_get_until_returns_events_then_none_on_stop_or_timeout() -> None:
+    bus = Bus()
+    sub = bus.subscribe("consumer")
+    stop = asyncio.Event()
+    await bus.publish(Sample("m1", 1.0, {"v": 1.0}))
+    got = await sub.get_until(stop, timeout=5)
+    assert isinstance(got, Sample) and got.values == {"v": 1.0}
+    assert await sub.get_until(stop, timeout=0.01) is None  # nothing queued
+    waiter = asyncio.create_task(sub.get_until(stop))
+    await asyncio.sleep(0)
+    stop.set()
+    assert await asyncio.wait_for(waiter, 5) is None
+    await bus.publish(Sample("m1", 2.0, {"v": 2.0}))
+    queued = await sub.get_until(stop)  # stop is set, but what is queued is still handed out
+    assert isinstance(queued, Sample) and queued.ts == 2.0
+
+
 async def test_publish_nowait_refuses_when_a_durable_subscriber_is_full() -> None:
     bus = Bus()
     durable = bus.subscribe("sink", maxsize=1, overflow="block")

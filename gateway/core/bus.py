@@ -8,6 +8,7 @@ consumer (the live terminal view) uses `overflow="drop_oldest"` and its drops ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,6 +34,28 @@ class Subscription:
             return self.queue.get_nowait()
         except asyncio.QueueEmpty:
             return None
+
+    async def get_until(self, stop: asyncio.Event, timeout: float | None = None) -> Event | None:
+        """The next event, or None once `stop` is set or `timeout` passes with nothing queued.
+
+        An event that arrives while the wait is being cancelled is returned, never lost: a durable consumer
+        relies on every event it was handed.
+        """
+        ev = self.get_nowait()
+        if ev is not None or stop.is_set():
+            return ev
+        getter = asyncio.ensure_future(self.queue.get())
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({getter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await getter
+        if not getter.cancelled() and getter.exception() is None:
+            return getter.result()
+        return None
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while True:

@@ -15,7 +15,6 @@ a slow InfluxDB never delays the spool commits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -162,21 +161,7 @@ class Forwarder:
         return lines
 
     async def _next_event(self, stop: asyncio.Event, timeout: float | None) -> Event | None:
-        ev = self.sub.get_nowait()
-        if ev is not None or stop.is_set():
-            return ev
-        getter = asyncio.ensure_future(self.sub.get())
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({getter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await getter
-        if not getter.cancelled() and getter.exception() is None:
-            return getter.result()  # an item arrived while cancelling: keep it
-        return None
+        return await self.sub.get_until(stop, timeout)
 
     def _take(self, ev: Event, lines: list[str]) -> None:
         if not isinstance(ev, Sample):

@@ -14,7 +14,6 @@ in the kernel), not a power cut. A debugging aid, not a second store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 
@@ -72,15 +71,4 @@ class SampleTap:
                     self.written += 1
 
     async def _next(self, stop: asyncio.Event) -> Event | None:
-        getter = asyncio.ensure_future(self.sub.get())
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await getter
-        if not getter.cancelled() and getter.exception() is None:
-            return getter.result()  # an item arrived while cancelling: keep it
-        return None
+        return await self.sub.get_until(stop)
