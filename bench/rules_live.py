@@ -19,7 +19,6 @@ import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from gateway.config import Site, load_site
+from gateway.core.loopthread import LoopThread
 from gateway.daemon import Runtime, build_runtime, serve
 from gateway.incidents.manager import IncidentManager
 from simulators.runner import SimulatorThread
@@ -104,47 +104,28 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-class DaemonThread:
+class DaemonThread(LoopThread):
     """The daemon (build_runtime + serve) on its own event loop in a thread, for tests and benches."""
 
+    thread_name = "meterwatch-daemon"
+
     def __init__(self, site: Site, state_dir: Path) -> None:
+        super().__init__()
         self.site = site
         self.state_dir = state_dir
         self.rt: Runtime | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._built = threading.Event()
 
     def start(self, timeout: float = 30.0) -> DaemonThread:
-        self._thread = threading.Thread(target=self._main, name="meterwatch-daemon", daemon=True)
-        self._thread.start()
-        if not self._built.wait(timeout):
-            raise TimeoutError(f"the daemon was not built within {timeout}s")
-        if self._error is not None:
-            raise self._error
+        super().start(timeout)
         wait_for(lambda: self.services.get("http_port"), timeout, "the daemon's HTTP port")
         return self
 
-    def _main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        finally:
-            loop.close()
+    async def setup(self) -> None:
+        self.rt = build_runtime(self.site, self.state_dir)
 
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        try:
-            self.rt = build_runtime(self.site, self.state_dir)
-        except BaseException as exc:
-            self._error = exc
-            self._built.set()
-            return
-        self._built.set()
-        await serve(self.rt, self._stop)
+    async def body(self, stop: asyncio.Event) -> None:
+        assert self.rt is not None
+        await serve(self.rt, stop)
 
     @property
     def services(self) -> dict[str, object]:
@@ -165,19 +146,7 @@ class DaemonThread:
         return get_json(self.url + path)
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self._loop is not None and self._stop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def __enter__(self) -> DaemonThread:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        super().stop(timeout)
 
 
 def all_polled(daemon: DaemonThread) -> bool:

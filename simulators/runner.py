@@ -26,10 +26,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from gateway.config import Site
+from gateway.core.loopthread import LoopThread
 from simulators.modbus_server import LineServer, build_line_servers
 from simulators.mqtt_publisher import MqttPublisher
 from simulators.scenario import Scenario, load_scenario
@@ -156,17 +156,15 @@ class SiteSimulator:
         self.scenario_done.set()
 
 
-class SimulatorThread:
+class SimulatorThread(LoopThread):
     """A SiteSimulator on its own event loop in a daemon thread, for synchronous tests and tools."""
 
+    thread_name = "site-simulator"
+
     def __init__(self, site: Site, **kwargs: Any) -> None:
+        super().__init__()
         self._kwargs = kwargs
         self._site = site
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._stop: asyncio.Event | None = None
         self.sim: SiteSimulator | None = None
 
     @property
@@ -174,36 +172,12 @@ class SimulatorThread:
         assert self.sim is not None, "start() the simulator first"
         return self.sim.world
 
-    def start(self, timeout: float = 10.0) -> SimulatorThread:
-        self._thread = threading.Thread(target=self._main, name="site-simulator", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError(f"simulator did not start within {timeout}s")
-        if self._error is not None:
-            raise self._error
-        return self
+    async def setup(self) -> None:
+        self.sim = SiteSimulator(self._site, **self._kwargs)
+        await self.sim.start()
 
-    def _main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        finally:
-            loop.close()
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        try:
-            self.sim = SiteSimulator(self._site, **self._kwargs)
-            await self.sim.start()
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
+    async def teardown(self) -> None:
+        if self.sim is not None:
             await self.sim.stop()
 
     def call(self, fn: Callable[[SiteSimulator], Any], timeout: float = 10.0) -> Any:
@@ -215,21 +189,6 @@ class SimulatorThread:
             return fn(sim)
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._loop is not None and self._stop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def __enter__(self) -> SimulatorThread:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 class SimulatorProcess:
