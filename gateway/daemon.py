@@ -39,6 +39,12 @@ class Runtime:
     # name -> object, for components that need another's handle (e.g. the HTTP API and the incident store)
     services: dict[str, object] = field(default_factory=dict)
 
+    def state_file(self, configured: Path | None, default_name: str) -> Path:
+        """A file the site file may place: relative paths are read from the site file's folder."""
+        if configured is None:
+            return self.state_dir / default_name
+        return configured if configured.is_absolute() else self.site.path.parent / configured
+
 
 Builder = Callable[[Runtime], list[Component]]
 

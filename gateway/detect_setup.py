@@ -24,10 +24,7 @@ RULES_QUEUE = 20_000  # events; past this the bus blocks the sources until the e
 
 
 def store_path(rt: Runtime) -> Path:
-    cfg = rt.site.config.incidents
-    if cfg.path is None:
-        return rt.state_dir / "incidents.sqlite"
-    return cfg.path if cfg.path.is_absolute() else rt.site.path.parent / cfg.path
+    return rt.state_file(rt.site.config.incidents.path, "incidents.sqlite")
 
 
 def build(rt: Runtime) -> list[Component]:

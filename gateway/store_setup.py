@@ -29,10 +29,7 @@ SINK_QUEUE = 20_000  # events; past this the bus blocks the sources until the sp
 
 
 def spool_path(rt: Runtime) -> Path:
-    cfg = rt.site.config.spool
-    if cfg.path is None:
-        return rt.state_dir / "spool.sqlite"
-    return cfg.path if cfg.path.is_absolute() else rt.site.path.parent / cfg.path
+    return rt.state_file(rt.site.config.spool.path, "spool.sqlite")
 
 
 def make_forwarder(rt: Runtime) -> Forwarder:

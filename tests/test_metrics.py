@@ -24,6 +24,7 @@ from drivers.profile import builtin_profiles
 from gateway.config import load_site
 from gateway.daemon import Runtime, build_runtime, serve
 from gateway.metrics import make_registry
+from simulators.modbus_server import crc16
 from simulators.runner import SimulatorThread
 from simulators.world import ManualClock
 from tests.conftest import free_port
@@ -305,12 +306,7 @@ async def test_spool_at_its_bound_and_influx_unreachable(
 
 
 def _crc(frame: bytes) -> bytes:
-    crc = 0xFFFF
-    for byte in frame:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc.to_bytes(2, "little")
+    return crc16(frame).to_bytes(2, "little")
 
 
 async def test_crc_and_framing_errors_by_kind(sim_site_file: Path) -> None:

@@ -20,6 +20,7 @@ from drivers.modbus.spec import DeviceSpec, LineSpec
 from gateway.config import Site, load_site
 from gateway.core.types import DeviceStatus, Event, Sample, SourceStatus
 from gateway.modbus_setup import modbus_specs
+from simulators.modbus_server import crc16
 from tests.fixtures.sim import SimHandle
 
 # ---------------------------------------------------------------------------------------------------------
@@ -293,12 +294,7 @@ async def test_reconnects_after_gateway_reboot(sim: SimHandle) -> None:
 
 
 def _crc(frame: bytes) -> bytes:
-    crc = 0xFFFF
-    for byte in frame:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc.to_bytes(2, "little")
+    return crc16(frame).to_bytes(2, "little")
 
 
 async def test_crc_errors_are_counted_and_skipped(tmp_path: Path) -> None:
