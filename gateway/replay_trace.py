@@ -13,7 +13,7 @@ Two formats:
         Current: current_l1                               # quantity of the default device
         "Volume Flow RateRMS": {quantity: flow, scale: 0.06}   # L/min -> m3/h
         Pressure: {device: p1, quantity: pressure}
-  so the SKAB files (../shared/datasets/skab) replay as they are.
+  so the SKAB files (tests/data/skab) replay as they are.
 Every problem names file:line and what was expected.
 """
 

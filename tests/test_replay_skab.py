@@ -1,6 +1,6 @@
-"""`meterwatch replay` over real recordings: the SKAB pump testbed (../shared/datasets/skab, GPL-3.0).
+"""`meterwatch replay` over real recordings: the SKAB pump testbed (tests/data/skab, GPL-3.0, see its README).
 
-The data set is referenced where it lies, never copied; its absence fails these tests.
+The two recordings are kept in the repository so these tests run from any clean checkout.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 REPO = Path(__file__).parents[1]
-SKAB = REPO.parent / "shared" / "datasets" / "skab"
+SKAB = REPO / "tests" / "data" / "skab"
 SITE = REPO / "deploy/examples/skab/site.yaml"
 MAPPING = REPO / "deploy/examples/skab/mapping.yaml"
 TZ = ZoneInfo("Europe/Moscow")
@@ -27,7 +27,7 @@ FLOW = "Volume Flow RateRMS"
 def dataset(rel: str) -> Path:
     p = SKAB / rel
     if not p.exists():
-        pytest.fail(f"SKAB data set missing: {p} (expected beside the repository in ../shared/datasets/skab)")
+        pytest.fail(f"SKAB recording missing: {p} (tests/data/skab/README.md lists them)")
     return p
 
 
