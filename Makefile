@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SITE ?= deploy/examples/compound.yaml
 
-.PHONY: bootstrap demo test lint unit bench clean
+.PHONY: bootstrap demo test lint bench lock clean
 
 bootstrap:
 	@./scripts/bootstrap
@@ -24,6 +24,14 @@ bench: bootstrap
 	$(PY) bench/planner.py
 	$(PY) bench/sink.py
 	$(PY) bench/rules.py
+
+# Re-resolve the dependencies of pyproject.toml in a scratch virtualenv and pin them in constraints.txt.
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip >/dev/null
+	.lock-venv/bin/python -m pip install -q -e '.[dev]'
+	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep '=='; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
