@@ -92,6 +92,7 @@ async def test_a_failed_write_is_kept_and_written_by_the_next_round(
 
     opened = [r for r in caplog.records if r.getMessage() == "incident opened"]
     assert len(opened) == 1
+    assert opened[0].levelno == logging.WARNING  # seen even at --log-level warning (the demo's)
     fields = opened[0].fields  # type: ignore[attr-defined]
     assert (fields["id"], fields["category"], fields["scope"]) == (inc.id, "power_outage", "domain:B1-power")
     store.close()

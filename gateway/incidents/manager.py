@@ -146,7 +146,9 @@ class IncidentManager:
         fields.update(at=self.local(t.ts), notify=t.notify)
         if t.detail:
             fields["detail"] = t.detail
-        log.info(f"incident {t.event}", extra={"fields": fields})
+        # An incident opening or coming back is what the operator must not miss, even at --log-level warning.
+        level = logging.WARNING if t.event in ("opened", "reopened", "refired") else logging.INFO
+        log.log(level, f"incident {t.event}", extra={"fields": fields})
 
     # ---- persistence ------------------------------------------------------------------------------------
     def take_batch(self, now: float) -> Batch:
