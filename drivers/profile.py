@@ -4,6 +4,11 @@ The poller and the simulators read the same profile files (drivers/profiles/*.ya
 in datasheet terms: where it lives (function + 0-based PDU address, or PLC notation such as 30001, or the
 manual's 1-based register number), how it is encoded (type, byte order and word order stated separately),
 and how the raw number becomes an engineering value (scale, offset, or a decimals register).
+
+Two kinds of point: readings (polled every cycle, published as Sample values) and device information
+(`info: true`, and every `string`: serial number, firmware version), read when the device comes up and then
+at most every info refresh, published as DeviceInfo text. `not_available` lists raw values by which a meter
+says "no reading" (e.g. 0xFFFF): such a read is dropped and counted, never published as a number.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ DataType = Literal[
     "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bit", "string"
 ]
 Order = Literal["big", "little"]
+Encoding = Literal["ascii", "latin-1"]
 
 REGISTER_WIDTH: dict[str, int] = {
     "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4,
@@ -50,6 +56,19 @@ class Point(BaseModel):
         default="big", description="big: the high word is in the lower-numbered register"
     )
     count: int | None = Field(default=None, ge=1, le=125, description="registers of a string")
+    encoding: Encoding = Field(
+        default="ascii", description="string points: ascii (other bytes read as U+FFFD) or latin-1"
+    )
+    info: bool = Field(
+        default=False,
+        description="device information, not a reading: read when the device comes up and at most every "
+        "info refresh, published as DeviceInfo text (always true for strings)",
+    )
+    not_available: tuple[int | float, ...] = Field(
+        default=(),
+        description="raw values meaning 'no reading' (e.g. 0xFFFF, .nan): compared before mask, shift and "
+        "scale; integers match the raw value read unsigned or signed, floats the raw float (NaN any NaN)",
+    )
     bit: int | None = Field(default=None, ge=0, le=15, description="bit of a register, for type bit")
     mask: int | None = Field(
         default=None, ge=1, description="integer types: keep only these bits of the raw value (before shift)"
@@ -71,6 +90,8 @@ class Point(BaseModel):
         if len(given) != 1:
             raise ValueError("give exactly one of address (0-based PDU), ref (PLC notation) or reg (1-based)")
         data = dict(data)
+        if data.get("type") == "string" and data.get("info") is None:
+            data["info"] = True
         if "ref" in given:
             ref = int(data["ref"])
             digits = 6 if ref >= 100000 else 5
@@ -99,7 +120,22 @@ class Point(BaseModel):
             raise ValueError("a bit point in a register needs bit (0-15)")
         if (self.mask is not None or self.shift) and not self.type.startswith(("int", "uint")):
             raise ValueError(f"mask and shift apply to integer types only, not {self.type}")
+        if self.type == "string" and not self.info:
+            raise ValueError("a string point is device information: it cannot have info: false")
+        if self.not_available:
+            self._check_not_available()
         return self
+
+    def _check_not_available(self) -> None:
+        if self.type in ("bit", "string"):
+            raise ValueError(f"not_available applies to numeric types, not {self.type}")
+        if self.type.startswith(("int", "uint")):
+            bits = 16 * REGISTER_WIDTH[self.type]
+            for v in self.not_available:
+                if not isinstance(v, int) or not -(1 << (bits - 1)) <= v < 1 << bits:
+                    raise ValueError(
+                        f"not_available value {v!r} is not a raw {self.type} (an integer of {bits} bits)"
+                    )
 
     @property
     def pdu(self) -> int:

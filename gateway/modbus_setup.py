@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from drivers.modbus.planner import DEFAULT_MAX_GAP, plan_reads
+from drivers.modbus.planner import DEFAULT_MAX_GAP, ReadRequest, plan_reads
 from drivers.modbus.spec import DeviceSpec, LineSpec
+from drivers.profile import Point
 from gateway.config import Device, Line, Site
 
 if TYPE_CHECKING:
@@ -38,20 +39,23 @@ def device_spec(site: Site, device: Device) -> DeviceSpec:
     wanted = set(device.quantities) if device.quantities else None
     points = [p for p in profile.points if wanted is None or p.quantity in wanted]
     unit = device.unit if device.unit is not None else profile.default_unit
-    requests = plan_reads(
-        points,
-        unit,
-        max_registers=device.max_registers_per_read or profile.max_registers_per_read,
-        max_gap=device.max_gap if device.max_gap is not None else DEFAULT_MAX_GAP,
-        one_read_per_value=device.one_read_per_value,
-    )
+    max_registers = device.max_registers_per_read or profile.max_registers_per_read
+    max_gap = device.max_gap if device.max_gap is not None else DEFAULT_MAX_GAP
+
+    def plan(selected: list[Point]) -> list[ReadRequest]:
+        return plan_reads(selected, unit, max_registers, max_gap, device.one_read_per_value)
+
+    # Info points (strings, serial numbers) are not readings: planned apart, read when the device comes up.
+    requests = plan([p for p in points if not p.info])
+    info_requests = plan([p for p in points if p.info])
     return DeviceSpec(
         id=device.id,
         unit=unit,
         poll_interval=float(device.poll_interval),
         requests=tuple(requests),
         profile=profile.name,
-        units={p.quantity: p.unit for p in points},
+        units={p.quantity: p.unit for p in points if not p.info},
+        info_requests=tuple(info_requests),
     )
 
 

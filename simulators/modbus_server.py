@@ -16,6 +16,7 @@ Answers, per unit id, from the device's profile:
   so a merged read spanning such gaps (a poller's max_gap is at most 124) succeeds. Everything before the
   first defined point, after the last one, or in a larger gap is out of range.
 - a value the point's type cannot hold (e.g. 400 bar in an int16 with 2 decimals): exception 04.
+- a string point reads the device's text (World.text: as a test set it, else "SIM-<device id>"), NUL-padded.
 Silence (the client times out): unknown unit id, a stopped or unpowered device, a line whose converter is
 unpowered, a broadcast (unit 0), an RTU frame with a bad CRC, a TCP frame whose protocol id is not 0.
 Per device `World.delay` seconds pass before an answer (slow devices); an RTU line serves one request at a
@@ -36,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drivers.modbus.codec import encode, encode_into
+from drivers.modbus.codec import encode, encode_into, encode_text
 from drivers.profile import Point, Profile
 from gateway.config import Line, Site
 from gateway.core.once import OnceLog
@@ -174,17 +175,16 @@ def read_words(
         lo, hi = p.pdu, p.pdu + p.width
         if hi <= address or lo >= end:
             continue
-        value = world.value(device, p.quantity, now)
         current = [words[a - address] if address <= a < end else 0 for a in range(lo, hi)]
         try:
-            if p.function in ("coil", "discrete"):
-                regs = [1 if value else 0]
-            elif p.type == "string":
-                regs = current
+            if p.type == "string":
+                regs = encode_text(p, world.text(device, p.quantity))
+            elif p.function in ("coil", "discrete"):
+                regs = [1 if world.value(device, p.quantity, now) else 0]
             elif p.type == "bit" or p.mask is not None:
-                regs = encode_into(p, value, current, decimals_of(p))
+                regs = encode_into(p, world.value(device, p.quantity, now), current, decimals_of(p))
             else:
-                regs = encode(p, value, decimals_of(p))
+                regs = encode(p, world.value(device, p.quantity, now), decimals_of(p))
         except ValueError as exc:
             raise ModbusError(DEVICE_FAILURE, f"{device}.{p.quantity}: {exc}") from exc
         for i, a in enumerate(range(lo, hi)):

@@ -164,6 +164,9 @@ class DeviceState:
     counted_at: float | None = None
     # Bit points laid over a whole-register point (e.g. TUF pipe_empty = bit 3 of error_code).
     bit_sources: dict[str, tuple[str, int]] = field(default_factory=dict)
+    texts: dict[str, str] = field(
+        default_factory=dict
+    )  # string points (serial number, firmware) set by tests
 
 
 def _bit_sources(profile: Profile) -> dict[str, tuple[str, int]]:
@@ -361,6 +364,25 @@ class World:
             code = code | (1 << bit) if on else code & ~(1 << bit)
             self.set_value(device, quantity, float(code))
 
+    def set_text(self, device: str, quantity: str, text: str) -> None:
+        """Set what a string point (serial number, firmware version) reads."""
+        with self._lock:
+            st = self._state(device)
+            point = _string_point(st, quantity)
+            room = 2 * (point.count or 0)
+            if len(text.encode(point.encoding, errors="replace")) > room:
+                raise WorldError(f"{device}.{quantity}: {text!r} does not fit {room} bytes")
+            st.texts[quantity] = text
+
+    def text(self, device: str, quantity: str) -> str:
+        """What a string point reads: as set, else a stable text naming the device (cut to fit)."""
+        with self._lock:
+            st = self._state(device)
+            point = _string_point(st, quantity)
+            if quantity in st.texts:
+                return st.texts[quantity]
+            return f"SIM-{device}"[: 2 * (point.count or 0)]
+
     # ---- reading ----------------------------------------------------------------------------------------
 
     def quantities(self, device: str) -> tuple[str, ...]:
@@ -417,6 +439,13 @@ class World:
         now = self.now()
         for st in self.devices.values():
             self._integrate(st, now)
+
+
+def _string_point(st: DeviceState, quantity: str) -> Point:
+    point = next((p for p in st.profile.points if p.quantity == quantity), None) if st.profile else None
+    if point is None or point.type != "string":
+        raise WorldError(f"device {st.device.id} has no string point {quantity!r}")
+    return point
 
 
 def _stable_fraction(key: str) -> float:

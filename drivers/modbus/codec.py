@@ -12,6 +12,14 @@ Bit points: a coil or discrete input is one bit on the wire, passed as [0|1]. A 
 register (`type: bit, bit: n`) is passed as that register's word; `encode` returns the word with only that bit
 set (or 0). Use `encode_into` to update one point inside register words other points share (TUF-2000M REG72
 holds error_code and pipe_empty).
+
+Strings (`decode_text` / `encode_text`): two characters per register, the first in the high byte unless
+byte_order is little; the text ends at the first NUL, surrounding spaces are dropped, and bytes that are not
+printable in the point's encoding (ascii by default) read as U+FFFD, so a garbled register can never put
+control characters into a log line or a metric label.
+
+Sentinels: a point's `not_available` raw values make `decode` raise NotAvailable (a ValueError), so a meter's
+"no reading" (0xFFFF, NaN) is never published as a number.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ _BITS: dict[str, int] = {
     "int16": 16, "uint16": 16, "int32": 32, "uint32": 32, "int64": 64, "uint64": 64,
     "float32": 32, "float64": 64,
 }  # fmt: skip
+_REPLACEMENT = "\ufffd"
 _ONE = Decimal(1)
 _ZERO = Decimal(0)
 
@@ -55,12 +64,25 @@ class _Rule:
     offset: Decimal
     plain: bool  # scale 1, offset 0: no decimal arithmetic needed
     needs_decimals: bool
+    na_raw: frozenset[int]  # integer sentinels, as unsigned raw values of the point's width
+    na_real: frozenset[float]  # float types: sentinel raw values (NaN excluded)
+    na_nan: bool  # float types: any NaN is a sentinel
+
+
+class NotAvailable(ValueError):
+    """The raw value is one of the point's `not_available` sentinels: the meter has no reading."""
 
 
 @cache
 def _rule(point: Point) -> _Rule:
     scale = Decimal(repr(point.scale))
     offset = Decimal(repr(point.offset))
+    bits = _BITS.get(point.type, 0)
+    is_float = point.type in ("float32", "float64")
+    na_raw = frozenset(
+        int(v) & ((1 << bits) - 1) for v in point.not_available if isinstance(v, int) and not is_float
+    )
+    na_real = frozenset(float(v) for v in point.not_available if is_float and not math.isnan(v))
     return _Rule(
         where=f"{point.quantity} ({point.function} {point.pdu})",
         type=point.type,
@@ -68,7 +90,7 @@ def _rule(point: Point) -> _Rule:
         width=point.width,
         swap_bytes=point.byte_order == "little",
         low_word_first=point.word_order == "little",
-        bits=_BITS.get(point.type, 0),
+        bits=bits,
         signed=point.type.startswith("int"),
         mask=point.mask,
         shift=point.shift,
@@ -77,6 +99,9 @@ def _rule(point: Point) -> _Rule:
         offset=offset,
         plain=scale == _ONE and offset == _ZERO,
         needs_decimals=point.decimals_register is not None,
+        na_raw=na_raw,
+        na_real=na_real,
+        na_nan=is_float and any(math.isnan(v) for v in point.not_available),
     )
 
 
@@ -145,7 +170,7 @@ def decode(point: Point, regs: Sequence[int], decimals: int | None = None) -> fl
 
     For a coil or discrete input pass [0|1]. `decimals` is the value of the point's decimals register,
     required when the point has one. Raises ValueError on a wrong word count, a word out of range or a
-    string point.
+    string point (read those with decode_text), NotAvailable when the raw value is a sentinel.
     NaN and infinities of float types are returned as they are (the caller decides to drop them).
     """
     rule = _rule(point)
@@ -158,18 +183,20 @@ def decode(point: Point, regs: Sequence[int], decimals: int | None = None) -> fl
         assert rule.bit is not None
         return float((regs[0] >> rule.bit) & 1)
     if rule.type == "string":
-        raise ValueError(f"{rule.where}: string points have no numeric value")
+        raise ValueError(f"{rule.where}: string points have no numeric value (read them with decode_text)")
     n = words_to_int(regs, "little" if rule.swap_bytes else "big", "little" if rule.low_word_first else "big")
-    if rule.type == "float32":
-        value = float32_value(n)
-        if not math.isfinite(value):
-            return value
-        return _scaled(rule, value, repr(value), decimals)
-    if rule.type == "float64":
-        (value,) = struct.unpack(">d", n.to_bytes(8, "big"))
+    if rule.type == "float32" or rule.type == "float64":
+        if rule.type == "float32":
+            value = float32_value(n)
+        else:
+            (value,) = struct.unpack(">d", n.to_bytes(8, "big"))
+        if value in rule.na_real or (rule.na_nan and math.isnan(value)):
+            raise NotAvailable(f"{rule.where}: raw {value!r} means 'not available'")
         if not math.isfinite(value):
             return float(value)
         return _scaled(rule, value, repr(value), decimals)
+    if n in rule.na_raw:
+        raise NotAvailable(f"{rule.where}: raw 0x{n:0{rule.bits // 4}X} means 'not available'")
     if rule.signed and n >= 1 << (rule.bits - 1):
         n -= 1 << rule.bits
     if rule.mask is not None:
@@ -256,4 +283,44 @@ def encode_into(point: Point, value: float, current: Sequence[int], decimals: in
         new = words_to_int(words, byte_order, word_order)
         merged = (old & ~rule.mask & ((1 << rule.bits) - 1)) | (new & rule.mask)
         return int_to_words(merged, rule.width, byte_order, word_order)
+    return words
+
+
+def decode_text(point: Point, regs: Sequence[int]) -> str:
+    """The text of a string point from its register words (len == point.count)."""
+    rule = _rule(point)
+    if rule.type != "string":
+        raise ValueError(f"{rule.where}: a {rule.type} point has no text (decode it with decode)")
+    _check_words(rule, regs)
+    raw = bytearray()
+    for w in regs:
+        hi, lo = w >> 8, w & 0xFF
+        raw += bytes((lo, hi)) if rule.swap_bytes else bytes((hi, lo))
+    end = raw.find(0)
+    if end >= 0:
+        del raw[end:]
+    limit = 0x80 if point.encoding == "ascii" else 0x100
+    chars = [chr(b) if (0x20 <= b < 0x7F or 0xA0 <= b < limit) else _REPLACEMENT for b in raw]
+    return "".join(chars).strip(" ")
+
+
+def encode_text(point: Point, text: str) -> list[int]:
+    """The register words a device holds for `text` (NUL-padded): the inverse of decode_text.
+
+    Raises ValueError when the text does not fit the point's registers or its encoding.
+    """
+    rule = _rule(point)
+    if rule.type != "string":
+        raise ValueError(f"{rule.where}: a {rule.type} point has no text")
+    try:
+        raw = text.encode(point.encoding)
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{rule.where}: {text!r} is not {point.encoding}") from exc
+    if len(raw) > 2 * rule.width:
+        raise ValueError(f"{rule.where}: {text!r} is {len(raw)} bytes, the point holds {2 * rule.width}")
+    raw = raw.ljust(2 * rule.width, b"\0")
+    words = []
+    for i in range(0, len(raw), 2):
+        first, second = raw[i], raw[i + 1]
+        words.append((second << 8) | first if rule.swap_bytes else (first << 8) | second)
     return words

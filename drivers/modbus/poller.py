@@ -6,7 +6,10 @@ returns a ReadOutcome instead of raising. Rules (DESIGN.md, principle 5; researc
 - a read with no usable answer (timeout, connection, CRC, framing) ends the device's cycle: its remaining
   reads are skipped, so a dead device costs its line at most one timeout (x retries) per cycle;
 - a Modbus exception answer (e.g. 02, address out of range) skips that read only: the device is alive;
-- NaN/inf values are dropped and counted; everything is counted in DeviceStats and logged once per cause.
+- NaN/inf values and a point's `not_available` sentinels are dropped and counted (kinds nan, not_available);
+  everything is counted in DeviceStats and logged once per cause;
+- info points (strings, serial numbers) are read after the cycle in which the device comes up, then at most
+  every `info_refresh` seconds, and published as one DeviceInfo (text), never as Sample values.
 """
 
 from __future__ import annotations
@@ -18,19 +21,20 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from drivers.modbus.codec import decode
+from drivers.modbus.codec import NotAvailable, decode, decode_text
 from drivers.modbus.planner import ReadRequest
 from drivers.modbus.spec import DeviceSpec, LineSpec
 from drivers.profile import Point
 from gateway.core.once import OnceLog
 from gateway.core.stats import DeviceStats
-from gateway.core.types import DeviceStatus, Event, Quality, Sample
+from gateway.core.types import DeviceInfo, DeviceStatus, Event, Quality, Sample
 
 log = logging.getLogger("meterwatch.modbus")
 
 Emit = Callable[[Event], Awaitable[None]]
 
 FAILURES = ("timeout", "connection", "crc", "framing")
+INFO_RETRY_CYCLES = 10  # an info read that got no answer is tried again after this many poll intervals
 
 
 @dataclass(slots=True)
@@ -79,7 +83,8 @@ class DevicePoller:
         self.probe_attempts = 0
         self.last_failure = ""
         self.decimals: dict[tuple[str, int], int] = {}
-        self._slots = {id(r): self._layout(r) for r in device.requests}
+        self._slots = {id(r): self._layout(r) for r in (*device.requests, *device.info_requests)}
+        self.info_due = 0.0  # monotonic time of the next info read; 0: after the next answered cycle
         self._decimals_keys = {
             s.decimals_key for slots in self._slots.values() for s in slots if s.decimals_key
         }
@@ -114,7 +119,32 @@ class DevicePoller:
             if outcome.words is not None:
                 await self._publish(request, outcome.words)
         await self._verdict(answered)
+        if answered and self.device.info_requests and time.monotonic() >= self.info_due:
+            await self.read_info()
         return answered
+
+    async def read_info(self) -> None:
+        """Read the info points and publish what could be read as one DeviceInfo."""
+        self.info_due = time.monotonic() + self.device.info_refresh
+        text: dict[str, str] = {}
+        for request in self.device.info_requests:
+            outcome = await self._read(request)
+            if outcome.failure is not None:
+                # Retry soon, but not every cycle: a device that ignores these registers must not cost
+                # its line a timeout per cycle. If it went down, coming back up reads them at once.
+                retry = min(self.device.info_refresh, INFO_RETRY_CYCLES * self.device.poll_interval)
+                self.info_due = time.monotonic() + retry
+                break
+            if outcome.words is None:
+                continue
+            for slot in self._slots[id(request)]:
+                value = self._decode_info(
+                    slot.point, outcome.words[slot.start : slot.start + slot.point.width]
+                )
+                if value is not None:
+                    text[slot.point.quantity] = value
+        if text:
+            await self.emit(DeviceInfo(self.device.id, time.time(), text))
 
     async def probe(self) -> bool:
         """One small read of a down device. Returns True (and marks it up) when it answers."""
@@ -169,6 +199,30 @@ class DevicePoller:
             outcome.words = None
         return outcome
 
+    def _decode_info(self, p: Point, words: list[int]) -> str | None:
+        try:
+            if p.type == "string":
+                return decode_text(p, words)
+            value = decode(p, words)
+        except NotAvailable:
+            self._not_available(p)
+            return None
+        except ValueError as exc:
+            self.stats.errors["decode"] += 1
+            self.once.warn((self.device.id, "decode", p.quantity), "%s: %s", self.device.id, exc)
+            return None
+        if math.isfinite(value) and value.is_integer():
+            return str(int(value))
+        return repr(value)
+
+    def _not_available(self, p: Point) -> None:
+        self.stats.errors["not_available"] += 1
+        self.once.warn(
+            (self.device.id, "not_available", p.quantity),
+            "%s: %s reads 'not available' (a sentinel of the profile), value skipped",
+            self.device.id, p.quantity,
+        )  # fmt: skip
+
     async def _publish(self, request: ReadRequest, words: list[int]) -> None:
         ts = time.time()
         if self._decimals_keys:
@@ -183,6 +237,10 @@ class DevicePoller:
             try:
                 decimals = self.decimals.get(slot.decimals_key) if slot.decimals_key else None
                 value = decode(p, words[slot.start : slot.start + p.width], decimals)
+            except NotAvailable:
+                # The meter says it has no reading: not a decoding fault, the sample's quality stays.
+                self._not_available(p)
+                continue
             except ValueError as exc:
                 quality = "decode_error"
                 self.stats.errors["decode"] += 1
@@ -208,6 +266,7 @@ class DevicePoller:
             self.probe_attempts = 0
             if self.up is not True:
                 self.up = True
+                self.info_due = 0.0  # a device that comes back may be another meter, or updated
                 self.stats.up = True
                 await self.emit(DeviceStatus(self.device.id, time.time(), True))
                 log.info(

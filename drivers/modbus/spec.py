@@ -12,6 +12,10 @@ from drivers.modbus.planner import ReadRequest
 
 Transport = Literal["tcp", "rtu", "rtu_over_tcp"]
 
+# Device information (serial number, firmware) is read when a device comes up and then at most this often:
+# it changes only when the meter is replaced or updated, and a swap makes the device drop out and come back.
+INFO_REFRESH = 3600.0
+
 
 @dataclass(frozen=True)
 class LineSpec:
@@ -52,6 +56,8 @@ class DeviceSpec:
     requests: tuple[ReadRequest, ...]
     profile: str = ""
     units: dict[str, str] = field(default_factory=dict)  # quantity -> engineering unit
+    info_requests: tuple[ReadRequest, ...] = ()  # reads of the info points (strings, serial numbers)
+    info_refresh: float = INFO_REFRESH
 
     @property
     def register_reads(self) -> int:

@@ -43,4 +43,17 @@ class SourceStatus:
     devices: tuple[str, ...] = field(default=())
 
 
-Event = Sample | DeviceStatus | SourceStatus
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What a device says about itself (serial number, firmware version): text, not readings.
+
+    Read when the device comes up and then at most every info refresh; `text` maps the profile's info points
+    to their text. Consumers that store or judge readings (the sink, the rules) ignore it.
+    """
+
+    device: str
+    ts: float
+    text: Mapping[str, str]
+
+
+Event = Sample | DeviceStatus | SourceStatus | DeviceInfo
