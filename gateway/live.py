@@ -13,11 +13,12 @@ from typing import Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from gateway.config import Device, Site
 from gateway.core.bus import Bus, Subscription
-from gateway.core.types import DeviceStatus, Sample, SourceStatus
+from gateway.core.types import DeviceInfo, DeviceStatus, Sample, SourceStatus
 from rules.model import Incident
 
 # The few quantities an engineer looks at first, in display order, with their formats.
@@ -44,6 +45,7 @@ class DeviceView:
     up: bool | None = None
     reason: str = ""
     samples: int = 0
+    info: dict[str, str] = field(default_factory=dict)  # serial number, firmware (DeviceInfo)
 
 
 @dataclass
@@ -82,6 +84,10 @@ class LiveView:
             v = self.views.get(event.device)
             if v is not None:
                 v.up, v.reason = event.up, event.reason
+        elif isinstance(event, DeviceInfo):
+            v = self.views.get(event.device)
+            if v is not None:
+                v.info = dict(event.text)
         elif isinstance(event, SourceStatus) and not event.connected:
             for dev in event.devices:
                 if dev in self.views:
@@ -93,10 +99,13 @@ class LiveView:
         t = Table(
             title=f"meterwatch · {cfg.site.name or cfg.site.id} · {len(self.views)} devices", expand=False
         )
+        with_info = any(v.info for v in self.views.values())
         for col in ("device", "building", "role", "source", "state", "age", *(h[1] for h in HEADLINE)):
             t.add_column(
                 col, justify="right" if col not in ("device", "building", "role", "source") else "left"
             )
+        if with_info:
+            t.add_column("info", justify="left", max_width=40)
         for v in self.views.values():
             d = v.device
             if v.up is None:
@@ -108,7 +117,8 @@ class LiveView:
             age = "" if v.last_ts is None else f"{max(0.0, now - v.last_ts):.0f}s"
             cells = [fmt.format(v.values[q]) if q in v.values else "" for q, _, fmt in HEADLINE]
             src = d.line or "mqtt"
-            t.add_row(d.id, d.building, d.role, src, state, age, *cells)
+            extra = [escape(" ".join(v.info.values()))] if with_info else []  # device text is not markup
+            t.add_row(d.id, d.building, d.role, src, state, age, *cells, *extra)
         return t
 
     def open_incidents(self) -> list[Incident]:
@@ -144,7 +154,10 @@ class LiveView:
             vals = " ".join(f"{q}={v.values[q]:.6g}" for q, _, _ in HEADLINE if q in v.values)
             state = "waiting" if v.up is None else ("up" if v.up else f"down({v.reason})")
             age = "-" if v.last_ts is None else f"{max(0.0, now - v.last_ts):.1f}s"
-            lines.append(f"{v.device.id:<12} {state:<16} age={age:<6} {vals}")
+            info = " ".join(f"{k}={t!r}" for k, t in v.info.items())
+            lines.append(
+                f"{v.device.id:<12} {state:<16} age={age:<6} {vals}" + (f"  [{info}]" if info else "")
+            )
         return lines
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -15,6 +15,8 @@ absent: a site without Modbus or without MQTT simply has no such series):
 - rt.services["device_view"]: DeviceView below, the bus-side view of every configured device, so that
   `meterwatch_device_up` exists for every device of the site, also those no poller keeps stats for
   (MQTT sensors: up while they publish within 3 expected intervals).
+  It also keeps the last DeviceInfo of each device: `meterwatch_device_info{device, <field>="text"} 1`
+  (serial number, firmware version; a field named like a fixed label gets an `info_` prefix).
 
 Naming: prefix meterwatch_, base units (seconds, bytes), counters end in _total.
 """
@@ -41,12 +43,12 @@ from prometheus_client.registry import Collector
 from gateway.config import Site
 from gateway.core.bus import Bus, Subscription
 from gateway.core.stats import DeviceStats, Histogram, LineStats, MqttStats
-from gateway.core.types import DeviceStatus, Sample
+from gateway.core.types import DeviceInfo, DeviceStatus, Sample
 from gateway.sink.lineproto import LineEncoder
 
 # Error kinds always exposed (at 0 until they happen), so rate() and alerts see a series from the start.
 LINE_ERROR_KINDS = ("timeout", "connection", "crc", "framing")
-DEVICE_ERROR_KINDS = (*LINE_ERROR_KINDS, "decode", "nan")
+DEVICE_ERROR_KINDS = (*LINE_ERROR_KINDS, "decode", "nan", "not_available")
 
 STALE_INTERVALS = 3.0  # an MQTT device is down after this many expected intervals without a sample
 MIN_STALE_SECONDS = 10.0
@@ -58,6 +60,7 @@ class DeviceSeen:
     status_up: bool | None = None
     reason: str = ""
     samples: int = 0
+    info: dict[str, str] = field(default_factory=dict)  # the last DeviceInfo's text
 
 
 @dataclass
@@ -85,6 +88,8 @@ class DeviceView:
             seen = self.devices.setdefault(event.device, DeviceSeen())
             seen.status_up = event.up
             seen.reason = event.reason
+        elif isinstance(event, DeviceInfo):
+            self.devices.setdefault(event.device, DeviceSeen()).info = dict(event.text)
 
     def up(self, device: str, now: float) -> bool:
         seen = self.devices.get(device)
@@ -254,6 +259,24 @@ class GatewayCollector(Collector):
             elif seen is not None:
                 samples.add_metric([dev_id, source], seen.samples)
         yield from (up, last, req, err, rtt, cycles, skipped, samples)
+        if isinstance(view, DeviceView):
+            yield self._device_info(view)
+
+    @staticmethod
+    def _device_info(view: DeviceView) -> Metric:
+        info = InfoMetricFamily(
+            "meterwatch_device",
+            "what a device says about itself (serial number, firmware)",
+            labels=["device"],
+        )
+        for dev_id, seen in sorted(view.devices.items()):
+            if seen.info:
+                fields = {
+                    (f"info_{k}" if k in ("device", "instance", "job") else k): v
+                    for k, v in seen.info.items()
+                }
+                info.add_metric([dev_id], fields)
+        return info
 
     # -- MQTT -------------------------------------------------------------------------------------------
     def _mqtt(self, now: float) -> Iterator[Metric]:

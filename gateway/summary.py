@@ -95,6 +95,11 @@ def print_plan(site: Site, echo: Echo = print) -> bool:
             )
             for r in d.requests:
                 echo(f"    {r.describe()}  ~{_s(request_time(line, r))}")
+            for r in d.info_requests:
+                echo(
+                    f"    info: {r.describe()}  ~{_s(request_time(line, r))} "
+                    f"(when the device comes up, then every {d.info_refresh:g} s)"
+                )
         for msg in _problems(line, est):
             echo(msg)
         ok = ok and est.fits
