@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers.modbus.probe import run_probe
 from gateway.config import Site, load_site
 from gateway.core.types import DeviceInfo, Sample
 from simulators.runner import SimulatorThread
@@ -189,3 +190,19 @@ async def test_merged_reads_reach_2000_bits_and_125_registers(types_sim: TypesSi
     got = rec.latest("BANK")
     assert {q: got[q] for q in expected} == expected
     assert sum(expected.values()) > 0 and min(expected.values()) == 0.0  # both bit values are exercised
+
+
+async def test_probe_prints_the_registers_as_text(
+    types_sim: TypesSim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    set_kitchen(types_sim.world, "K-tcp")
+    port = next(ln.port for ln in types_sim.site.config.lines if ln.id == "tcp")
+    # model_name (8 registers, high byte first) then firmware (4 registers, low byte first).
+    code = await run_probe("127.0.0.1", port or 0, None, False, 9600, "N", 1, 1, "100", 12, "holding", 1.0)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    row = next(line for line in out.splitlines() if line.startswith("ascii"))
+    assert row == (
+        "ascii (type: string, byte_order: big): |KS-1000 Meter...2v1.....|"
+        "  (byte_order: little): |SK1-00 0eMet.r..v2.1....|"
+    )

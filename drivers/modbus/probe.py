@@ -2,7 +2,8 @@
 
 For a meter without a trustworthy datasheet: each register as int16/uint16, then every 32-bit and 64-bit
 window in all four byte/word orders (ABCD, CDAB, BADC, DCBA) with the profile settings that select it, so the
-right `type`, `byte_order` and `word_order` can be copied into a profile.
+right `type`, `byte_order` and `word_order` can be copied into a profile; and one row of the registers read as
+text, high byte first and low byte first (a `string` point's byte_order big or little).
 """
 
 from __future__ import annotations
@@ -79,8 +80,21 @@ def _real(value: float | None) -> str:
     return f"{value:.9g}"
 
 
+def ascii_reading(regs: Sequence[int], byte_order: Order = "big") -> str:
+    """The registers as text, two characters each; a byte that is not printable ASCII shows as '.'."""
+    out: list[str] = []
+    for w in regs:
+        pair = (w & 0xFF, w >> 8) if byte_order == "little" else (w >> 8, w & 0xFF)
+        out.extend(chr(b) if 0x20 <= b < 0x7F else "." for b in pair)
+    return "".join(out)
+
+
 def format_interpretations(address: int, regs: Sequence[int]) -> list[str]:
-    lines = ["registers:"]
+    lines = [
+        f"ascii (type: string, byte_order: big): |{ascii_reading(regs)}|"
+        f"  (byte_order: little): |{ascii_reading(regs, 'little')}|",
+        "registers:",
+    ]
     items = all_interpretations(regs)
     for it in (x for x in items if x.width == 1):
         a = address + it.offset
