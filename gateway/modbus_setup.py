@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from drivers.modbus.planner import DEFAULT_MAX_GAP, ReadRequest, plan_reads
 from drivers.modbus.spec import DeviceSpec, LineSpec
-from drivers.profile import Point
 from gateway.config import Device, Line, Site
 
 if TYPE_CHECKING:
@@ -42,12 +41,11 @@ def device_spec(site: Site, device: Device) -> DeviceSpec:
     max_registers = device.max_registers_per_read or profile.max_registers_per_read
     max_gap = device.max_gap if device.max_gap is not None else DEFAULT_MAX_GAP
 
-    def plan(selected: list[Point]) -> list[ReadRequest]:
-        return plan_reads(selected, unit, max_registers, max_gap, device.one_read_per_value)
+    def plan(info: bool) -> list[ReadRequest]:
+        return plan_reads(points, unit, max_registers, max_gap, device.one_read_per_value, info=info)
 
     # Info points (strings, serial numbers) are not readings: planned apart, read when the device comes up.
-    requests = plan([p for p in points if not p.info])
-    info_requests = plan([p for p in points if p.info])
+    requests, info_requests = plan(info=False), plan(info=True)
     return DeviceSpec(
         id=device.id,
         unit=unit,

@@ -19,6 +19,7 @@ from gateway.core.types import DeviceInfo, Sample
 from simulators.runner import SimulatorThread
 from simulators.world import ManualClock, World
 from tests.conftest import free_port
+from tests.fixtures.sim import SimHandle
 from tests.test_modbus_poller import Actors, Recorder, specs, until
 
 PROFILES = Path(__file__).parent / "profiles"
@@ -206,3 +207,18 @@ async def test_probe_prints_the_registers_as_text(
         "ascii (type: string, byte_order: big): |KS-1000 Meter...2v1.....|"
         "  (byte_order: little): |SK1-00 0eMet.r..v2.1....|"
     )
+
+
+async def test_sdm630_serial_number_is_device_info(sim: SimHandle) -> None:
+    """The shipped SDM630 profile's serial number (holding 0xFC00) over TCP and a pty: text, not a reading."""
+    sim.world.set_value("T-sdm630", "serial_number", 19_061_234.0)
+    sim.world.set_value("P-sdm630", "serial_number", 4_000_000_001.0)
+    rec = Recorder()
+    line_specs = [
+        (ln, [d for d in devs if d.id.endswith("sdm630")]) for ln, devs in specs(sim.site, ["tcp", "pty"])
+    ]
+    async with Actors(line_specs, rec):
+        await until(lambda: infos(rec, "T-sdm630") and infos(rec, "P-sdm630"), 15, "both serial numbers")
+    assert infos(rec, "T-sdm630")[0].text == {"serial_number": "19061234"}
+    assert infos(rec, "P-sdm630")[0].text == {"serial_number": "4000000001"}
+    assert "serial_number" not in rec.latest("T-sdm630")

@@ -12,7 +12,8 @@ from prometheus_client import generate_latest
 from pydantic import ValidationError
 
 from drivers.modbus.codec import NotAvailable, decode, decode_text, encode, encode_text
-from drivers.profile import Point
+from drivers.modbus.planner import plan_reads
+from drivers.profile import Point, builtin_profiles
 from gateway.config import load_site
 from gateway.core.bus import Bus
 from gateway.core.types import DeviceInfo, Sample
@@ -208,3 +209,12 @@ def test_rules_engine_ignores_device_info(tmp_path: Path) -> None:
     engine = build_engine(site, start=1.7e9)
     assert list(engine.feed(info_event())) == []
     assert engine.unknown_devices == 0
+
+
+def test_info_points_are_planned_apart_from_the_poll_cycle() -> None:
+    sdm630 = builtin_profiles()["sdm630"]
+    cycle = plan_reads(sdm630.points, 1)
+    info = plan_reads(sdm630.points, 1, info=True)
+    assert all(not p.info for r in cycle for p in r.points)
+    assert [(r.function, r.address, r.count) for r in info] == [("holding", 0xFC00, 2)]
+    assert [p.quantity for p in info[0].points] == ["serial_number"]

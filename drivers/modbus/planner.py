@@ -95,10 +95,16 @@ def plan_reads(
     max_registers: int = MAX_REGISTERS,
     max_gap: int = DEFAULT_MAX_GAP,
     one_read_per_value: bool = False,
+    info: bool = False,
 ) -> list[ReadRequest]:
-    """The requests that read `points` of device `unit`. Raises ValueError when a point cannot fit a read."""
+    """The requests that read `points` of device `unit`. Raises ValueError when a point cannot fit a read.
+
+    Only the readings are planned (the poll cycle), or with `info=True` only the info points (strings,
+    serial numbers: read when the device comes up), never the two mixed.
+    """
     if max_gap < 0:
         raise ValueError(f"max_gap must be >= 0, got {max_gap}")
+    points = [p for p in points if p.info == info]
     spans = sorted(_spans(points), key=lambda s: (s.function, s.address, -s.width))
     decimals_at = {(p.function, p.decimals_register) for s in spans if (p := s.point) and p.decimals_register}
     groups: list[list[_Span]] = []
