@@ -407,6 +407,10 @@ def _cross_check(cfg: SiteConfig, src: LoadedYaml, profiles: dict[str, Profile])
             for k, q in enumerate(d.quantities):
                 if q not in prof.quantities:
                     add(("devices", i, "quantities", k), f"profile {prof.name} has no quantity {q!r}")
+            selected = [p for p in prof.points if p.quantity in d.quantities]
+            if selected and all(p.info for p in selected):
+                # info points are read when the device comes up, not polled: they cannot tell it is alive
+                add(("devices", i, "quantities"), "lists only info points (device information), no reading")
         unit = d.unit if d.unit is not None else (prof.default_unit if prof else 1)
         if d.line is not None:
             other = units_on_line.get((d.line, unit))

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from drivers.modbus.codec import NotAvailable, decode, decode_text, encode, encode_text
 from drivers.modbus.planner import plan_reads
 from drivers.profile import Point, builtin_profiles
-from gateway.config import load_site
+from gateway.config import ConfigError, load_site
 from gateway.core.bus import Bus
 from gateway.core.types import DeviceInfo, Sample
 from gateway.incidents.site_model import build_engine
@@ -218,3 +218,16 @@ def test_info_points_are_planned_apart_from_the_poll_cycle() -> None:
     assert all(not p.info for r in cycle for p in r.points)
     assert [(r.function, r.address, r.count) for r in info] == [("holding", 0xFC00, 2)]
     assert [p.quantity for p in info[0].points] == ["serial_number"]
+
+
+def test_a_device_polling_only_info_points_is_a_config_error(tmp_path: Path) -> None:
+    path = write_sim_site(tmp_path)
+    text = path.read_text(encoding="utf-8").replace(
+        "profile: sdm630, poll_interval: 1s}",
+        "profile: sdm630, poll_interval: 1s, quantities: [serial_number]}",
+        1,
+    )
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_site(path)
+    assert ":14: devices[0].quantities: lists only info points" in str(info.value)
