@@ -7,13 +7,16 @@ numeric serial number). limits-bank: merged reads that reach exactly 2000 bits a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from drivers.modbus.planner import plan_reads
 from drivers.modbus.probe import run_probe
+from drivers.profile import Point
 from gateway.config import Site, load_site
 from gateway.core.types import DeviceInfo, Sample
 from simulators.runner import SimulatorThread
@@ -222,3 +225,19 @@ async def test_sdm630_serial_number_is_device_info(sim: SimHandle) -> None:
     assert infos(rec, "T-sdm630")[0].text == {"serial_number": "19061234"}
     assert infos(rec, "P-sdm630")[0].text == {"serial_number": "4000000001"}
     assert "serial_number" not in rec.latest("T-sdm630")
+
+
+async def test_info_register_the_device_lacks_is_not_read_every_cycle(sim: SimHandle) -> None:
+    """An info read answered with exception 02 is counted once and not retried before the info refresh."""
+    missing = Point(quantity="firmware", function="holding", address=0xFC03, type="string", count=2)
+    line, devices = next(iter(specs(sim.site, ["tcp"], poll_interval=0.1)))
+    device = next(d for d in devices if d.id == "T-sdm630")
+    extra = plan_reads([missing], device.unit, info=True)
+    device = dataclasses.replace(device, info_requests=(*device.info_requests, *extra))
+    sim.world.set_value("T-sdm630", "serial_number", 42.0)
+    rec = Recorder()
+    async with Actors([(line, [device])], rec) as actors:
+        st = actors["tcp"].device_stats["T-sdm630"]
+        await until(lambda: st.cycles >= 10, 15, "ten cycles")
+    assert [i.text for i in infos(rec, "T-sdm630")] == [{"serial_number": "42"}]
+    assert st.errors == {"exception_2": 1}
