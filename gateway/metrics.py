@@ -215,7 +215,8 @@ class GatewayCollector(Collector):
         )
         err = CounterMetricFamily(
             "meterwatch_device_errors",
-            "failed requests or values of a device, by kind (timeout, crc, exception_<code>, decode, nan)",
+            "failed requests or values of a device, by kind "
+            "(timeout, crc, exception_<code>, decode, nan, not_available)",
             labels=["device", "line", "kind"],
         )
         rtt = _histogram(
