@@ -41,7 +41,8 @@ class DeviceStats:
     device: str
     line: str
     requests: int = 0
-    # kind -> count; kinds: "timeout", "connection", "crc", "framing", "exception_<code>", "decode", "nan"
+    # kind -> count; kinds: "timeout", "connection", "crc", "framing", "exception_<code>", "decode", "nan",
+    # "not_available"
     errors: Counter[str] = field(default_factory=Counter)
     rtt: Histogram = field(default_factory=Histogram)
     up: bool = True
