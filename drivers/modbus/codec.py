@@ -18,6 +18,9 @@ byte_order is little; the text ends at the first NUL, surrounding spaces are dro
 printable in the point's encoding (ascii by default) read as U+FFFD, so a garbled register can never put
 control characters into a log line or a metric label.
 
+Values are floats (Sample.values is float-only on purpose): an int64/uint64 above 2**53 in magnitude comes out
+rounded to the nearest float64; energy counters in Wh stay exact up to 9e15 Wh.
+
 Sentinels: a point's `not_available` raw values make `decode` raise NotAvailable (a ValueError), so a meter's
 "no reading" (0xFFFF, NaN) is never published as a number.
 """
