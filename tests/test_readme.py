@@ -1,10 +1,10 @@
-"""README.md must stay true: the two commands on top, and a configuration reference equal to the models."""
+"""README.md must stay true: the two commands on top, the configuration reference and the default rules."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.docs import current_block, reference
+from gateway.docs import RULES_END, RULES_START, current_block, default_rules, reference
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -17,4 +17,10 @@ def test_readme_starts_with_the_two_commands() -> None:
 def test_configuration_reference_matches_the_models() -> None:
     assert current_block(README) == reference().strip(), (
         "README's configuration reference is out of date: run `python -m gateway.docs --write README.md`"
+    )
+
+
+def test_default_rules_table_matches_the_code() -> None:
+    assert current_block(README, RULES_START, RULES_END) == default_rules().strip(), (
+        "README's table of default rules is out of date: run `python -m gateway.docs --write README.md`"
     )
