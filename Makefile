@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SITE ?= deploy/examples/compound.yaml
 
-.PHONY: bootstrap demo test lint bench lock clean
+.PHONY: bootstrap demo test lint bench soak lock clean
 
 bootstrap:
 	@./scripts/bootstrap
@@ -24,6 +24,11 @@ bench: bootstrap
 	$(PY) bench/planner.py
 	$(PY) bench/sink.py
 	$(PY) bench/rules.py
+
+# Opt-in, not part of `bench`: runs for minutes (MINUTES=60 make soak for a longer look at memory growth).
+MINUTES ?= 6
+soak: bootstrap
+	$(PY) bench/soak.py --minutes $(MINUTES)
 
 # Re-resolve the dependencies of pyproject.toml in a scratch virtualenv and pin them in constraints.txt.
 lock:

@@ -1,0 +1,558 @@
+"""Soak: does the gateway's memory, fd or thread count grow while it runs for minutes through outages?
+
+The real `meterwatch run` (a child process, watched from outside through /proc and its /metrics) polls a site
+of 100 simulated devices every second: 10 buildings, each with a Modbus TCP meter gateway of 8 SDM630s,
+and 4 RS-485 device servers (RTU over TCP, 19200 baud) with 5 devices each (a DTSU666 pump meter, two SDM120
+unit meters, two pressure transmitters). The simulators run in their own process (`meterwatch simulate`,
+with a scenario written for the run's length); the samples go to a real VictoriaMetrics through the spool.
+
+Phases, as fractions of --minutes (6 by default):
+  [0, 1/6)      normal: warm-up (connections, first cycles, caches fill)
+  [1/6, 1/2)    VictoriaMetrics stopped: the spool grows
+  [1/2, 1)      VictoriaMetrics back: the spool drains; at 0.6 building B05 loses mains power for 30 s
+                (its meters read 0 V: a power_outage incident opens, then resolves 15 s after the restore)
+
+Every --interval seconds (10): the gateway's RSS (VmRSS), open fds, threads, CPU % since the last sample,
+and from /metrics the spool's points and bytes, the bus queue depths, samples published and points written.
+At the end the simulators stop, the gateway drains its spool, and the points VictoriaMetrics holds are
+counted against the samples the gateway published.
+
+Prints one human line per sample, a summary (RSS at start, after warm-up and at the end; least-squares RSS
+slope in MiB per hour over the post-warm-up window and over the last phase alone; fds and threads at start
+and end; spool peak; incidents; delivered yes/no) and one JSON line. Nothing is asserted: the figures depend
+on the machine and its load. A few minutes show a leak of megabytes per hour only roughly; run longer
+(--minutes 60) to see a slow one.
+
+    .venv/bin/python bench/soak.py [--minutes 6] [--interval 10]      (or `make soak`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: `python bench/soak.py`
+    sys.path.insert(0, str(ROOT))
+
+from simulators.runner import SimulatorProcess  # noqa: E402
+from tests.fixtures.victoria import Victoria  # noqa: E402
+
+SITE_ID = "soak"
+BUILDINGS = 10
+TCP_METERS = 8  # SDM630s per building's Modbus TCP gateway
+RTU_LINES = 4  # RS-485 device servers, in the first buildings
+CUT_BUILDING = "B05"
+CUT_SECONDS = 30.0
+CLEAR_FOR = 15.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 2**20
+
+
+# ----------------------------------------------------------------------------------------------- the site
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports (held open together so the kernel cannot hand one out twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def site_text(ports: list[int], http_port: int, influx_url: str) -> str:
+    """The soak site: `ports` holds one port per TCP gateway, then one per RS-485 device server."""
+    buildings, lines, devices = [], [], []
+    for b in range(1, BUILDINGS + 1):
+        bid = f"B{b:02d}"
+        buildings.append(
+            f"  - {{id: {bid}, households: 60, domains: [{{id: {bid}-power, kind: power}},"
+            f" {{id: {bid}-water, kind: water}}]}}"
+        )
+        lines.append(
+            f"  - {{id: {bid}-gw, transport: tcp, host: 127.0.0.1, port: {ports[b - 1]}, timeout: 500ms}}"
+        )
+        for u in range(1, TCP_METERS + 1):
+            role = "role: main_power, households: 60" if u == 1 else "role: unit_power, households: 1"
+            devices.append(
+                f"  - {{id: {bid}-m{u}, building: {bid}, domain: {bid}-power, {role}, line: {bid}-gw,"
+                f" unit: {u}, profile: sdm630, poll_interval: 1s}}"
+            )
+    for r in range(1, RTU_LINES + 1):
+        bid = f"B{r:02d}"
+        line = f"{bid}-rs485"
+        lines.append(
+            f"  - {{id: {line}, transport: rtu_over_tcp, host: 127.0.0.1, port: {ports[BUILDINGS + r - 1]},"
+            " baudrate: 19200, timeout: 500ms}"
+        )
+        rtu = [
+            ("pump", "dtsu666", "power", "role: pump"),
+            ("shop1", "sdm120", "power", "role: unit_power, households: 1"),
+            ("shop2", "sdm120", "power", "role: unit_power, households: 1"),
+            ("p-low", "rs485-pressure", "water", "role: zone_pressure, households: 30"),
+            ("p-high", "rs485-pressure", "water", "role: zone_pressure, households: 30"),
+        ]
+        for unit, (name, profile, kind, role) in enumerate(rtu, start=1):
+            devices.append(
+                f"  - {{id: {bid}-{name}, building: {bid}, domain: {bid}-{kind}, {role}, line: {line},"
+                f" unit: {unit}, profile: {profile}, poll_interval: 1s}}"
+            )
+    return f"""site: {{id: {SITE_ID}, name: Soak bench, timezone: UTC}}
+buildings:
+{chr(10).join(buildings)}
+lines:
+{chr(10).join(lines)}
+devices:
+{chr(10).join(devices)}
+influx: {{url: "{influx_url}", bucket: soak, batch_size: 1000, flush_interval: 1s, timeout: 5s}}
+http: {{port: {http_port}}}
+rules:
+  # the shipped power.outage, resolving sooner so that the incident closes within a short soak
+  - {{id: power.outage, kind: polyphase, check: outage, category: power_outage, severity: critical,
+     audiences: [staff, residents], match: {{roles: [main_power, unit_power]}}, for: 5s,
+     clear_for: {CLEAR_FOR:g}s}}
+"""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """When each phase starts, in seconds from the simulators' start."""
+
+    total: float
+
+    @property
+    def warmup_end(self) -> float:
+        return self.total / 6
+
+    @property
+    def vm_down(self) -> float:
+        return self.total / 6
+
+    @property
+    def vm_up(self) -> float:
+        return self.total / 2
+
+    @property
+    def cut(self) -> float:
+        return 0.6 * self.total
+
+    @property
+    def restore(self) -> float:
+        return self.cut + CUT_SECONDS
+
+    def phase(self, t: float) -> str:
+        if t < self.vm_down:
+            return "normal"
+        if t < self.vm_up:
+            return "vm-down"
+        if self.cut <= t < self.restore:
+            return "power-cut"
+        return "vm-up"
+
+
+def scenario_text(plan: Plan) -> str:
+    return f"""name: soak
+description: {CUT_BUILDING} mains power cut at {plan.cut:g}s for {CUT_SECONDS:g}s (written by bench/soak.py).
+timeline:
+  - {{at: {plan.cut:g}s, cut_power: {CUT_BUILDING}}}
+  - {{at: {plan.restore:g}s, restore_power: {CUT_BUILDING}}}
+"""
+
+
+# -------------------------------------------------------------------------------------- what is sampled
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS (kB) and Threads from /proc/<pid>/status."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "Threads"):
+            out[key] = int(rest.split()[0])
+    return out
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def http_get(url: str, timeout: float = 10.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body: bytes = resp.read()
+        return body
+
+
+class Scrape:
+    """One /metrics text: sample name -> [(labels, value)]."""
+
+    def __init__(self, text: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                self.samples.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
+
+    def total(self, name: str, **labels: str) -> float:
+        return sum(
+            v for lab, v in self.samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items())
+        )
+
+    def by(self, name: str, label: str) -> dict[str, float]:
+        return {lab.get(label, ""): v for lab, v in self.samples.get(name, [])}
+
+
+@dataclass
+class Reading:
+    t: float  # seconds since the simulators started
+    phase: str
+    rss_mib: float
+    fds: int
+    threads: int
+    cpu_percent: float
+    spool_points: int
+    spool_bytes: int
+    bus_queues: dict[str, int]
+    bus_published: int
+    samples_published: int  # sum of meterwatch_device_samples
+    points_written: int
+    devices_up: int
+    incidents_open: int
+
+
+@dataclass
+class Gateway:
+    """`meterwatch run` in a child process; its /proc entries and HTTP endpoints."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+    _cpu: tuple[float, float] = field(default=(0.0, 0.0))  # (monotonic, cpu seconds) at the last reading
+
+    @classmethod
+    def start(cls, site: Path, state_dir: Path, http_port: int, log_path: Path) -> Gateway:
+        cmd = [sys.executable, "-m", "gateway.cli", "run", str(site), "--state-dir", str(state_dir)]
+        cmd += ["--log-level", "warning"]
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
+        gw = cls(proc, f"http://127.0.0.1:{http_port}", log_path)
+        wait_for(gw.ready, 60, "the gateway's /readyz", gw.alive)
+        gw._cpu = (time.monotonic(), proc_cpu_seconds(proc.pid))
+        return gw
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ready(self) -> bool:
+        try:
+            http_get(self.url + "/readyz", timeout=2)
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def scrape(self) -> Scrape:
+        return Scrape(http_get(self.url + "/metrics").decode())
+
+    def read(self, t: float, phase: str) -> tuple[Reading, Scrape]:
+        pid = self.proc.pid
+        status = proc_status(pid)
+        now, cpu = time.monotonic(), proc_cpu_seconds(pid)
+        cpu_percent = 100 * (cpu - self._cpu[1]) / max(1e-9, now - self._cpu[0])
+        self._cpu = (now, cpu)
+        m = self.scrape()
+        return (
+            Reading(
+                t=round(t, 1),
+                phase=phase,
+                rss_mib=round(status["VmRSS"] / 1024, 2),
+                fds=open_fds(pid),
+                threads=status["Threads"],
+                cpu_percent=round(cpu_percent, 1),
+                spool_points=int(m.total("meterwatch_spool_points")),
+                spool_bytes=int(m.total("meterwatch_spool_bytes")),
+                bus_queues={k: int(v) for k, v in m.by("meterwatch_bus_queue_events", "subscriber").items()},
+                bus_published=int(m.total("meterwatch_bus_published_total")),
+                samples_published=int(m.total("meterwatch_device_samples_total")),
+                points_written=int(m.total("meterwatch_sink_points_written_total")),
+                devices_up=int(m.total("meterwatch_device_up")),
+                incidents_open=len(self.incidents("open")),
+            ),
+            m,
+        )
+
+    def incidents(self, state: str) -> list[dict[str, Any]]:
+        body = json.loads(http_get(f"{self.url}/api/incidents?state={state}&limit=1000"))
+        found: list[dict[str, Any]] = body["incidents"]
+        return found
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def wait_for(
+    cond: Callable[[], bool], timeout: float, what: str, alive: Callable[[], bool] = lambda: True
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if not alive():
+            raise RuntimeError(f"gave up waiting for {what}: the process exited")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not reached within {timeout:g} s")
+        time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def slope_per_hour(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, MiB) points, in MiB per hour; None with fewer than 3 points."""
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mx = sum(t for t, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((t - mx) ** 2 for t, _ in points)
+    if sxx == 0:
+        return None
+    sxy = sum((t - mx) * (y - my) for t, y in points)
+    return 3600 * sxy / sxx
+
+
+def human(r: Reading) -> str:
+    queues = " ".join(f"{k}={v}" for k, v in sorted(r.bus_queues.items()))
+    return (
+        f"t={r.t:6.1f}s {r.phase:9s} rss {r.rss_mib:6.1f} MiB fds {r.fds:3d} threads {r.threads:2d} "
+        f"cpu {r.cpu_percent:5.1f}% spool {r.spool_points:6d} pts {r.spool_bytes / MIB:5.2f} MiB "
+        f"queues [{queues}] published {r.samples_published} written {r.points_written} "
+        f"up {r.devices_up} incidents {r.incidents_open}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------- the run
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    plan = Plan(total=60.0 * args.minutes)
+    ports = free_ports(BUILDINGS + RTU_LINES + 1)
+    http_port = ports.pop()
+    vm = Victoria(work / "victoria-data")
+    vm.start()
+    site = work / "site.yaml"
+    site.write_text(site_text(ports, http_port, vm.url), encoding="utf-8")
+    scenario = work / "soak-scenario.yaml"
+    scenario.write_text(scenario_text(plan), encoding="utf-8")
+    readings: list[Reading] = []
+    sim: SimulatorProcess | None = None
+    gw: Gateway | None = None
+    try:
+        sim = SimulatorProcess.spawn(site, scenario, args=("--no-mqtt", "--log-level", "error"), timeout=60)
+        t0 = time.monotonic()
+        gw = Gateway.start(site, work / "state", http_port, work / "gateway.log")
+        print(f"soak: {args.minutes:g} min, 100 devices at 1 s, gateway pid {gw.proc.pid}", flush=True)
+        events: list[tuple[float, str, Callable[[], None]]] = [
+            (plan.vm_down, "VictoriaMetrics stopped", vm.stop),
+            (plan.vm_up, "VictoriaMetrics started", vm.start),
+        ]
+        next_reading = 0.0
+        while True:
+            t = time.monotonic() - t0
+            while events and events[0][0] <= t:
+                _, what, action = events.pop(0)
+                action()
+                print(f"t={t:6.1f}s {what}", flush=True)
+            if t >= next_reading:
+                if not gw.alive():
+                    raise RuntimeError(f"the gateway exited with {gw.proc.returncode}; see {gw.log_path}")
+                reading, _ = gw.read(t, plan.phase(t))
+                readings.append(reading)
+                print(human(reading), flush=True)
+                next_reading += args.interval
+            if t >= plan.total:
+                break
+            wake = min([next_reading, plan.total, *(e[0] for e in events)])
+            time.sleep(max(0.05, wake - (time.monotonic() - t0)))
+        return finish(plan, readings, sim, gw, vm)
+    finally:
+        if sim is not None:
+            sim.stop()
+        if gw is not None:
+            gw.stop()
+        vm.stop()
+
+
+def finish(
+    plan: Plan, readings: list[Reading], sim: SimulatorProcess, gw: Gateway, vm: Victoria
+) -> dict[str, Any]:
+    """Stop the sources, let the spool drain, and count what VictoriaMetrics holds."""
+    incidents = gw.incidents("all")
+    sim.stop()
+
+    def drained() -> bool:
+        m = gw.scrape()
+        queues = m.by("meterwatch_bus_queue_events", "subscriber")
+        return m.total("meterwatch_spool_points") == 0 and queues.get("sink", 0) == 0
+
+    wait_for(drained, 120, "an empty spool after the simulators stopped", gw.alive)
+    time.sleep(0.5)  # no event to wait on: the devices are silent, so the counters below are final
+    wait_for(drained, 120, "an empty spool after the simulators stopped", gw.alive)
+    last = gw.scrape()
+    published = int(last.total("meterwatch_device_samples_total"))
+    received = int(last.total("meterwatch_sink_samples_received_total"))
+    written = int(last.total("meterwatch_sink_points_written_total"))
+    dead = int(last.total("meterwatch_sink_dead_letter_points_total"))
+    dropped = int(last.total("meterwatch_spool_dropped_points_total"))
+    code = gw.stop()
+    stored = vm.count(f'{{__name__=~".+_quality",site="{SITE_ID}"}}')
+    log_text = gw.log_path.read_text(errors="replace")
+    errors = sum(1 for line in log_text.splitlines() if " error " in line.lower() or "level=error" in line)
+    return summarise(
+        plan,
+        readings,
+        incidents,
+        {
+            "samples_published": published,
+            "sink_samples_received": received,
+            "points_written": written,
+            "points_stored": stored,
+            "dead_letter_points": dead,
+            "spool_dropped_points": dropped,
+            "delivered": stored >= published and received == published and dead == 0 and dropped == 0,
+        },
+        {"exit_code": code, "log_error_lines": errors},
+    )
+
+
+def summarise(
+    plan: Plan,
+    readings: list[Reading],
+    incidents: list[dict[str, Any]],
+    delivery: dict[str, Any],
+    gateway: dict[str, Any],
+) -> dict[str, Any]:
+    after_warmup = [r for r in readings if r.t >= plan.warmup_end]
+    last_phase = [r for r in readings if r.t >= plan.vm_up]
+    first, warm, end = readings[0], (after_warmup or readings)[0], readings[-1]
+    outages = [i for i in incidents if i["category"] == "power_outage"]
+    return {
+        "bench": "soak",
+        "minutes": plan.total / 60,
+        "devices": BUILDINGS * TCP_METERS + RTU_LINES * 5,
+        "rss_mib_start": first.rss_mib,
+        "rss_mib_after_warmup": warm.rss_mib,
+        "rss_mib_end": end.rss_mib,
+        "rss_mib_peak": max(r.rss_mib for r in readings),
+        "rss_slope_mib_per_h_after_warmup": _round(slope_per_hour([(r.t, r.rss_mib) for r in after_warmup])),
+        "rss_slope_mib_per_h_last_phase": _round(slope_per_hour([(r.t, r.rss_mib) for r in last_phase])),
+        "fds_start": first.fds,
+        "fds_end": end.fds,
+        "fds_max": max(r.fds for r in readings),
+        "threads_start": first.threads,
+        "threads_end": end.threads,
+        "threads_max": max(r.threads for r in readings),
+        "cpu_percent_mean": round(sum(r.cpu_percent for r in readings[1:]) / max(1, len(readings) - 1), 1),
+        "spool_points_peak": max(r.spool_points for r in readings),
+        "spool_bytes_peak": max(r.spool_bytes for r in readings),
+        "spool_points_end": end.spool_points,
+        "incidents": [
+            {k: i[k] for k in ("id", "category", "scope", "state", "opened_at", "resolved_at")}
+            for i in incidents
+        ],
+        "power_outage_opened": len(outages),
+        "power_outage_resolved": sum(1 for i in outages if i["resolved_at"]),
+        **delivery,
+        "gateway": gateway,
+        "readings": [asdict(r) for r in readings],
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+def report(r: dict[str, Any]) -> None:
+    print(
+        f"RSS: start {r['rss_mib_start']:.1f} MiB, after warm-up {r['rss_mib_after_warmup']:.1f} MiB, "
+        f"end {r['rss_mib_end']:.1f} MiB, peak {r['rss_mib_peak']:.1f} MiB; slope after warm-up "
+        f"{r['rss_slope_mib_per_h_after_warmup']} MiB/h, over the last phase "
+        f"{r['rss_slope_mib_per_h_last_phase']} MiB/h"
+    )
+    print(
+        f"fds: start {r['fds_start']}, end {r['fds_end']}, max {r['fds_max']}; threads: start "
+        f"{r['threads_start']}, end {r['threads_end']}, max {r['threads_max']}; "
+        f"mean CPU {r['cpu_percent_mean']}%"
+    )
+    print(
+        f"spool: peak {r['spool_points_peak']} points ({r['spool_bytes_peak'] / MIB:.2f} MiB), "
+        f"{r['spool_points_end']} at the end of the run"
+    )
+    print(
+        f"incidents: {len(r['incidents'])} in all; power_outage opened {r['power_outage_opened']}, "
+        f"resolved {r['power_outage_resolved']}"
+    )
+    print(
+        f"delivered: {'yes' if r['delivered'] else 'NO'}: {r['samples_published']} samples published, "
+        f"{r['sink_samples_received']} taken by the sink, {r['points_written']} points written, "
+        f"{r['points_stored']} stored in VictoriaMetrics, {r['dead_letter_points']} dead letters, "
+        f"{r['spool_dropped_points']} dropped; gateway exit {r['gateway']['exit_code']}, "
+        f"{r['gateway']['log_error_lines']} error lines in its log"
+    )
+    print(json.dumps(r))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=6.0, help="length of the run (phases scale with it)")
+    ap.add_argument("--interval", type=float, default=10.0, help="seconds between readings")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (site, logs, spool)")
+    args = ap.parse_args()
+    if args.minutes * 60 < 10 * args.interval:
+        ap.error("--minutes must allow at least 10 readings")
+    work = Path(tempfile.mkdtemp(prefix="meterwatch-soak-"))
+    try:
+        report(run(args, work))
+    finally:
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
