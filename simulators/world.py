@@ -412,6 +412,9 @@ class World:
             return float((int(self._value(st, src, t)) >> bit) & 1)
         if q in COUNTERS:
             return st.counters[q]
+        if q == "serial_number":  # a stable 8-digit number per device, as on a meter's label
+            fraction = _stable_fraction(f"{self.seed}:{st.device.id}:serial")
+            return float(10_000_000 + int(89_999_999 * fraction))
         electrical = _electrical(self, st, q, t)
         if electrical is not None:
             return electrical
