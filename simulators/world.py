@@ -2,7 +2,7 @@
 
 Pure state plus a clock passed in (virtual time): nothing here does I/O or sleeps, so scenarios and tests
 drive it deterministically. The protocol servers (modbus_server, mqtt_publisher) only ask two questions:
-`answering(device)` and `value(device, quantity)`.
+`answering(device)` and `value(device, quantity)` (or `text(device, quantity)` for a string point).
 
 Model, in short:
 - Every quantity has a nominal default by name (230 V phases, 50 Hz, ~3 bar, ~12 m3/h, ...). A scenario or
