@@ -86,6 +86,24 @@ class Engine:
     def incidents(self) -> dict[int, Incident]:
         return self.corr.incidents
 
+    def settled_incidents(self, now: float) -> list[int]:
+        """Closed incidents nothing can change any more: resolved (or merged) longer than the reopen window
+        ago, so a recurrence opens a new incident instead of reopening them."""
+        horizon = now - self.settings.reopen_window
+        return [
+            inc.id
+            for inc in self.corr.incidents.values()
+            if not inc.is_open
+            and (inc.resolved_at if inc.resolved_at is not None else inc.updated_at) < horizon
+        ]
+
+    def forget_incident(self, incident_id: int) -> None:
+        """Drop a settled incident from memory (the live daemon, once its store holds it: otherwise every
+        incident ever opened would stay here). A replay keeps them all, to report them."""
+        inc = self.corr.incidents.pop(incident_id, None)
+        if inc is not None and self.corr.resolved_by_key.get(inc.key) == incident_id:
+            del self.corr.resolved_by_key[inc.key]
+
     def feed(self, event: Event) -> list[Transition]:
         out: list[Transition] = []
         if isinstance(event, Sample):

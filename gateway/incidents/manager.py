@@ -81,6 +81,7 @@ class IncidentManager:
         mgr.downtime = store.start(now, open_ids, detail)
         mgr._last_heartbeat = now
         mgr._open = [_copy(engine.incidents[i]) for i in open_ids]
+        mgr._forget_settled(now)
         log.info(
             "incident store opened",
             extra={
@@ -193,11 +194,21 @@ class IncidentManager:
             self._kinds_json = json.dumps(batch.kinds_state, sort_keys=True)
         if batch.heartbeat is not None:
             self._last_heartbeat = batch.heartbeat
+            self._forget_settled(batch.heartbeat)
         if batch.incidents:
             self._open = [
                 _copy(i) for i in sorted(self.engine.incidents.values(), key=lambda i: i.id) if i.is_open
             ]
         self._batch = Batch()
+
+    def _forget_settled(self, now: float) -> None:
+        """Let the engine drop the settled incidents whose last state the store holds: the store and the
+        API keep them, and without this a daemon running for years would hold every incident it ever saw."""
+        for inc_id in self.engine.settled_incidents(now):
+            inc = self.engine.incidents[inc_id]
+            if self._written.get(inc_id) == json.dumps(inc.to_dict()):
+                self.engine.forget_incident(inc_id)
+                del self._written[inc_id]
 
     def failed(self, batch: Batch) -> None:
         """The write failed: keep every change for the next attempt (the heartbeat only if still newer)."""
