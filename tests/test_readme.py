@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.docs import RULES_END, RULES_START, current_block, default_rules, reference
+from gateway.docs import (
+    PROFILE_END,
+    PROFILE_START,
+    RULES_END,
+    RULES_START,
+    current_block,
+    default_rules,
+    profile_reference,
+    reference,
+)
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -23,4 +32,10 @@ def test_configuration_reference_matches_the_models() -> None:
 def test_default_rules_table_matches_the_code() -> None:
     assert current_block(README, RULES_START, RULES_END) == default_rules().strip(), (
         "README's table of default rules is out of date: run `python -m gateway.docs --write README.md`"
+    )
+
+
+def test_profile_reference_matches_the_profile_model_and_the_shipped_profiles() -> None:
+    assert current_block(README, PROFILE_START, PROFILE_END) == profile_reference().strip(), (
+        "README's profile reference is out of date: run `python -m gateway.docs --write README.md`"
     )
