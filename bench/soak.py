@@ -2,15 +2,18 @@
 
 The real `meterwatch run` (a child process, watched from outside through /proc and its /metrics) polls a site
 of 100 simulated devices every second: 10 buildings, each with a Modbus TCP meter gateway of 8 SDM630s,
-and 4 RS-485 device servers (RTU over TCP, 19200 baud) with 5 devices each (a DTSU666 pump meter, two SDM120
-unit meters, two pressure transmitters). The simulators run in their own process (`meterwatch simulate`,
-with a scenario written for the run's length); the samples go to a real VictoriaMetrics through the spool.
+and in B01-B04 an RS-485 device server (RTU over TCP, 19200 baud, powered by its building) with 5 devices
+(a DTSU666 pump meter, two SDM120 unit meters, two pressure transmitters). The simulators run in their own
+process (`meterwatch simulate`, with a scenario written for the run's length); the samples go to a real
+VictoriaMetrics through the spool.
 
 Phases, as fractions of --minutes (6 by default):
   [0, 1/6)      normal: warm-up (connections, first cycles, caches fill)
   [1/6, 1/2)    VictoriaMetrics stopped: the spool grows
-  [1/2, 1)      VictoriaMetrics back: the spool drains; at 0.6 building B05 loses mains power for 30 s
-                (its meters read 0 V: a power_outage incident opens, then resolves 15 s after the restore)
+  [1/2, 1)      VictoriaMetrics back: the spool drains; at 0.6 building B02 loses mains power for 30 s:
+                its SDM630s read 0 V, its RS-485 device server (powered by the building) goes silent, so
+                requests time out and connections are dropped and reopened; one power_outage incident opens,
+                then resolves 15 s after the restore
 
 Every --interval seconds (10): the gateway's RSS (VmRSS), open fds, threads, CPU % since the last sample,
 and from /metrics the spool's points and bytes, the bus queue depths, samples published and points written.
@@ -56,7 +59,7 @@ SITE_ID = "soak"
 BUILDINGS = 10
 TCP_METERS = 8  # SDM630s per building's Modbus TCP gateway
 RTU_LINES = 4  # RS-485 device servers, in the first buildings
-CUT_BUILDING = "B05"
+CUT_BUILDING = "B02"
 CUT_SECONDS = 30.0
 CLEAR_FOR = 15.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -103,7 +106,7 @@ def site_text(ports: list[int], http_port: int, influx_url: str) -> str:
         line = f"{bid}-rs485"
         lines.append(
             f"  - {{id: {line}, transport: rtu_over_tcp, host: 127.0.0.1, port: {ports[BUILDINGS + r - 1]},"
-            " baudrate: 19200, timeout: 500ms}"
+            f" baudrate: 19200, timeout: 500ms, powered_by: {bid}-power}}"
         )
         rtu = [
             ("pump", "dtsu666", "power", "role: pump"),
