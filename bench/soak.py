@@ -424,15 +424,26 @@ def finish(
     incidents = gw.incidents("all")
     sim.stop()
 
-    def drained() -> bool:
-        m = gw.scrape()
-        queues = m.by("meterwatch_bus_queue_events", "subscriber")
-        return m.total("meterwatch_spool_points") == 0 and queues.get("sink", 0) == 0
-
-    wait_for(drained, 120, "an empty spool after the simulators stopped", gw.alive)
-    time.sleep(0.5)  # no event to wait on: the devices are silent, so the counters below are final
-    wait_for(drained, 120, "an empty spool after the simulators stopped", gw.alive)
-    last = gw.scrape()
+    # The sink holds what it took from the bus for up to influx.flush_interval before it reaches the spool,
+    # so an empty queue and spool is not enough: wait until every sample it took is written and the
+    # counters stand still (the devices are silent now).
+    last, before = gw.scrape(), None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        counters = tuple(
+            int(last.total(name))
+            for name in (
+                "meterwatch_device_samples_total",
+                "meterwatch_sink_samples_received_total",
+                "meterwatch_sink_points_written_total",
+                "meterwatch_spool_points",
+            )
+        )
+        if counters == before and counters[3] == 0 and counters[2] >= counters[1]:
+            break
+        before = counters
+        time.sleep(1.0)
+        last = gw.scrape()
     published = int(last.total("meterwatch_device_samples_total"))
     received = int(last.total("meterwatch_sink_samples_received_total"))
     written = int(last.total("meterwatch_sink_points_written_total"))
