@@ -26,6 +26,17 @@ and end; spool peak; incidents; delivered yes/no) and one JSON line. Nothing is 
 on the machine and its load. A few minutes show a leak of megabytes per hour only roughly; run longer
 (--minutes 60) to see a slow one.
 
+Measured on the 2-core development machine. Default 6 minutes: RSS 85.6 MiB at start, 90.0 after warm-up,
+94.1 at the end; fds 27 -> 29, threads 3 -> 5; CPU 7 % of one core; spool peak 33,000 points (10.6 MiB)
+drained within 10 s of VictoriaMetrics' return; one power_outage incident opened and resolved; all 98,878
+samples in VictoriaMetrics. The 6-minute slopes (24 MiB/h after warm-up, 8 over the last phase) are steps,
+not trends: RSS rises by about 3 MiB in the outage's first minute (most likely SQLite's page cache as the
+spool fills), then by under 1 MiB over the rest of the run, flat for the last 90 s. 30 minutes (a 10-minute
+outage, 165,700 points and 53 MiB spooled): RSS 91.5 MiB after warm-up, 94.4-94.7 through and after the
+outage, 95.3-95.5 for the last 9 minutes; fds 29, threads 6 (asyncio's default executor, bounded). The
+daemon in-process under tracemalloc for 17 minutes: no allocation site of meterwatch grew by more than
+6 KiB between minute 2 and minute 17.
+
     .venv/bin/python bench/soak.py [--minutes 6] [--interval 10]      (or `make soak`)
 """
 
