@@ -47,8 +47,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,7 +62,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: `python bench/soak.py`
     sys.path.insert(0, str(ROOT))
 
-from simulators.runner import SimulatorProcess  # noqa: E402
+from bench.poll import free_ports  # noqa: E402
+from simulators.runner import SimulatorProcess, stop_process_group  # noqa: E402
 from tests.fixtures.victoria import Victoria  # noqa: E402
 
 SITE_ID = "soak"
@@ -79,20 +78,6 @@ MIB = 2**20
 
 
 # ----------------------------------------------------------------------------------------------- the site
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports (held open together so the kernel cannot hand one out twice)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def site_text(ports: list[int], http_port: int, influx_url: str) -> str:
@@ -328,14 +313,7 @@ class Gateway:
         return found
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process_group(self.proc, timeout)
 
 
 def wait_for(

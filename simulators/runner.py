@@ -191,6 +191,18 @@ class SimulatorThread(LoopThread):
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
 
 
+def stop_process_group(proc: subprocess.Popen[str] | subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM the child's process group, SIGKILL it after `timeout`; the exit code."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
 class SimulatorProcess:
     """`meterwatch simulate` in a child process (benches: keep the simulator's CPU off the gateway's)."""
 
@@ -233,14 +245,7 @@ class SimulatorProcess:
         return cls(proc, [ln for ln in lines if not ln.startswith(READY)])
 
     def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process_group(self.proc, timeout)
 
 
 async def run_forever(sim: SiteSimulator, duration: float | None = None) -> None:
