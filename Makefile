@@ -9,7 +9,7 @@ bootstrap:
 	@./scripts/bootstrap
 
 demo: bootstrap
-	$(PY) -m gateway.demo $(SITE)
+	$(PY) -m gateway.cli.demo $(SITE)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .

@@ -10,7 +10,7 @@ import json
 
 from drivers.modbus.planner import plan_reads, request_time
 from drivers.modbus.spec import LineSpec
-from drivers.profile import builtin_profiles
+from gateway.config.profile import builtin_profiles
 
 
 def main() -> None:

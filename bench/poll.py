@@ -130,14 +130,14 @@ def mark(edge: str) -> None:
 
 async def gateway_worker(site_path: Path, warmup: float, window: float) -> Window:
     """The daemon's components on `site_path`; counters and CPU over [warmup, warmup + window]."""
+    from gateway.app.daemon import build_runtime, serve
     from gateway.config import load_site
     from gateway.core.stats import DeviceStats
-    from gateway.daemon import build_runtime, serve
 
     site = load_site(site_path)
     with tempfile.TemporaryDirectory(prefix="meterwatch-bench-") as tmp:
         rt = build_runtime(site, state_dir=Path(tmp))
-        stats: dict[str, DeviceStats] = rt.services["modbus_stats"]["devices"]  # type: ignore[index]
+        stats: dict[str, DeviceStats] = rt.services.device_stats()
         stop = asyncio.Event()
         serving = asyncio.create_task(serve(rt, stop))
 
@@ -170,8 +170,8 @@ async def raw_worker(site_path: Path, warmup: float, window: float) -> Window:
     """The same planned reads with bare pymodbus clients, one task per meter, nothing done with the words."""
     from pymodbus.client import AsyncModbusTcpClient
 
+    from gateway.app.modbus import modbus_specs
     from gateway.config import load_site
-    from gateway.modbus_setup import modbus_specs
 
     site = load_site(site_path)
     specs = [(line, devices[0]) for line, devices in modbus_specs(site) if devices]

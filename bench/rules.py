@@ -28,10 +28,10 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.modules.pop("rules", None)
 
+from gateway.config.default_rules import effective_rules  # noqa: E402
 from gateway.core.types import Sample  # noqa: E402
 from rules.compile import compile_rules  # noqa: E402
 from rules.engine import Engine  # noqa: E402
-from rules.spec import effective_rules  # noqa: E402
 from rules.topology import DeviceNode, DomainNode, Topology  # noqa: E402
 
 INTERVAL = 10.0

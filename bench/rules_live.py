@@ -5,7 +5,8 @@ over Modbus TCP on localhost.
 Site: poll 0.5 s, power outage `for` 2 s, `clear_for` 3 s. The floor is therefore `for` (2 s) plus up to one
 poll interval; the rest is the gateway's own delay. Each run cuts B1, waits for the incident, restores B1 and
 waits for it to resolve. `measure(runs)` returns median and p95; `main()` prints a human line and a JSON
-line. The helpers here (write_live_site, DaemonThread, LiveSite) also serve tests/test_detect_live.py.
+line. The helpers here (write_live_site, DaemonThread, LiveSite) also serve
+tests/gateway/app/test_detect_live.py.
 
     .venv/bin/python -m bench.rules_live [RUNS]
 """
@@ -27,9 +28,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from gateway.app.daemon import Runtime, build_runtime, serve
+from gateway.app.services import Services
 from gateway.config import Site, load_site
 from gateway.core.loopthread import LoopThread
-from gateway.daemon import Runtime, build_runtime, serve
 from gateway.incidents.manager import IncidentManager
 from simulators.runner import SimulatorThread
 
@@ -117,7 +119,7 @@ class DaemonThread(LoopThread):
 
     def start(self, timeout: float = 30.0) -> DaemonThread:
         super().start(timeout)
-        wait_for(lambda: self.services.get("http_port"), timeout, "the daemon's HTTP port")
+        wait_for(lambda: self.services.http_port, timeout, "the daemon's HTTP port")
         return self
 
     async def setup(self) -> None:
@@ -128,19 +130,19 @@ class DaemonThread(LoopThread):
         await serve(self.rt, stop)
 
     @property
-    def services(self) -> dict[str, object]:
+    def services(self) -> Services:
         assert self.rt is not None
         return self.rt.services
 
     @property
     def incidents(self) -> IncidentManager:
-        mgr = self.services["incidents"]
-        assert isinstance(mgr, IncidentManager)
+        mgr = self.services.incidents
+        assert mgr is not None
         return mgr
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.services['http_port']}"
+        return f"http://127.0.0.1:{self.services.http_port}"
 
     def api(self, path: str = "/api/incidents?state=all") -> Any:
         return get_json(self.url + path)
@@ -150,10 +152,7 @@ class DaemonThread(LoopThread):
 
 
 def all_polled(daemon: DaemonThread) -> bool:
-    stats = daemon.services.get("modbus_stats")
-    if not isinstance(stats, dict):
-        return False
-    devices = stats["devices"]
+    devices = daemon.services.device_stats()
     return bool(devices) and all(s.last_success is not None for s in devices.values())
 
 

@@ -39,13 +39,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures.victoria
 
 from gateway.config import Site, load_site
+from gateway.config.store import InfluxConfig, SpoolConfig
 from gateway.core.bus import Bus
 from gateway.core.types import Sample
 from gateway.sink.deadletter import DeadLetters
 from gateway.sink.forwarder import Forwarder
 from gateway.sink.influx import InfluxWriter
 from gateway.sink.lineproto import LineEncoder
-from gateway.sink.settings import InfluxConfig, SpoolConfig
 from gateway.sink.spool import Buffer, MemoryBuffer, Spool
 from tests.fixtures.victoria import Victoria
 

@@ -5,6 +5,18 @@ from __future__ import annotations
 from datetime import time
 from zoneinfo import ZoneInfo
 
+from gateway.config.detection import Detection
+from gateway.config.rules import (
+    AbsenceRule,
+    CalendarRule,
+    Condition,
+    Match,
+    PolyphaseRule,
+    RateRule,
+    RuleSpec,
+    SequenceRule,
+    ThresholdRule,
+)
 from rules.kinds import (
     Absence,
     Calendar,
@@ -16,18 +28,6 @@ from rules.kinds import (
     Threshold,
 )
 from rules.model import DetectionSettings, RuleInfo
-from rules.spec import (
-    AbsenceRule,
-    CalendarRule,
-    Condition,
-    Detection,
-    Match,
-    PolyphaseRule,
-    RateRule,
-    RuleSpec,
-    SequenceRule,
-    ThresholdRule,
-)
 from rules.topology import DeviceNode, Topology
 
 MAINS_RULE = "site.mains"

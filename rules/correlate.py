@@ -10,6 +10,7 @@ silences meters one after another never produces one incident per meter.
 
 from __future__ import annotations
 
+from gateway.config.rules import SEVERITY_RANK
 from rules.model import (
     FIRING,
     RECOVERING,
@@ -19,7 +20,6 @@ from rules.model import (
     IncidentChange,
     RuleInfo,
 )
-from rules.spec import SEVERITY_RANK
 from rules.topology import Topology
 
 POWER_CATEGORIES = frozenset({"power_outage", "phase_loss", "voltage", "comm_fault"})

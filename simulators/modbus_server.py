@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drivers.modbus.codec import encode, encode_into, encode_text
-from drivers.profile import Point, Profile
 from gateway.config import Line, Site
+from gateway.config.profile import Point, Profile
 from gateway.core.once import OnceLog
 from simulators.world import World
 

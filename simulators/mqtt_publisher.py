@@ -28,8 +28,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.mqtt.payloads import parse_path
-from drivers.mqtt.topics import TemplateError, parse_template
 from gateway.config import Device, MqttSubscription, Site
+from gateway.config.topics import TemplateError, parse_template
 from simulators.world import World
 
 log = logging.getLogger("meterwatch.sim.mqtt")

@@ -31,8 +31,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.config import ConfigError, ConfigIssue, Site
+from gateway.config.yamlsrc import Loc, YamlSyntaxError, load
 from gateway.core.durations import Duration
-from gateway.yamlsrc import Loc, YamlSyntaxError, load
 from simulators.world import World, WorldError
 
 

@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from drivers.profile import Point, Profile
 from gateway.config import Device, Site
+from gateway.config.profile import Point, Profile
 
 Clock = Callable[[], float]
 

@@ -1,38 +1,4 @@
-"""Shared test helpers. Service fixtures (mosquitto, VictoriaMetrics, simulators) live in tests/fixtures/."""
-
-from __future__ import annotations
-
-import socket
-import time
-from collections.abc import Callable
-from typing import TypeVar
-
-import pytest
-
-pytest_plugins: list[str] = []
-pytest_plugins.append("tests.fixtures.victoria")
-pytest_plugins.append("tests.fixtures.mosquitto")
-pytest_plugins.append("tests.fixtures.sim")
-pytest_plugins.append("tests.fixtures.prometheus")
-
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
-) -> T:
-    """Poll `predicate` until it returns a truthy value; fail the test with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+"""Service fixtures (mosquitto, VictoriaMetrics, Prometheus, simulators) live in tests/fixtures/ and are
+loaded by the conftest.py of each folder whose tests start them, so unit tests start nothing. Helpers
+shared by every folder are in tests/helpers.py.
+"""

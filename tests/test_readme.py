@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.docs import (
+from gateway.tools.docs import (
     PROFILE_END,
     PROFILE_START,
     RULES_END,
@@ -25,17 +25,18 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 def test_configuration_reference_matches_the_models() -> None:
     assert current_block(README) == reference().strip(), (
-        "README's configuration reference is out of date: run `python -m gateway.docs --write README.md`"
+        "README's configuration reference is out of date: "
+        "run `python -m gateway.tools.docs --write README.md`"
     )
 
 
 def test_default_rules_table_matches_the_code() -> None:
     assert current_block(README, RULES_START, RULES_END) == default_rules().strip(), (
-        "README's table of default rules is out of date: run `python -m gateway.docs --write README.md`"
+        "README's table of default rules is out of date: run `python -m gateway.tools.docs --write README.md`"
     )
 
 
 def test_profile_reference_matches_the_profile_model_and_the_shipped_profiles() -> None:
     assert current_block(README, PROFILE_START, PROFILE_END) == profile_reference().strip(), (
-        "README's profile reference is out of date: run `python -m gateway.docs --write README.md`"
+        "README's profile reference is out of date: run `python -m gateway.tools.docs --write README.md`"
     )

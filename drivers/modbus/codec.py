@@ -35,7 +35,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from functools import cache
 from typing import Literal
 
-from drivers.profile import Point
+from gateway.config.profile import Point
 
 _BITS: dict[str, int] = {
     "int16": 16, "uint16": 16, "int32": 32, "uint32": 32, "int64": 64, "uint64": 64,

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from drivers.profile import Function, Point
+from gateway.config.profile import Function, Point
 
 if TYPE_CHECKING:
     from drivers.modbus.spec import DeviceSpec, LineSpec

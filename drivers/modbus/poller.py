@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from drivers.modbus.codec import NotAvailable, decode, decode_text
 from drivers.modbus.planner import ReadRequest
 from drivers.modbus.spec import DeviceSpec, LineSpec
-from drivers.profile import Point
+from gateway.config.profile import Point
 from gateway.core.once import OnceLog
 from gateway.core.stats import DeviceStats
 from gateway.core.types import DeviceInfo, DeviceStatus, Event, Quality, Sample

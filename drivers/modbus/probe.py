@@ -19,7 +19,7 @@ from drivers.modbus.line import Connection
 from drivers.modbus.planner import ReadRequest
 from drivers.modbus.poller import ReadOutcome
 from drivers.modbus.spec import LineSpec, Transport
-from drivers.profile import Function
+from gateway.config.profile import Function
 from gateway.core.stats import LineStats
 
 ORDERS: tuple[tuple[str, Order, Order], ...] = (

@@ -1,6 +1,6 @@
 """What the Modbus driver needs to know about a line and its devices, as plain data.
 
-The driver never reads the site file: gateway/modbus_setup.py turns the site config into these.
+The driver never reads the site file: gateway/app/modbus.py turns the site config into these.
 """
 
 from __future__ import annotations

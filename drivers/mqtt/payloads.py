@@ -25,6 +25,7 @@ from drivers.mqtt.errors import (
     NotFinite,
     UnknownQuantity,
 )
+from gateway.config.fieldpath import parse_steps
 
 
 @dataclass
@@ -40,11 +41,7 @@ class Decoded:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Field paths: data.pressure, values[0], readings[2].value, [0].v
-
-_KEY = re.compile(r"[^.\[\]]+")
-_DOT_KEY = re.compile(r"\.([^.\[\]]+)")
-_INDEX = re.compile(r"\[(\d+)\]")
+# Field paths: data.pressure, values[0], readings[2].value, [0].v (syntax: gateway/config/fieldpath.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,24 +72,7 @@ class FieldPath:
 
 def parse_path(text: str) -> FieldPath:
     """Parse `a.b[0].c`. Raises ValueError with what is expected."""
-    steps: list[str | int] = []
-    pos = 0
-    while pos < len(text):
-        if pos == 0 and (m := _KEY.match(text)):
-            steps.append(m.group(0))
-        elif steps and (m := _DOT_KEY.match(text, pos)):
-            steps.append(m.group(1))
-        elif m := _INDEX.match(text, pos):
-            steps.append(int(m.group(1)))
-        else:
-            break
-        pos = m.end()
-    if not text or pos != len(text):
-        raise ValueError(
-            f"invalid field path {text!r}: expected keys joined by dots with optional [index], "
-            "e.g. data.pressure or values[0]"
-        )
-    return FieldPath(text=text, steps=tuple(steps))
+    return FieldPath(text=text, steps=parse_steps(text))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Plain settings of the MQTT source. gateway/mqtt_setup.py builds them from the site file; drivers never
+"""Plain settings of the MQTT source. gateway/app/mqtt.py builds them from the site file; drivers never
 import the config model.
 """
 
@@ -9,10 +9,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from drivers.mqtt.payloads import FieldPath, parse_path
-from drivers.mqtt.topics import TopicTemplate, parse_template
-
-Format = Literal["number", "json", "tasmota", "shelly"]
-FORMATS: tuple[Format, ...] = ("number", "json", "tasmota", "shelly")
+from gateway.config.mqtt import Format, subscription_problems
+from gateway.config.topics import TopicTemplate, parse_template
 
 
 @dataclass(frozen=True)
@@ -98,63 +96,3 @@ def make_subscription(
         time_field=parse_path(time_field) if time_field else None,
         qos=qos,
     )
-
-
-def subscription_problems(
-    topic: str,
-    format: str,
-    device: str | None = None,
-    quantity: str | None = None,
-    fields: Mapping[str, str] | None = None,
-    device_field: str | None = None,
-    time_field: str | None = None,
-) -> list[str]:
-    """Everything wrong with one subscription, as messages saying what is expected (the config check)."""
-    problems: list[str] = []
-    if format not in FORMATS:
-        return [f"unknown format {format!r}; expected one of {', '.join(FORMATS)}"]
-    try:
-        names = parse_template(topic).names
-    except ValueError as exc:
-        return [str(exc)]
-    for label, path in [*((f"fields.{q}", p) for q, p in (fields or {}).items()),
-                        ("device_field", device_field), ("time_field", time_field)]:  # fmt: skip
-        if path is not None:
-            try:
-                parse_path(path)
-            except ValueError as exc:
-                problems.append(f"{label}: {exc}")
-    if "device" in names and device is not None:
-        problems.append("the topic names the device ({device}) and device is set too: keep one")
-    if format == "number":
-        if device_field or time_field or fields:
-            problems.append(
-                "format number takes no fields, device_field or time_field (the payload is one number)"
-            )
-        if "device" not in names and device is None:
-            problems.append("format number needs the device: a {device} level in the topic, or device")
-        if "quantity" not in names and quantity is None:
-            problems.append("format number needs the quantity: a {quantity} level in the topic, or quantity")
-        if "quantity" in names and quantity is not None:
-            problems.append("the topic names the quantity ({quantity}) and quantity is set too: keep one")
-    else:
-        if "device" not in names and device is None and device_field is None:
-            problems.append(
-                f"format {format} needs the device: a {{device}} level in the topic, device or device_field"
-            )
-        if quantity is not None:
-            problems.append(f"quantity applies to format number only; format {format} takes fields")
-    if format == "shelly" and ("channel" in names) != ("quantity" in names):
-        problems.append(
-            "a Shelly Gen1 topic needs both {channel} and {quantity}, "
-            "e.g. shellies/{device}/emeter/{channel}/{quantity}"
-        )
-    if format == "shelly" and "channel" in names and (fields or device_field or time_field):
-        problems.append(
-            "a Shelly Gen1 topic carries one number: fields, device_field and time_field do not apply"
-        )
-    if format in ("json", "tasmota") and "quantity" in names:
-        problems.append(f"format {format} takes quantities from the payload, not from a {{quantity}} level")
-    if "channel" in names and format != "shelly":
-        problems.append("{channel} is used by format shelly (Gen1 emeter topics) only")
-    return problems

@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
+from gateway.incidents.replay import incident_record
 from gateway.incidents.store import StoreReader, TimelineEntry
-from gateway.replay import incident_record
 from rules.model import Incident
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from gateway.config import Site
+from gateway.config.default_rules import effective_rules
 from rules.compile import compile_rules, settings
 from rules.engine import Engine
-from rules.spec import effective_rules
 from rules.topology import DeviceNode, DomainNode, Mains, Topology
 
 

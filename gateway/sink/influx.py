@@ -27,8 +27,8 @@ from influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
+from gateway.config.store import InfluxConfig
 from gateway.sink.lineproto import PRECISION
-from gateway.sink.settings import InfluxConfig
 
 OutcomeKind = Literal["ok", "retry", "too_large", "rejected", "config", "unreachable"]
 

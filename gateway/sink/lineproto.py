@@ -23,8 +23,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from drivers.profile import Profile
 from gateway.config import Device, Site
+from gateway.config.profile import Profile
 from gateway.core.types import Quality, Sample
 
 MEASUREMENTS: tuple[str, ...] = ("power", "pressure", "flow", "level", "other")

@@ -5,8 +5,9 @@ One line per sample: {"device": "...", "ts": 1700000000.123, "values": {"voltage
 JSON extensions NaN/Infinity that Python's json module reads.
 
 Why it exists: to check from outside the process that what the gateway polled is what the database holds
-(tests/test_sink_e2e_kill.py kills the daemon with SIGKILL and compares). It is a BLOCKING subscriber, like
-the sink: it sees every sample, in the order the sink sees them, and a slow disk slows the sources down.
+(tests/gateway/sink/test_e2e_kill.py kills the daemon with SIGKILL and compares). It is a BLOCKING
+subscriber, like the sink: it sees every sample, in the order the sink sees them, and a slow disk slows
+the sources down.
 Each sample is written with one write() and no fsync: the lines survive the process being killed (they are
 in the kernel), not a power cut. A debugging aid, not a second store.
 """

@@ -1,0 +1,65 @@
+"""`meterwatch incidents`: list the running daemon's incidents through its HTTP API (GET /api/incidents)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from gateway.config import Site
+from gateway.incidents.replay import json_lines, print_table
+
+DEFAULT_URL = "http://127.0.0.1:9464"
+
+
+class DaemonUnreachable(Exception):
+    """The daemon's API did not answer as expected; the message says where and what to check."""
+
+
+def url_for(site: Site | None) -> str:
+    """The API base URL a site's `http:` section implies (a wildcard host means this machine)."""
+    if site is None:
+        return DEFAULT_URL
+    http = site.config.http
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(http.host, http.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{http.port}"
+
+
+def fetch(base: str, state: str, limit: int = 1000, timeout: float = 5.0) -> dict[str, Any]:
+    url = f"{base.rstrip('/')}/api/incidents?state={state}&limit={limit}"
+    hint = "is `meterwatch run SITE.yaml` running there, with http enabled?"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise DaemonUnreachable(f"{url}: the daemon answered HTTP {exc.code} {exc.reason}; {hint}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DaemonUnreachable(f"cannot reach the daemon at {base}: {reason}; {hint}") from None
+    except json.JSONDecodeError:
+        raise DaemonUnreachable(f"{url}: the answer is not JSON; {hint}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("incidents"), list):
+        raise DaemonUnreachable(f"{url}: the answer has no incidents list; is that a meterwatch daemon?")
+    return body
+
+
+def list_incidents(base: str, show_all: bool, as_json: bool) -> int:
+    state = "all" if show_all else "open"
+    try:
+        body = fetch(base, state)
+    except DaemonUnreachable as exc:
+        print(f"meterwatch incidents: {exc}", file=sys.stderr)
+        return 1
+    records: list[dict[str, Any]] = body["incidents"]
+    if as_json:
+        sys.stdout.write(json_lines(records))
+    else:
+        title = f"{state} incidents of {body.get('site', '?')} (times in {body.get('timezone', '?')})"
+        print_table(records, title)
+        if not records:
+            print("no open incidents" if state == "open" else "no incidents")
+    return 0

@@ -1,0 +1,146 @@
+"""The rules a site gets without a `rules:` section, and how a site's `rules:` merge into them.
+
+The defaults work for the shipped profiles (quantity names voltage_l1..l3, current_l1, power_total,
+pressure in bar, flow in m3/h). A `rules:` list is merged into the defaults by id: an entry with a
+default's id replaces it (`enabled: false` drops it), other entries add.
+"""
+
+from __future__ import annotations
+
+from pydantic import TypeAdapter
+
+from gateway.config.rules import OUTAGE_AUDIENCES, RuleSpec
+
+
+def _r(**kw: object) -> RuleSpec:
+    return TypeAdapter(RuleSpec).validate_python(kw)
+
+
+DEFAULT_RULES: list[RuleSpec] = [
+    _r(
+        id="power.outage",
+        kind="polyphase",
+        check="outage",
+        category="power_outage",
+        severity="critical",
+        audiences=list(OUTAGE_AUDIENCES),
+        match={"roles": ["main_power", "unit_power"]},
+        **{"for": "5s"},
+        clear_for="60s",
+    ),
+    _r(
+        id="power.phase_loss",
+        kind="polyphase",
+        check="phase_loss",
+        category="phase_loss",
+        severity="major",
+        audiences=["staff"],
+        match={"roles": ["main_power"]},
+        **{"for": "30s"},
+        clear_for="60s",
+    ),
+    _r(
+        id="power.undervoltage",
+        kind="polyphase",
+        check="undervoltage",
+        category="voltage",
+        severity="warning",
+        match={"roles": ["main_power"]},
+        **{"for": "5m"},
+        clear_for="2m",
+    ),
+    _r(
+        id="power.overvoltage",
+        kind="polyphase",
+        check="overvoltage",
+        category="voltage",
+        severity="major",
+        match={"roles": ["main_power"]},
+        **{"for": "1m"},
+        clear_for="2m",
+    ),
+    _r(
+        id="comm.absent",
+        kind="absence",
+        category="comm_fault",
+        severity="minor",
+        **{"for": "5s"},
+        clear_for="30s",
+    ),
+    _r(
+        id="water.low_pressure",
+        kind="threshold",
+        quantity="pressure",
+        below=1.0,
+        clear_above=1.5,
+        category="water_supply",
+        severity="critical",
+        audiences=list(OUTAGE_AUDIENCES),
+        scope="domain",
+        match={"roles": ["zone_pressure"]},
+        **{"for": "60s"},
+        clear_for="5m",
+    ),
+    _r(
+        id="water.burst",
+        kind="rate",
+        quantity="pressure",
+        falling_faster_than=0.05,
+        window="10s",
+        category="water_burst",
+        severity="critical",
+        audiences=["staff"],
+        scope="domain",
+        match={"roles": ["zone_pressure"]},
+        clear_for="2m",
+    ),
+    _r(
+        id="water.night_flow",
+        kind="calendar",
+        quantity="flow",
+        window="02:00-04:00",
+        aggregate="min",
+        above=0.5,
+        consecutive=3,
+        category="leak_suspected",
+        severity="warning",
+        audiences=["staff"],
+        match={"roles": ["flow"]},
+        clear_for="0s",
+    ),
+    _r(
+        id="pump.no_flow",
+        kind="sequence",
+        mode="no_response",
+        category="water_supply",
+        severity="major",
+        audiences=["staff"],
+        scope="domain",
+        match={"roles": ["pump"]},
+        running={"quantity": "current_l1", "above": 0.5},
+        expect=[{"quantity": "flow", "above": 0.2}, {"quantity": "pressure", "above": 0.5}],
+        within="60s",
+        clear_for="60s",
+    ),
+    _r(
+        id="pump.short_cycling",
+        kind="sequence",
+        mode="short_cycling",
+        category="pump_fault",
+        severity="warning",
+        audiences=["staff"],
+        match={"roles": ["pump"]},
+        running={"quantity": "current_l1", "above": 0.5},
+        max_starts=6,
+        period="1h",
+        clear_for="0s",
+    ),
+]
+
+
+def effective_rules(configured: list[RuleSpec] | None) -> list[RuleSpec]:
+    """Defaults merged with the site's rules by id (see the module docstring); disabled rules removed."""
+    by_id: dict[str, RuleSpec] = {r.id: r for r in DEFAULT_RULES}
+    for r in configured or []:
+        by_id[r.id] = r
+    return [r for r in by_id.values() if r.enabled]

@@ -1,0 +1,48 @@
+"""The `lines:` section: each physical Modbus line or endpoint the gateway polls."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from gateway.config.base import Id, Strict
+from gateway.core.durations import Duration
+
+
+class Line(Strict):
+    """One physical Modbus line or endpoint. One actor owns it; RTU lines carry one request at a time."""
+
+    id: str = Id
+    transport: Literal["tcp", "rtu", "rtu_over_tcp"]
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    device: str | None = Field(default=None, description="serial port for rtu, e.g. /dev/ttyUSB0")
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+    timeout: Duration = Field(default=1.0, gt=0, description="per request")
+    retries: int = Field(default=0, ge=0, le=5, description="extra attempts of a failed request")
+    inter_request_delay: Duration = Field(default=0.0, description="pause between requests on this line")
+    max_connections: int = Field(default=1, ge=1, le=32, description="TCP only: parallel connections allowed")
+    down_after: int = Field(
+        default=3, ge=1, le=100, description="failed cycles before a device is marked down"
+    )
+    backoff_max: Duration = Field(
+        default=300.0, gt=0, description="cap of the re-probe backoff of a down device"
+    )
+    powered_by: str | None = Field(default=None, description="supply domain powering the converter/gateway")
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> Line:
+        if self.transport in ("tcp", "rtu_over_tcp"):
+            if not self.host or self.port is None:
+                raise ValueError(f"a {self.transport} line needs host and port")
+        elif not self.device:
+            raise ValueError("an rtu line needs device (the serial port, e.g. /dev/ttyUSB0)")
+        if self.transport != "tcp" and self.max_connections != 1:
+            raise ValueError(
+                "max_connections applies to tcp lines only: an RTU line carries one request at a time"
+            )
+        return self

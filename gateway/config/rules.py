@@ -1,0 +1,215 @@
+"""The `rules:` section: one model per rule kind, discriminated by `kind`.
+
+The engine never sees these models: rules/compile.py turns them into plain dataclasses. The defaults a
+site gets without a `rules:` section are in gateway/config/default_rules.py.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from gateway.config.base import Strict
+from gateway.config.devices import Role
+from gateway.core.durations import Duration
+
+Severity = Literal["critical", "major", "minor", "warning", "info"]
+
+SEVERITY_RANK: dict[str, int] = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
+
+Scope = Literal["auto", "device", "domain", "building", "site"]
+
+_RuleId = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", min_length=1, max_length=64)
+
+_Category = Field(default="", pattern=r"^$|^[a-z][a-z0-9_]*$", max_length=40)
+
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+# Who hears of an outage of supply (the audiences of the outage rules and of correlated outages).
+OUTAGE_AUDIENCES: tuple[str, ...] = ("staff", "residents", "utility")
+
+
+class Match(Strict):
+    """Which devices a rule watches; every given criterion must hold. Empty = every device."""
+
+    roles: list[Role] | None = None
+    devices: list[str] | None = None
+    buildings: list[str] | None = None
+    domains: list[str] | None = None
+
+
+class RuleBase(Strict):
+    id: str = _RuleId
+    enabled: bool = True
+    match: Match = Field(default_factory=Match)
+    category: str = _Category
+    event_code: str = Field(default="003", pattern=r"^\d{3}$", description="DOMAIN.md event code")
+    severity: Severity = "major"
+    audiences: list[str] = Field(default_factory=lambda: ["staff"])
+    scope: Scope = Field(
+        default="auto", description="what one incident covers: device, domain, building, site"
+    )
+    title: str = ""
+    for_: Duration = Field(default=0.0, alias="for", description="condition must hold this long to fire")
+    clear_for: Duration = Field(default=60.0, description="clear condition must hold this long (fresh data)")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class PolyphaseRule(RuleBase):
+    kind: Literal["polyphase"]
+    check: Literal["outage", "phase_loss", "undervoltage", "overvoltage"]
+    phases: list[str] = Field(
+        default_factory=lambda: ["voltage_l1", "voltage_l2", "voltage_l3"], min_length=1
+    )
+    pct: float | None = Field(default=None, gt=0, le=200, description="threshold, % of the nominal voltage")
+    others_above_pct: float = Field(
+        default=85.0, gt=0, le=200, description="phase_loss: healthy phases above"
+    )
+    clear_pct: float | None = Field(default=None, gt=0, le=200, description="clear threshold, % of nominal")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> PolyphaseRule:
+        trig, clear = {
+            "outage": (10.0, 85.0),
+            "phase_loss": (60.0, 85.0),
+            "undervoltage": (90.0, 92.0),
+            "overvoltage": (110.0, 108.0),
+        }[self.check]
+        if self.pct is None:
+            self.pct = trig
+        if self.clear_pct is None:
+            self.clear_pct = clear
+        over = self.check == "overvoltage"
+        if (self.clear_pct > self.pct) if over else (self.clear_pct < self.pct):
+            raise ValueError(
+                f"clear_pct {self.clear_pct:g} must be on the healthy side of pct {self.pct:g} "
+                f"({'at most' if over else 'at least'} pct)"
+            )
+        return self
+
+
+class ThresholdRule(RuleBase):
+    kind: Literal["threshold"]
+    quantity: str
+    below: float | None = None
+    above: float | None = None
+    clear_above: float | None = Field(default=None, description="default: the trigger threshold (no band)")
+    clear_below: float | None = None
+
+    @model_validator(mode="after")
+    def _one_side(self) -> ThresholdRule:
+        if (self.below is None) == (self.above is None):
+            raise ValueError("give exactly one of below or above")
+        if self.below is not None:
+            if self.clear_below is not None:
+                raise ValueError("a `below` rule clears with clear_above")
+            if self.clear_above is not None and self.clear_above < self.below:
+                raise ValueError(f"clear_above {self.clear_above:g} must be >= below {self.below:g}")
+        if self.above is not None:
+            if self.clear_above is not None:
+                raise ValueError("an `above` rule clears with clear_below")
+            if self.clear_below is not None and self.clear_below > self.above:
+                raise ValueError(f"clear_below {self.clear_below:g} must be <= above {self.above:g}")
+        return self
+
+
+class AbsenceRule(RuleBase):
+    kind: Literal["absence"]
+    stale_after: Duration | None = Field(
+        default=None, gt=0, description="silent after this long without data; default max(3 x interval, 10s)"
+    )
+
+
+class RateRule(RuleBase):
+    kind: Literal["rate"]
+    quantity: str
+    falling_faster_than: float | None = Field(default=None, gt=0, description="units per second")
+    rising_faster_than: float | None = Field(default=None, gt=0, description="units per second")
+    window: Duration = Field(default=10.0, gt=0, description="the change is measured over this span")
+
+    @model_validator(mode="after")
+    def _one(self) -> RateRule:
+        if (self.falling_faster_than is None) == (self.rising_faster_than is None):
+            raise ValueError("give exactly one of falling_faster_than or rising_faster_than")
+        return self
+
+
+class CalendarRule(RuleBase):
+    kind: Literal["calendar"]
+    quantity: str
+    window: str = Field(
+        description="local time span in the site's time zone, HH:MM-HH:MM (may cross midnight)"
+    )
+    aggregate: Literal["min", "avg", "max"] = "min"
+    above: float = Field(description="a window is bad when the aggregate is above this")
+    clear_below: float | None = Field(
+        default=None, description="a window clears when at or below; default above"
+    )
+    consecutive: int = Field(default=3, ge=1, le=60, description="bad windows in a row to fire")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        parts = v.replace(" ", "").split("-")
+        if len(parts) != 2 or not all(_CLOCK.match(p) for p in parts) or parts[0] == parts[1]:
+            raise ValueError(f"expected a local time span such as 02:00-04:00, got {v!r}")
+        return "-".join(parts)
+
+    @model_validator(mode="after")
+    def _clear(self) -> CalendarRule:
+        if self.clear_below is not None and self.clear_below > self.above:
+            raise ValueError(f"clear_below {self.clear_below:g} must be <= above {self.above:g}")
+        return self
+
+
+class Condition(Strict):
+    quantity: str
+    above: float
+    devices: list[str] | None = Field(
+        default=None, description="where to read it; default: the same device, else its building"
+    )
+    over: Duration = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="compare the mean of the readings over this trailing span (a noisy meter, e.g. the flow "
+        "of a cavitating pump); 0 = the latest reading",
+    )
+
+
+class SequenceRule(RuleBase):
+    kind: Literal["sequence"]
+    mode: Literal["no_response", "short_cycling"]
+    running: Condition = Field(description="when the equipment counts as running")
+    expect: list[Condition] = Field(
+        default_factory=list, description="no_response: at least one must hold while running"
+    )
+    within: Duration = Field(default=30.0, gt=0, description="no_response: grace after running starts")
+    max_starts: int = Field(default=6, ge=1, description="short_cycling: starts allowed per period")
+    period: Duration = Field(default=3600.0, gt=0)
+    stopped_below: float | None = Field(
+        default=None,
+        description="running ends only when the running quantity falls below this (hysteresis, so a value "
+        "hovering at running.above is not a new start each time); default half of running.above",
+    )
+
+    @model_validator(mode="after")
+    def _need(self) -> SequenceRule:
+        if self.mode == "no_response" and not self.expect:
+            raise ValueError("mode no_response needs expect (e.g. flow above 0.5)")
+        if self.stopped_below is not None and self.stopped_below > self.running.above:
+            raise ValueError(
+                f"stopped_below {self.stopped_below:g} must be <= running.above {self.running.above:g}"
+            )
+        return self
+
+
+RuleSpec = Annotated[
+    PolyphaseRule | ThresholdRule | AbsenceRule | RateRule | CalendarRule | SequenceRule,
+    Field(discriminator="kind"),
+]
+
+RULE_KINDS = ("polyphase", "threshold", "absence", "rate", "calendar", "sequence")

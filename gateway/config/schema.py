@@ -1,0 +1,38 @@
+"""The whole site file: one model with a field per section (each section in its own module)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from gateway.config.base import Strict
+from gateway.config.detection import Detection, GatewaySection
+from gateway.config.devices import Device
+from gateway.config.http import HttpConfig
+from gateway.config.incidents import IncidentsConfig
+from gateway.config.modbus import Line
+from gateway.config.mqtt import MqttConfig
+from gateway.config.rules import RuleSpec
+from gateway.config.site import Building, SiteInfo
+from gateway.config.store import InfluxConfig, SpoolConfig
+
+
+class SiteConfig(Strict):
+    site: SiteInfo
+    buildings: list[Building] = Field(min_length=1)
+    lines: list[Line] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
+    mqtt: MqttConfig | None = None
+    profiles_dir: Path | None = Field(
+        default=None, description="extra profile files, relative to the site file"
+    )
+    influx: InfluxConfig | None = Field(default=None, description="where samples are stored")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    rules: list[RuleSpec] | None = Field(
+        default=None, description="detection rules; merged into the default rule set by id"
+    )
+    detection: Detection = Field(default_factory=Detection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
+    incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)

@@ -1,0 +1,4 @@
+"""Service fixtures this folder's tests start: mosquitto, sim (tests/fixtures/)."""
+
+from tests.fixtures.mosquitto import mosquitto, mosquitto_tls, mosquitto_with_users, publisher  # noqa: F401
+from tests.fixtures.sim import sim, sim_live, sim_site_file  # noqa: F401
