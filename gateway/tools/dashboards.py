@@ -137,15 +137,25 @@ def flux(measurement: str, fields: list[str]) -> str:
     )
 
 
-def influx_panel(layout: Layout, title: str, q: list[Quantity], w: int = 12, h: int = 8) -> dict[str, Any]:
-    measurements = {x.measurement for x in q}
+@dataclass(frozen=True)
+class Influx:
+    """A time series panel of quantities the writer stores in one measurement."""
+
+    title: str
+    quantities: tuple[Quantity, ...]
+    w: int = 12
+    h: int = 8
+
+
+def influx_panel(layout: Layout, spec: Influx) -> dict[str, Any]:
+    measurements = {x.measurement for x in spec.quantities}
     assert len(measurements) == 1, f"one measurement per panel, got {measurements}"
-    units = {x.unit for x in q}
+    units = {x.unit for x in spec.quantities}
     return {
         "type": "timeseries",
-        "title": title,
+        "title": spec.title,
         "id": layout._id(),
-        "gridPos": layout.place(w, h),
+        "gridPos": layout.place(spec.w, spec.h),
         "datasource": _ds(INFLUX_UID),
         "fieldConfig": {
             "defaults": {
@@ -159,7 +169,7 @@ def influx_panel(layout: Layout, title: str, q: list[Quantity], w: int = 12, h: 
             {
                 "refId": "A",
                 "datasource": _ds(INFLUX_UID),
-                "query": flux(measurements.pop(), [x.field for x in q]),
+                "query": flux(measurements.pop(), [x.field for x in spec.quantities]),
             }
         ],
     }
@@ -171,23 +181,27 @@ class Prom:
     legend: str = ""
 
 
-def prom_panel(
-    layout: Layout,
-    title: str,
-    queries: list[Prom],
-    unit: str = "short",
-    kind: str = "timeseries",
-    w: int = 12,
-    h: int = 8,
-    description: str = "",
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Panel:
+    """A Prometheus panel: its queries, one target each (refId A, B, ...)."""
+
+    title: str
+    queries: tuple[Prom, ...]
+    unit: str = "short"
+    kind: str = "timeseries"
+    w: int = 12
+    h: int = 8
+    description: str = ""
+
+
+def prom_panel(layout: Layout, spec: Panel) -> dict[str, Any]:
     panel: dict[str, Any] = {
-        "type": kind,
-        "title": title,
+        "type": spec.kind,
+        "title": spec.title,
         "id": layout._id(),
-        "gridPos": layout.place(w, h),
+        "gridPos": layout.place(spec.w, spec.h),
         "datasource": _ds(PROMETHEUS_UID),
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "fieldConfig": {"defaults": {"unit": spec.unit}, "overrides": []},
         "targets": [
             {
                 "refId": chr(ord("A") + i),
@@ -195,12 +209,12 @@ def prom_panel(
                 "expr": q.expr,
                 "legendFormat": q.legend or "__auto",
             }
-            for i, q in enumerate(queries)
+            for i, q in enumerate(spec.queries)
         ],
     }
-    if description:
-        panel["description"] = description
-    if kind == "state-timeline":
+    if spec.description:
+        panel["description"] = spec.description
+    if spec.kind == "state-timeline":
         panel["fieldConfig"]["defaults"]["mappings"] = [
             {
                 "type": "value",
@@ -216,6 +230,20 @@ def prom_panel(
             "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}],
         }
     return panel
+
+
+def lay_out(table: Iterable[str | Influx | Panel]) -> list[dict[str, Any]]:
+    """The panels of a dashboard table, in order: a string starts a row of that title."""
+    layout = Layout()
+    out: list[dict[str, Any]] = []
+    for item in table:
+        if isinstance(item, str):
+            out.append(layout.row(item))
+        elif isinstance(item, Influx):
+            out.append(influx_panel(layout, item))
+        else:
+            out.append(prom_panel(layout, item))
+    return out
 
 
 def dashboard(uid: str, title: str, panels: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -239,54 +267,61 @@ def dashboard(uid: str, title: str, panels: list[dict[str, Any]], **extra: Any) 
 RATE = "$__rate_interval"
 
 
+def rate_by(label: str, metric: str, fn: str = "rate") -> str:
+    """sum by (label) (rate(metric[$__rate_interval]))"""
+    return f"sum by ({label}) ({fn}({metric}[{RATE}]))"
+
+
+def quantiles(bucket: str, by: str = "") -> tuple[Prom, ...]:
+    """p50 and p95 of a histogram, one series per value of the label `by` when given."""
+    le = f"le, {by}" if by else "le"
+    legend = f"{{{{{by}}}}} " if by else ""
+    return tuple(
+        Prom(f"histogram_quantile({q}, sum by ({le}) (rate({bucket}[{RATE}])))", f"{legend}{p}")
+        for q, p in (("0.5", "p50"), ("0.95", "p95"))
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the two dashboards
 
 
 def building_utilities(profiles: Iterable[Profile]) -> dict[str, Any]:
     cat = catalogue(profiles)
-    lay = Layout()
     sel = 'building="$building"'
-    panels: list[dict[str, Any]] = [lay.row("Power")]
-    panels.append(influx_panel(lay, "Phase voltages", [cat[f] for f in phase_fields(cat, "voltage")]))
-    panels.append(influx_panel(lay, "Phase currents", [cat[f] for f in phase_fields(cat, "current")]))
-    panels.append(influx_panel(lay, "Active power", [cat["power_total"]]))
-    panels.append(influx_panel(lay, "Frequency", [cat["frequency"]]))
-    panels.append(lay.row("Water"))
-    panels.append(influx_panel(lay, "Pressure", [cat["pressure"]]))
-    panels.append(influx_panel(lay, "Flow", [cat["flow"]]))
-    panels.append(lay.row("Devices"))
-    panels.append(
-        prom_panel(lay, "Devices up", [Prom(f"sum(meterwatch_device_up{{{sel}}})", "up")], kind="stat", w=6)
-    )
-    panels.append(
-        prom_panel(
-            lay,
-            "Devices down",
-            [Prom(f"count(meterwatch_device_up{{{sel}}}) - sum(meterwatch_device_up{{{sel}}})", "down")],
-            kind="stat",
-            w=6,
-        )
-    )
-    panels.append(
-        prom_panel(
-            lay,
-            "Open incidents",
-            [Prom('count(meterwatch_incident_open{building=~"$building|"}) or vector(0)', "open")],
-            kind="stat",
-            w=12,
-            description="incidents of this building and site-wide ones",
-        )
-    )
-    panels.append(
-        prom_panel(
-            lay,
-            "Device up/down",
-            [Prom(f"meterwatch_device_up{{{sel}}}", "{{device}}")],
-            kind="state-timeline",
-            w=24,
-            h=10,
-        )
+    panels = lay_out(
+        [
+            "Power",
+            Influx("Phase voltages", tuple(cat[f] for f in phase_fields(cat, "voltage"))),
+            Influx("Phase currents", tuple(cat[f] for f in phase_fields(cat, "current"))),
+            Influx("Active power", (cat["power_total"],)),
+            Influx("Frequency", (cat["frequency"],)),
+            "Water",
+            Influx("Pressure", (cat["pressure"],)),
+            Influx("Flow", (cat["flow"],)),
+            "Devices",
+            Panel("Devices up", (Prom(f"sum(meterwatch_device_up{{{sel}}})", "up"),), kind="stat", w=6),
+            Panel(
+                "Devices down",
+                (Prom(f"count(meterwatch_device_up{{{sel}}}) - sum(meterwatch_device_up{{{sel}}})", "down"),),
+                kind="stat",
+                w=6,
+            ),
+            Panel(
+                "Open incidents",
+                (Prom('count(meterwatch_incident_open{building=~"$building|"}) or vector(0)', "open"),),
+                kind="stat",
+                w=12,
+                description="incidents of this building and site-wide ones",
+            ),
+            Panel(
+                "Device up/down",
+                (Prom(f"meterwatch_device_up{{{sel}}}", "{{device}}"),),
+                kind="state-timeline",
+                w=24,
+                h=10,
+            ),
+        ]
     )
     variables = [
         {
@@ -335,213 +370,121 @@ def building_utilities(profiles: Iterable[Profile]) -> dict[str, Any]:
 
 
 def gateway_health() -> dict[str, Any]:
-    lay = Layout()
-    p: list[dict[str, Any]] = [lay.row("Modbus")]
-    rtt = "meterwatch_device_request_duration_seconds_bucket"
-    p.append(
-        prom_panel(
-            lay,
-            "Round trip by line (p50, p95)",
-            [
-                Prom(f"histogram_quantile(0.5, sum by (le, line) (rate({rtt}[{RATE}])))", "{{line}} p50"),
-                Prom(f"histogram_quantile(0.95, sum by (le, line) (rate({rtt}[{RATE}])))", "{{line}} p95"),
-            ],
-            unit="s",
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Requests per second by line",
-            [Prom(f"sum by (line) (rate(meterwatch_modbus_line_requests_total[{RATE}]))", "{{line}}")],
-            unit="reqps",
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Errors per second by kind",
-            [Prom(f"sum by (kind) (rate(meterwatch_device_errors_total[{RATE}]))", "{{kind}}")],
-            unit="reqps",
-            description="timeout, connection, crc, framing, exception_<code>, decode, nan",
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Errors per second by device",
-            [Prom(f"sum by (device) (rate(meterwatch_device_errors_total[{RATE}])) > 0", "{{device}}")],
-            unit="reqps",
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Skipped poll cycles per second",
-            [
-                Prom(
-                    f"sum by (device) (rate(meterwatch_device_skipped_cycles_total[{RATE}])) > 0",
-                    "{{device}}",
-                )
-            ],
-            unit="short",
-            description="a cycle that overran its interval and was skipped, not queued",
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Line connected",
-            [Prom("meterwatch_modbus_line_connected", "{{line}}")],
-            kind="state-timeline",
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Devices up / down",
-            [
-                Prom("sum(meterwatch_device_up)", "up"),
-                Prom("count(meterwatch_device_up) - sum(meterwatch_device_up)", "down"),
-            ],
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Line cycle duration",
-            [Prom("meterwatch_modbus_line_cycle_seconds", "{{line}}")],
-            unit="s",
-        )
-    )
-    p.append(lay.row("MQTT"))
-    p.append(
-        prom_panel(
-            lay,
-            "Messages per second",
-            [Prom(f"sum by (source) (rate(meterwatch_mqtt_messages_total[{RATE}]))", "{{source}}")],
-            unit="short",
-            w=8,
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Decode errors per second",
-            [Prom(f"sum by (cause) (rate(meterwatch_mqtt_decode_errors_total[{RATE}]))", "{{cause}}")],
-            unit="short",
-            w=8,
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Last message age",
-            [Prom("meterwatch_mqtt_last_message_age_seconds", "{{source}}")],
-            unit="s",
-            w=8,
-        )
-    )
-    p.append(lay.row("Sink and spool"))
-    wl = "meterwatch_sink_write_duration_seconds_bucket"
-    p.append(
-        prom_panel(
-            lay,
-            "Write latency (p50, p95)",
-            [
-                Prom(f"histogram_quantile(0.5, sum by (le) (rate({wl}[{RATE}])))", "p50"),
-                Prom(f"histogram_quantile(0.95, sum by (le) (rate({wl}[{RATE}])))", "p95"),
-            ],
-            unit="s",
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Points written and write errors per second",
-            [
-                Prom(f"rate(meterwatch_sink_points_written_total[{RATE}])", "points written"),
-                Prom(
-                    f"sum by (kind) (rate(meterwatch_sink_write_errors_total[{RATE}])) > 0",
-                    "errors: {{kind}}",
+    panels = lay_out(
+        [
+            "Modbus",
+            Panel(
+                "Round trip by line (p50, p95)",
+                quantiles("meterwatch_device_request_duration_seconds_bucket", by="line"),
+                unit="s",
+            ),
+            Panel(
+                "Requests per second by line",
+                (Prom(rate_by("line", "meterwatch_modbus_line_requests_total"), "{{line}}"),),
+                unit="reqps",
+            ),
+            Panel(
+                "Errors per second by kind",
+                (Prom(rate_by("kind", "meterwatch_device_errors_total"), "{{kind}}"),),
+                unit="reqps",
+                description="timeout, connection, crc, framing, exception_<code>, decode, nan",
+            ),
+            Panel(
+                "Errors per second by device",
+                (Prom(rate_by("device", "meterwatch_device_errors_total") + " > 0", "{{device}}"),),
+                unit="reqps",
+            ),
+            Panel(
+                "Skipped poll cycles per second",
+                (Prom(rate_by("device", "meterwatch_device_skipped_cycles_total") + " > 0", "{{device}}"),),
+                description="a cycle that overran its interval and was skipped, not queued",
+            ),
+            Panel(
+                "Line connected",
+                (Prom("meterwatch_modbus_line_connected", "{{line}}"),),
+                kind="state-timeline",
+            ),
+            Panel(
+                "Devices up / down",
+                (
+                    Prom("sum(meterwatch_device_up)", "up"),
+                    Prom("count(meterwatch_device_up) - sum(meterwatch_device_up)", "down"),
                 ),
-            ],
-            unit="short",
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Spool depth",
-            [Prom("meterwatch_spool_points", "points ({{mode}})")],
-            unit="short",
-            w=8,
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Spool bytes",
-            [
-                Prom("meterwatch_spool_bytes", "bytes ({{mode}})"),
-                Prom("meterwatch_spool_max_bytes", "bound"),
-            ],
-            unit="bytes",
-            w=8,
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Oldest spooled point",
-            [Prom("meterwatch_spool_oldest_age_seconds", "age")],
-            unit="s",
-            w=8,
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Spool drops by reason",
-            [
-                Prom(
-                    f"sum by (reason) (increase(meterwatch_spool_dropped_points_total[{RATE}]))", "{{reason}}"
-                )
-            ],
-            unit="short",
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "InfluxDB reachable",
-            [
-                Prom("meterwatch_sink_reachable", "reachable"),
-                Prom("meterwatch_sink_auth_error", "auth error (HTTP status)"),
-            ],
-        )
-    )
-    p.append(lay.row("Process"))
-    p.append(
-        prom_panel(
-            lay,
-            "CPU",
-            [Prom(f'rate(process_cpu_seconds_total{{job=~"meterwatch.*"}}[{RATE}])', "cpu")],
-            unit="percentunit",
-        )
-    )
-    p.append(
-        prom_panel(
-            lay,
-            "Resident memory",
-            [Prom('process_resident_memory_bytes{job=~"meterwatch.*"}', "rss")],
-            unit="bytes",
-        )
+            ),
+            Panel(
+                "Line cycle duration", (Prom("meterwatch_modbus_line_cycle_seconds", "{{line}}"),), unit="s"
+            ),
+            "MQTT",
+            Panel(
+                "Messages per second",
+                (Prom(rate_by("source", "meterwatch_mqtt_messages_total"), "{{source}}"),),
+                w=8,
+            ),
+            Panel(
+                "Decode errors per second",
+                (Prom(rate_by("cause", "meterwatch_mqtt_decode_errors_total"), "{{cause}}"),),
+                w=8,
+            ),
+            Panel(
+                "Last message age",
+                (Prom("meterwatch_mqtt_last_message_age_seconds", "{{source}}"),),
+                unit="s",
+                w=8,
+            ),
+            "Sink and spool",
+            Panel(
+                "Write latency (p50, p95)",
+                quantiles("meterwatch_sink_write_duration_seconds_bucket"),
+                unit="s",
+            ),
+            Panel(
+                "Points written and write errors per second",
+                (
+                    Prom(f"rate(meterwatch_sink_points_written_total[{RATE}])", "points written"),
+                    Prom(rate_by("kind", "meterwatch_sink_write_errors_total") + " > 0", "errors: {{kind}}"),
+                ),
+            ),
+            Panel("Spool depth", (Prom("meterwatch_spool_points", "points ({{mode}})"),), w=8),
+            Panel(
+                "Spool bytes",
+                (
+                    Prom("meterwatch_spool_bytes", "bytes ({{mode}})"),
+                    Prom("meterwatch_spool_max_bytes", "bound"),
+                ),
+                unit="bytes",
+                w=8,
+            ),
+            Panel(
+                "Oldest spooled point", (Prom("meterwatch_spool_oldest_age_seconds", "age"),), unit="s", w=8
+            ),
+            Panel(
+                "Spool drops by reason",
+                (Prom(rate_by("reason", "meterwatch_spool_dropped_points_total", "increase"), "{{reason}}"),),
+            ),
+            Panel(
+                "InfluxDB reachable",
+                (
+                    Prom("meterwatch_sink_reachable", "reachable"),
+                    Prom("meterwatch_sink_auth_error", "auth error (HTTP status)"),
+                ),
+            ),
+            "Process",
+            Panel(
+                "CPU",
+                (Prom(f'rate(process_cpu_seconds_total{{job=~"meterwatch.*"}}[{RATE}])', "cpu"),),
+                unit="percentunit",
+            ),
+            Panel(
+                "Resident memory",
+                (Prom('process_resident_memory_bytes{job=~"meterwatch.*"}', "rss"),),
+                unit="bytes",
+            ),
+        ]
     )
     return dashboard(
         "meterwatch-gateway",
         "Gateway health",
-        p,
+        panels,
         description="The gateway itself: Modbus round trips and errors, MQTT, writes to InfluxDB, the spool.",
     )
 
