@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drivers.modbus.codec import encode, encode_into, encode_text
+from drivers.modbus.crc import crc_ok, with_crc
 from gateway.config import Line, Site
 from gateway.config.profile import Point, Profile
 from gateway.core.once import OnceLog
@@ -60,34 +61,8 @@ DEVICE_FAILURE = 0x04
 # RTU framing
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc16(data: bytes) -> int:
-    """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF). On the wire: low byte first."""
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc
-
-
 def rtu_frame(unit: int, pdu: bytes) -> bytes:
-    body = bytes([unit]) + pdu
-    return body + struct.pack("<H", crc16(body))
-
-
-def crc_ok(frame: bytes) -> bool:
-    return len(frame) >= 4 and crc16(frame[:-2]) == struct.unpack("<H", frame[-2:])[0]
+    return with_crc(bytes([unit]) + pdu)
 
 
 def rtu_request_length(buf: bytes) -> int | None:

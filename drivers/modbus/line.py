@@ -24,6 +24,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
+from drivers.modbus.crc import crc_ok
 from drivers.modbus.planner import ReadRequest, silence
 from drivers.modbus.poller import DevicePoller, Emit, ReadOutcome
 from drivers.modbus.spec import DeviceSpec, LineSpec
@@ -38,15 +39,6 @@ logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 RECONNECT_MIN = 0.2  # seconds between connection attempts at first; doubles up to RECONNECT_MAX
 RECONNECT_MAX = 5.0
-
-
-def _crc16(frame: bytes) -> int:
-    crc = 0xFFFF
-    for byte in frame:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
 
 
 class Connection:
@@ -178,7 +170,7 @@ class Connection:
             if not self.client.connected and "CLOSING CONNECTION" not in detail:
                 return ReadOutcome(failure="connection", detail="connection closed")
             return ReadOutcome(failure="timeout", detail=f"no answer within {self.line.timeout:g} s")
-        if len(rx) >= 4 and _crc16(rx[:-2]) != int.from_bytes(rx[-2:], "little"):
+        if len(rx) >= 4 and not crc_ok(rx):
             return ReadOutcome(failure="crc", detail=f"bad CRC in {rx[:32].hex(' ')}")
         return ReadOutcome(failure="framing", detail=f"unusable answer {rx[:32].hex(' ')}")
 

@@ -9,12 +9,12 @@ import struct
 
 import pytest
 
+from drivers.modbus.crc import crc16
 from gateway.config import load_site
 from gateway.config.profile import builtin_profiles
 from simulators.modbus_server import (
     GAP_FILL,
     build_image,
-    crc16,
     crc_ok,
     respond,
     rtu_frame,

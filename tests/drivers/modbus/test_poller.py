@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from drivers.modbus.crc import crc_bytes
 from drivers.modbus.line import LineActor
 from drivers.modbus.spec import DeviceSpec, LineSpec
 from gateway.app.modbus import modbus_specs
 from gateway.config import Site, load_site
 from gateway.core.types import DeviceStatus, Event, Sample, SourceStatus
-from simulators.modbus_server import crc16
 from tests.fixtures.sim import SimHandle
 
 # ---------------------------------------------------------------------------------------------------------
@@ -293,10 +293,6 @@ async def test_reconnects_after_gateway_reboot(sim: SimHandle) -> None:
 # CRC errors: the simulator never sends a bad CRC on purpose, so a few bytes of test-only server do.
 
 
-def _crc(frame: bytes) -> bytes:
-    return crc16(frame).to_bytes(2, "little")
-
-
 async def test_crc_errors_are_counted_and_skipped(tmp_path: Path) -> None:
     from drivers.modbus.planner import plan_reads
     from gateway.config.profile import builtin_profiles
@@ -315,7 +311,7 @@ async def test_crc_errors_are_counted_and_skipped(tmp_path: Path) -> None:
                 )
                 words = [2 if address + i == 3 else 300 for i in range(count)]  # 2 decimals, raw 300
                 body = bytes([unit, 3, 2 * count]) + b"".join(w.to_bytes(2, "big") for w in words)
-                crc = _crc(body)
+                crc = crc_bytes(body)
                 if state["corrupt"]:
                     crc = bytes([crc[0] ^ 0xFF, crc[1]])
                 writer.write(body + crc)

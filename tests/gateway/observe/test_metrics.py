@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from drivers.modbus.crc import crc_bytes
 from drivers.modbus.line import LineActor
 from drivers.modbus.planner import plan_reads
 from drivers.modbus.spec import DeviceSpec, LineSpec
@@ -24,7 +25,6 @@ from gateway.app.daemon import Runtime, build_runtime, serve
 from gateway.config import load_site
 from gateway.config.profile import builtin_profiles
 from gateway.observe.metrics import Exported, make_registry
-from simulators.modbus_server import crc16
 from simulators.runner import SimulatorThread
 from simulators.world import ManualClock
 from tests.fixtures.mosquitto import Mosquitto
@@ -305,10 +305,6 @@ async def test_spool_at_its_bound_and_influx_unreachable(
 # CRC and framing errors: the simulator never corrupts a frame, so a few bytes of test-only server do.
 
 
-def _crc(frame: bytes) -> bytes:
-    return crc16(frame).to_bytes(2, "little")
-
-
 async def test_crc_and_framing_errors_by_kind(sim_site_file: Path) -> None:
     mode = {"now": "crc"}
 
@@ -320,7 +316,7 @@ async def test_crc_and_framing_errors_by_kind(sim_site_file: Path) -> None:
                 if mode["now"] == "short":
                     count -= 1  # a well-formed answer with one register missing
                 body = bytes([unit, 3, 2 * count]) + b"\x00\x02" * count
-                crc = _crc(body)
+                crc = crc_bytes(body)
                 if mode["now"] == "crc":
                     crc = bytes([crc[0] ^ 0xFF, crc[1]])
                 writer.write(body + crc)
