@@ -1,20 +1,19 @@
 """GET /api/incidents and GET /api/incidents/{id}: the daemon's incidents as JSON (pydantic models: an edge).
 
-Records carry the same fields as `meterwatch replay --json` (gateway/replay.incident_record): times in the
-site's time zone as ISO 8601. The list reads the store (what is committed is what is shown); the detail adds
-the incident's append-only timeline, including the gateway's downtime.
+Records carry the same fields as `meterwatch replay --json` (gateway/incidents/replay.py, incident_record):
+times in the site's time zone as ISO 8601. The list reads the store (what is committed is what is shown); the
+detail adds the incident's append-only timeline, including the gateway's downtime.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import Literal
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
+from gateway.core.timefmt import local_iso
 from gateway.incidents.replay import incident_record
 from gateway.incidents.store import StoreReader, TimelineEntry
 from rules.model import Incident
@@ -62,14 +61,13 @@ class IncidentList(BaseModel):
 
 
 def make_router(reader: StoreReader, site_id: str, tz: str) -> APIRouter:
-    zone = ZoneInfo(tz)
     router = APIRouter(prefix="/api/incidents", tags=["incidents"])
 
     def out(inc: Incident) -> IncidentOut:
         return IncidentOut.model_validate(incident_record(inc, tz))
 
     def entry(e: TimelineEntry) -> TimelineOut:
-        at = datetime.fromtimestamp(e.ts, zone).isoformat(timespec="seconds")
+        at = local_iso(e.ts, tz)
         return TimelineOut(seq=e.seq, ts=e.ts, at=at, event=e.event, notify=e.notify, detail=e.detail)
 
     @router.get("", response_model=IncidentList)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from gateway.config import Site
+from gateway.core.timefmt import local_iso
 from gateway.core.types import Event
 from gateway.incidents.site_model import build_engine
 from gateway.incidents.store import Batch, Downtime, IncidentStore, StoreReader
@@ -26,12 +27,16 @@ from rules.model import Alert, AlertChange, Incident, IncidentChange, Transition
 
 log = logging.getLogger("meterwatch.incidents")
 
+_Arg = TypeVar("_Arg")
+
 
 def _copy(inc: Incident) -> Incident:
     return Incident.from_dict(inc.to_dict())
 
 
 def _duration(seconds: float) -> str:
+    """A measured span to the second, 1h02m05s (not gateway/core/durations.format_duration: that writes a
+    setting the way a site file does, 5m or 1.5h, and rounds to the unit)."""
     s = round(seconds)
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
@@ -98,34 +103,30 @@ class IncidentManager:
         return mgr
 
     def local(self, ts: float) -> str:
-        return datetime.fromtimestamp(ts, self.tz).isoformat(timespec="seconds")
+        return local_iso(ts, self.tz)
 
     # ---- engine steps ----------------------------------------------------------------------------------
     def feed(self, event: Event) -> Sequence[Transition]:
-        try:
-            out = self.engine.feed(event)
-        except Exception:
-            self._step_failed("feed", event)
-            return ()
-        self._absorb(out)
-        return out
+        return self._step("feed", self.engine.feed, event)
 
     def tick(self, now: float) -> Sequence[Transition]:
+        return self._step("tick", self.engine.tick, now)
+
+    def _step(
+        self, name: str, step: Callable[[_Arg], Sequence[Transition]], arg: _Arg
+    ) -> Sequence[Transition]:
         try:
-            out = self.engine.tick(now)
+            out = step(arg)
         except Exception:
-            self._step_failed("tick", now)
+            self.errors += 1
+            # one line per failure would flood the log if a bug hits every sample
+            if self.errors <= 3 or self.errors % 1000 == 0:
+                log.exception(
+                    "engine step failed", extra={"fields": {"step": name, "arg": arg, "count": self.errors}}
+                )
             return ()
         self._absorb(out)
         return out
-
-    def _step_failed(self, step: str, arg: object) -> None:
-        self.errors += 1
-        # one line per failure would flood the log if a bug hits every sample
-        if self.errors <= 3 or self.errors % 1000 == 0:
-            log.exception(
-                "engine step failed", extra={"fields": {"step": step, "arg": arg, "count": self.errors}}
-            )
 
     def _absorb(self, transitions: Sequence[Transition]) -> None:
         for t in transitions:
