@@ -36,7 +36,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -182,16 +182,10 @@ class Spool:
             self._append_rows(rows)
 
     def _append_rows(self, rows: list[tuple[float, int, str]]) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.executemany("INSERT INTO points (enq, nbytes, line) VALUES (?, ?, ?)", rows)
             added = sum(r[1] for r in rows)
             dropped = self._trim_bytes(self.stats.bytes + added)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self.stats.commits += 1
         self.stats.appended += len(rows)
         self.stats.points += len(rows) - dropped[0]
@@ -244,45 +238,21 @@ class Spool:
     def ack(self, last_id: int) -> int:
         """InfluxDB accepted (or the dead-letter file took) every point up to `last_id`: forget them."""
         self._inflight = self._inflight_bytes = 0
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            n, nbytes = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM points WHERE id <= ?", (last_id,)
-            ).fetchone()
-            db.execute("DELETE FROM points WHERE id <= ?", (last_id,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self.stats.points -= int(n)
-        self.stats.bytes -= int(nbytes)
-        self.stats.acked += int(n)
+        n = self._delete("id <= ?", last_id)
+        self.stats.acked += n
         self._refresh_oldest()
-        return int(n)
+        return n
 
     def expire(self) -> int:
         """Drop points older than max_age (oldest first). Returns how many."""
         cutoff = self.clock() - self.max_age
         if self.stats.oldest_enqueued is None or self.stats.oldest_enqueued >= cutoff:
             return 0
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            n, nbytes = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM points WHERE enq < ?", (cutoff,)
-            ).fetchone()
-            db.execute("DELETE FROM points WHERE enq < ?", (cutoff,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self.stats.points -= int(n)
-        self.stats.bytes -= int(nbytes)
+        n = self._delete("enq < ?", cutoff)
         if n:
-            self._count_drop("age", int(n))
+            self._count_drop("age", n)
         self._refresh_oldest()
-        return int(n)
+        return n
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -290,6 +260,30 @@ class Spool:
         self.db.close()
 
     # -- helpers ------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; ROLLBACK when anything escapes (the commit included) and re-raise."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _delete(self, where: str, arg: float) -> int:
+        """Delete the rows matching `where` (one ? for `arg`) in one transaction and take them off the
+        stats. Returns how many."""
+        with self._transaction() as db:
+            n, nbytes = db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM points WHERE {where}", (arg,)
+            ).fetchone()
+            db.execute(f"DELETE FROM points WHERE {where}", (arg,))
+        self.stats.points -= int(n)
+        self.stats.bytes -= int(nbytes)
+        return int(n)
+
     def _refresh_oldest(self) -> None:
         row = self.db.execute("SELECT enq FROM points ORDER BY id LIMIT 1").fetchone()
         self.stats.oldest_enqueued = float(row[0]) if row else None
@@ -358,20 +352,14 @@ class MemoryBuffer:
 
     def ack(self, last_id: int) -> int:
         self._inflight = self._inflight_bytes = 0
-        n = 0
-        while self._rows and self._rows[0][0] <= last_id:
-            self._pop()
-            n += 1
+        n = self._pop_while(lambda row: row[0] <= last_id)
         self.stats.acked += n
         self._refresh()
         return n
 
     def expire(self) -> int:
         cutoff = self.clock() - self.max_age
-        n = 0
-        while self._rows and self._rows[0][1] < cutoff:
-            self._pop()
-            n += 1
+        n = self._pop_while(lambda row: row[1] < cutoff)
         if n:
             self.stats.dropped["age"] += n
         self._refresh()
@@ -387,6 +375,14 @@ class MemoryBuffer:
         _, _, n, _ = self._rows.popleft()
         self.stats.points -= 1
         self.stats.bytes -= n
+
+    def _pop_while(self, oldest_goes: Callable[[tuple[int, float, int, str]], bool]) -> int:
+        """Drop the oldest rows while `oldest_goes` holds for them; returns how many."""
+        n = 0
+        while self._rows and oldest_goes(self._rows[0]):
+            self._pop()
+            n += 1
+        return n
 
     def _refresh(self) -> None:
         self.stats.oldest_enqueued = self._rows[0][1] if self._rows else None
