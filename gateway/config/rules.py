@@ -55,7 +55,8 @@ class RuleBase(Strict):
     for_: Duration = Field(default=0.0, alias="for", description="condition must hold this long to fire")
     clear_for: Duration = Field(default=60.0, description="clear condition must hold this long (fresh data)")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # No populate_by_name: the YAML key is `for` (the alias), and `for_:` in a site file is an unknown field.
+    model_config = ConfigDict(extra="forbid")
 
 
 class PolyphaseRule(RuleBase):
