@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
+from pydantic import BaseModel, Field
+
+from gateway.config.rules import RULE_KINDS
 from gateway.tools.docs import (
     PROFILE_END,
     PROFILE_START,
     RULES_END,
     RULES_START,
+    _rows,
     current_block,
     default_rules,
     profile_reference,
@@ -40,3 +46,36 @@ def test_profile_reference_matches_the_profile_model_and_the_shipped_profiles() 
     assert current_block(README, PROFILE_START, PROFILE_END) == profile_reference().strip(), (
         "README's profile reference is out of date: run `python -m gateway.tools.docs --write README.md`"
     )
+
+
+def _meanings(block: str) -> dict[str, str]:
+    """field -> meaning, for every row of the field tables in a block."""
+    out: dict[str, str] = {}
+    for row in block.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            out[cells[0].strip("`")] = cells[3]
+    return out
+
+
+def test_reference_shows_the_yaml_keys_one_section_per_rule_kind_and_every_meaning() -> None:
+    block = current_block(README)
+    meanings = _meanings(block)
+    assert "rules[].for" in meanings and "rules[].clear_for" in meanings
+    assert not [f for f in meanings if f.endswith("for_")], "the YAML key is `for`"
+    assert "for_" not in block
+    for kind in RULE_KINDS:
+        assert block.count(f"#### rules[] with kind: {kind}\n") == 1, kind
+    assert block.count("| `rules[].id` |") == 1, "the fields every rule kind takes are listed once"
+    profile = _meanings(current_block(README, PROFILE_START, PROFILE_END))
+    empty = [f for f, meaning in {**meanings, **profile}.items() if not meaning]
+    assert not empty, f"rows without a meaning: {empty}"
+
+
+def test_the_generator_refuses_a_field_without_a_description() -> None:
+    class Section(BaseModel):
+        told: int = Field(default=1, description="a field that says what it is")
+        untold: int = 2
+
+    with pytest.raises(ValueError, match="untold"):
+        _rows(Section, "section.", {Section})

@@ -24,14 +24,21 @@ class Detection(Strict):
     outage_min_devices: int = Field(default=2, ge=1, description="and at least this many")
     line_min_devices: int = Field(default=2, ge=1, description="all of a line's devices silent: a line fault")
     flap_threshold: int = Field(default=3, ge=1, description="re-fires within flap_window that mark flapping")
-    flap_window: Duration = Field(default=900.0, gt=0)
-    outage_severity: Severity = "critical"
-    outage_audiences: list[str] = Field(default_factory=lambda: list(OUTAGE_AUDIENCES))
+    flap_window: Duration = Field(
+        default=900.0, gt=0, description="re-fires are counted over this trailing span"
+    )
+    outage_severity: Severity = Field(
+        default="critical", description="severity of a site or supply-domain power outage incident"
+    )
+    outage_audiences: list[str] = Field(
+        default_factory=lambda: list(OUTAGE_AUDIENCES),
+        description="who a site or supply-domain power outage concerns; default staff, residents, utility",
+    )
 
 
 class MainsSensor(Strict):
-    device: str
-    quantity: str = "voltage_l1"
+    device: str = Field(description="device that measures the supply of the gateway itself (a devices[].id)")
+    quantity: str = Field(default="voltage_l1", description="quantity of that device to watch")
     below: float = Field(default=22.0, description="mains is lost below this value")
 
 

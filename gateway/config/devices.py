@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -24,11 +24,13 @@ class Role(StrEnum):
 
 
 class Device(Strict):
-    id: str = Id
-    name: str = ""
-    building: str
+    id: Annotated[str, Id] = Field(description="device id, unique across the site; rules and topics name it")
+    name: str = Field(default="", description="display name of the device")
+    building: str = Field(description="building it is in (a buildings[].id)")
     domain: str | None = Field(default=None, description="supply domain this device measures")
-    role: Role = Role.OTHER
+    role: Role = Field(
+        default=Role.OTHER, description="what it is to the rules (rules match devices by role)"
+    )
     households: int = Field(default=0, ge=0, description="households served by what this device measures")
     line_powered: bool = Field(
         default=False, description="powered by the circuit it measures (goes silent with it)"
@@ -37,20 +39,28 @@ class Device(Strict):
         default=None, description="supply domain powering the device, if not its own"
     )
     nominal_voltage: float = Field(default=220.0, gt=0, description="phase voltage Un for power rules")
-    source: Literal["modbus", "mqtt"] = "modbus"
+    source: Literal["modbus", "mqtt"] = Field(
+        default="modbus", description="modbus: polled on a line; mqtt: read from the broker's messages"
+    )
     # Modbus
-    line: str | None = None
+    line: str | None = Field(default=None, description="Modbus line it is on (a lines[].id); modbus only")
     unit: int | None = Field(default=None, ge=0, le=247, description="Modbus unit (slave) id")
-    profile: str | None = None
-    poll_interval: Duration = Field(default=1.0, gt=0)
+    profile: str | None = Field(
+        default=None, description="register map: a shipped profile (e.g. sdm630) or one in profiles_dir"
+    )
+    poll_interval: Duration = Field(default=1.0, gt=0, description="how often the device is polled")
     quantities: list[str] | None = Field(
         default=None, description="poll only these quantities of the profile"
     )
-    max_registers_per_read: int | None = Field(default=None, ge=1, le=125)
+    max_registers_per_read: int | None = Field(
+        default=None, ge=1, le=125, description="most registers in one request; default: the profile's"
+    )
     max_gap: int | None = Field(
         default=None, ge=0, le=124, description="unused registers a merged read may span"
     )
-    one_read_per_value: bool = False
+    one_read_per_value: bool = Field(
+        default=False, description="one request per value, no merging (a meter that rejects wider reads)"
+    )
     # MQTT
     expected_interval: Duration | None = Field(default=None, gt=0, description="MQTT: how often it publishes")
 

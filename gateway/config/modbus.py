@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -13,15 +13,19 @@ from gateway.core.durations import Duration
 class Line(Strict):
     """One physical Modbus line or endpoint. One actor owns it; RTU lines carry one request at a time."""
 
-    id: str = Id
-    transport: Literal["tcp", "rtu", "rtu_over_tcp"]
-    host: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
+    id: Annotated[str, Id] = Field(description="line id; devices name it in line")
+    transport: Literal["tcp", "rtu", "rtu_over_tcp"] = Field(
+        description="tcp: Modbus TCP; rtu: a serial line; rtu_over_tcp: RTU frames through a TCP gateway"
+    )
+    host: str | None = Field(default=None, description="address of the device or gateway (tcp, rtu_over_tcp)")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="TCP port (tcp, rtu_over_tcp), e.g. 502"
+    )
     device: str | None = Field(default=None, description="serial port for rtu, e.g. /dev/ttyUSB0")
-    baudrate: int = Field(default=9600, ge=300, le=921600)
-    parity: Literal["N", "E", "O"] = "N"
-    bytesize: Literal[7, 8] = 8
-    stopbits: Literal[1, 2] = 1
+    baudrate: int = Field(default=9600, ge=300, le=921600, description="serial speed in bit/s (rtu)")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="serial parity: none, even, odd (rtu)")
+    bytesize: Literal[7, 8] = Field(default=8, description="data bits per character (rtu)")
+    stopbits: Literal[1, 2] = Field(default=1, description="stop bits per character (rtu)")
     timeout: Duration = Field(default=1.0, gt=0, description="per request")
     retries: int = Field(default=0, ge=0, le=5, description="extra attempts of a failed request")
     inter_request_delay: Duration = Field(default=0.0, description="pause between requests on this line")

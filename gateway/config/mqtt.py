@@ -18,9 +18,11 @@ FORMATS: tuple[Format, ...] = ("number", "json", "tasmota", "shelly")
 
 
 class MqttTls(Strict):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: Path | None = Field(
+        default=None, description="CA certificates (PEM) the broker's certificate is checked against"
+    )
+    cert_file: Path | None = Field(default=None, description="client certificate (PEM), for brokers that ask")
+    key_file: Path | None = Field(default=None, description="private key (PEM) of cert_file")
     insecure: bool = Field(default=False, description="skip certificate host name checks (test benches only)")
 
 
@@ -28,7 +30,11 @@ class MqttSubscription(Strict):
     topic: str = Field(
         description="topic filter or template: sensors/{building}/{device}/{quantity}; + and # allowed"
     )
-    format: Format = "number"
+    format: Format = Field(
+        default="number",
+        description="payload: number (one value), json (see fields), tasmota (SENSOR JSON), shelly "
+        "(Gen1 or Gen2)",
+    )
     device: str | None = Field(default=None, description="fixed device id when the topic does not name it")
     quantity: str | None = Field(default=None, description="fixed quantity for format number")
     fields: dict[str, str] = Field(
@@ -36,7 +42,9 @@ class MqttSubscription(Strict):
     )
     device_field: str | None = Field(default=None, description="json: field path holding the device id")
     time_field: str | None = Field(default=None, description="json: field path of an epoch or ISO timestamp")
-    qos: Literal[0, 1, 2] | None = None
+    qos: Literal[0, 1, 2] | None = Field(
+        default=None, description="QoS of this subscription; default mqtt.qos"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MqttSubscription:
@@ -55,18 +63,22 @@ class MqttSubscription(Strict):
 
 
 class MqttConfig(Strict):
-    host: str = "localhost"
-    port: int = Field(default=1883, ge=1, le=65535)
+    host: str = Field(default="localhost", description="broker host name or address")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker port (8883 is the usual TLS port)")
     client_id: str | None = Field(default=None, description="default: meterwatch-<site id>")
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: MqttTls | None = None
-    qos: Literal[0, 1, 2] = 1
-    keepalive: int = Field(default=30, ge=5, le=3600)
-    reconnect_max: Duration = Field(default=30.0, gt=0, le=30.0)
+    username: str | None = Field(default=None, description="broker user name")
+    password: SecretStr | None = Field(default=None, description="broker password")
+    tls: MqttTls | None = Field(default=None, description="connect with TLS; absent: plain TCP")
+    qos: Literal[0, 1, 2] = Field(default=1, description="QoS of the subscriptions")
+    keepalive: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, in seconds")
+    reconnect_max: Duration = Field(
+        default=30.0, gt=0, le=30.0, description="cap of the reconnect backoff (at most 30s)"
+    )
     clean_start: bool = Field(default=False, description="False keeps a persistent session across restarts")
     silence_timeout: Duration = Field(default=120.0, gt=0, description="reconnect when connected but silent")
-    subscriptions: list[MqttSubscription] = Field(default_factory=list)
+    subscriptions: list[MqttSubscription] = Field(
+        default_factory=list, description="the topics read, and how each payload becomes readings"
+    )
 
 
 def subscription_problems(

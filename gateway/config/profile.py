@@ -43,7 +43,9 @@ class Point(BaseModel):
 
     quantity: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="common quantity name, e.g. voltage_l1")
     unit: str = Field(default="", description="engineering unit of the decoded value, e.g. V, A, W, kWh, bar")
-    function: Function | None = None
+    function: Function | None = Field(
+        default=None, description="Modbus table: coil, discrete (input), holding or input (register)"
+    )
     address: int | None = Field(default=None, ge=0, le=65535, description="0-based PDU address")
     ref: int | None = Field(
         default=None, description="PLC notation: 00001-09999 coil, 10001 discrete, 30001 input, 40001 holding"
@@ -51,7 +53,7 @@ class Point(BaseModel):
     reg: int | None = Field(
         default=None, ge=1, le=65536, description="1-based register number (manual REG n)"
     )
-    type: DataType = "uint16"
+    type: DataType = Field(default="uint16", description="how the registers are decoded")
     byte_order: Order = Field(default="big", description="order of the two bytes inside each register")
     word_order: Order = Field(
         default="big", description="big: the high word is in the lower-numbered register"
@@ -75,12 +77,12 @@ class Point(BaseModel):
         default=None, ge=1, description="integer types: keep only these bits of the raw value (before shift)"
     )
     shift: int = Field(default=0, ge=0, le=63, description="integer types: right shift applied after mask")
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: float = Field(default=1.0, description="value = raw x scale + offset")
+    offset: float = Field(default=0.0, description="added after scale")
     decimals_register: int | None = Field(
         default=None, ge=0, le=65535, description="PDU address (same function) holding the number of decimals"
     )
-    description: str = ""
+    description: str = Field(default="", description="free text, e.g. the manual's name of the value")
 
     @model_validator(mode="before")
     @classmethod
@@ -156,23 +158,32 @@ class Point(BaseModel):
 
 class SerialDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    baudrate: int = 9600
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
+    baudrate: int = Field(default=9600, description="the meter's factory serial speed, in bit/s")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="the meter's factory parity")
+    stopbits: Literal[1, 2] = Field(default=1, description="the meter's factory stop bits")
 
 
 class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[a-z0-9_-]+$")
-    manufacturer: str
-    model: str
-    kind: Literal["power", "pressure", "flow", "level", "other"]
-    description: str = ""
-    serial: SerialDefaults = SerialDefaults()
-    default_unit: int = Field(default=1, ge=1, le=247)
-    max_registers_per_read: int = Field(default=125, ge=1, le=125)
-    points: tuple[Point, ...]
+    name: str = Field(pattern=r"^[a-z0-9_-]+$", description="profile name; devices name it in profile")
+    manufacturer: str = Field(description="maker of the meter, e.g. Eastron")
+    model: str = Field(description="meter model, e.g. SDM630")
+    kind: Literal["power", "pressure", "flow", "level", "other"] = Field(
+        description="what the meter measures"
+    )
+    description: str = Field(default="", description="free text about the meter")
+    serial: SerialDefaults = Field(
+        default=SerialDefaults(),
+        description="the meter's factory serial settings, for reference (a line sets its own)",
+    )
+    default_unit: int = Field(
+        default=1, ge=1, le=247, description="Modbus unit id when the device does not give unit"
+    )
+    max_registers_per_read: int = Field(
+        default=125, ge=1, le=125, description="most registers the meter answers in one request"
+    )
+    points: tuple[Point, ...] = Field(description="the values the meter holds")
 
     @model_validator(mode="before")
     @classmethod

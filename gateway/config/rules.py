@@ -21,11 +21,24 @@ SEVERITY_RANK: dict[str, int] = {"critical": 0, "major": 1, "minor": 2, "warning
 
 Scope = Literal["auto", "device", "domain", "building", "site"]
 
-_RuleId = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", min_length=1, max_length=64)
+_RuleId = Field(
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+    min_length=1,
+    max_length=64,
+    description="rule id, e.g. water.low_pressure; a default rule's id replaces that rule",
+)
 
-_Category = Field(default="", pattern=r"^$|^[a-z][a-z0-9_]*$", max_length=40)
+_Category = Field(
+    default="",
+    pattern=r"^$|^[a-z][a-z0-9_]*$",
+    max_length=40,
+    description="incident category, e.g. water_supply: alerts of one category and scope make one incident; "
+    "default by kind (polyphase power_outage, absence comm_fault, sequence equipment_fault, else the kind)",
+)
 
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+_KIND = "the rule kind; it decides which other fields the rule takes"
 
 # Who hears of an outage of supply (the audiences of the outage rules and of correlated outages).
 OUTAGE_AUDIENCES: tuple[str, ...] = ("staff", "residents", "utility")
@@ -34,24 +47,40 @@ OUTAGE_AUDIENCES: tuple[str, ...] = ("staff", "residents", "utility")
 class Match(Strict):
     """Which devices a rule watches; every given criterion must hold. Empty = every device."""
 
-    roles: list[Role] | None = None
-    devices: list[str] | None = None
-    buildings: list[str] | None = None
-    domains: list[str] | None = None
+    roles: list[Role] | None = Field(default=None, description="devices with one of these roles")
+    devices: list[str] | None = Field(default=None, description="these devices (devices[].id)")
+    buildings: list[str] | None = Field(default=None, description="devices in these buildings")
+    domains: list[str] | None = Field(
+        default=None, description="devices measuring these supply domains (devices[].domain)"
+    )
 
 
 class RuleBase(Strict):
     id: str = _RuleId
-    enabled: bool = True
-    match: Match = Field(default_factory=Match)
-    category: str = _Category
-    event_code: str = Field(default="003", pattern=r"^\d{3}$", description="DOMAIN.md event code")
-    severity: Severity = "major"
-    audiences: list[str] = Field(default_factory=lambda: ["staff"])
-    scope: Scope = Field(
-        default="auto", description="what one incident covers: device, domain, building, site"
+    enabled: bool = Field(default=True, description="false turns the rule off (e.g. a default rule)")
+    match: Match = Field(
+        default_factory=Match, description="which devices the rule watches; every criterion given must hold"
     )
-    title: str = ""
+    category: str = _Category
+    event_code: str = Field(
+        default="003",
+        pattern=r"^\d{3}$",
+        description="the order-maintenance handbook's event code (001-006): 001 personal safety, 002 fire, "
+        "003 equipment failure, 004 property loss, 005 resident complaint, 006 other",
+    )
+    severity: Severity = Field(
+        default="major",
+        description="severity of the alert; an incident takes the worst severity of its alerts",
+    )
+    audiences: list[str] = Field(
+        default_factory=lambda: ["staff"],
+        description="who the incident concerns, e.g. staff, residents, utility (kept with the incident)",
+    )
+    scope: Scope = Field(
+        default="auto",
+        description="what one incident covers: device, domain, building, site; auto: the device",
+    )
+    title: str = Field(default="", description="incident title; default: the category and the scope")
     for_: Duration = Field(default=0.0, alias="for", description="condition must hold this long to fire")
     clear_for: Duration = Field(default=60.0, description="clear condition must hold this long (fresh data)")
 
@@ -60,10 +89,19 @@ class RuleBase(Strict):
 
 
 class PolyphaseRule(RuleBase):
-    kind: Literal["polyphase"]
-    check: Literal["outage", "phase_loss", "undervoltage", "overvoltage"]
+    """The phase voltages of a power meter against the device's nominal_voltage: outage, phase loss, under-
+    and overvoltage. pct and clear_pct default by check (outage 10/85, phase_loss 60/85, undervoltage 90/92,
+    overvoltage 110/108)."""
+
+    kind: Literal["polyphase"] = Field(description=_KIND)
+    check: Literal["outage", "phase_loss", "undervoltage", "overvoltage"] = Field(
+        description="outage: every phase below pct; phase_loss: one below pct, another above "
+        "others_above_pct; undervoltage: a phase below pct; overvoltage: a phase above pct"
+    )
     phases: list[str] = Field(
-        default_factory=lambda: ["voltage_l1", "voltage_l2", "voltage_l3"], min_length=1
+        default_factory=lambda: ["voltage_l1", "voltage_l2", "voltage_l3"],
+        min_length=1,
+        description="the phase-voltage quantities; default voltage_l1, voltage_l2, voltage_l3",
     )
     pct: float | None = Field(default=None, gt=0, le=200, description="threshold, % of the nominal voltage")
     others_above_pct: float = Field(
@@ -93,12 +131,18 @@ class PolyphaseRule(RuleBase):
 
 
 class ThresholdRule(RuleBase):
-    kind: Literal["threshold"]
-    quantity: str
-    below: float | None = None
-    above: float | None = None
-    clear_above: float | None = Field(default=None, description="default: the trigger threshold (no band)")
-    clear_below: float | None = None
+    """One quantity below or above a value, with an optional clear band (hysteresis)."""
+
+    kind: Literal["threshold"] = Field(description=_KIND)
+    quantity: str = Field(description="quantity watched, e.g. pressure")
+    below: float | None = Field(default=None, description="fires when the value is below this; or give above")
+    above: float | None = Field(default=None, description="fires when the value is above this; or give below")
+    clear_above: float | None = Field(
+        default=None, description="a below rule clears at or above this; default: the trigger threshold"
+    )
+    clear_below: float | None = Field(
+        default=None, description="an above rule clears at or below this; default: the trigger threshold"
+    )
 
     @model_validator(mode="after")
     def _one_side(self) -> ThresholdRule:
@@ -118,17 +162,25 @@ class ThresholdRule(RuleBase):
 
 
 class AbsenceRule(RuleBase):
-    kind: Literal["absence"]
+    """A device that stops answering (Modbus) or publishing (MQTT)."""
+
+    kind: Literal["absence"] = Field(description=_KIND)
     stale_after: Duration | None = Field(
         default=None, gt=0, description="silent after this long without data; default max(3 x interval, 10s)"
     )
 
 
 class RateRule(RuleBase):
-    kind: Literal["rate"]
-    quantity: str
-    falling_faster_than: float | None = Field(default=None, gt=0, description="units per second")
-    rising_faster_than: float | None = Field(default=None, gt=0, description="units per second")
+    """One quantity falling or rising too fast (e.g. pressure dropping on a burst main)."""
+
+    kind: Literal["rate"] = Field(description=_KIND)
+    quantity: str = Field(description="quantity watched, e.g. pressure")
+    falling_faster_than: float | None = Field(
+        default=None, gt=0, description="fires on a fall faster than this, in units per second"
+    )
+    rising_faster_than: float | None = Field(
+        default=None, gt=0, description="fires on a rise faster than this, in units per second"
+    )
     window: Duration = Field(default=10.0, gt=0, description="the change is measured over this span")
 
     @model_validator(mode="after")
@@ -139,12 +191,16 @@ class RateRule(RuleBase):
 
 
 class CalendarRule(RuleBase):
-    kind: Literal["calendar"]
-    quantity: str
+    """One quantity over a daily window of local time, e.g. the night flow that shows a leak."""
+
+    kind: Literal["calendar"] = Field(description=_KIND)
+    quantity: str = Field(description="quantity watched, e.g. flow")
     window: str = Field(
         description="local time span in the site's time zone, HH:MM-HH:MM (may cross midnight)"
     )
-    aggregate: Literal["min", "avg", "max"] = "min"
+    aggregate: Literal["min", "avg", "max"] = Field(
+        default="min", description="how a window's readings become one value: min, avg or max"
+    )
     above: float = Field(description="a window is bad when the aggregate is above this")
     clear_below: float | None = Field(
         default=None, description="a window clears when at or below; default above"
@@ -167,8 +223,8 @@ class CalendarRule(RuleBase):
 
 
 class Condition(Strict):
-    quantity: str
-    above: float
+    quantity: str = Field(description="quantity read, e.g. current_l1")
+    above: float = Field(description="the condition holds while the value is above this")
     devices: list[str] | None = Field(
         default=None, description="where to read it; default: the same device, else its building"
     )
@@ -182,15 +238,22 @@ class Condition(Strict):
 
 
 class SequenceRule(RuleBase):
-    kind: Literal["sequence"]
-    mode: Literal["no_response", "short_cycling"]
+    """Equipment such as a pump: running without the response it should cause, or starting too often."""
+
+    kind: Literal["sequence"] = Field(description=_KIND)
+    mode: Literal["no_response", "short_cycling"] = Field(
+        description="no_response: running but no expect holds within; short_cycling: more than max_starts "
+        "starts in period"
+    )
     running: Condition = Field(description="when the equipment counts as running")
     expect: list[Condition] = Field(
         default_factory=list, description="no_response: at least one must hold while running"
     )
     within: Duration = Field(default=30.0, gt=0, description="no_response: grace after running starts")
     max_starts: int = Field(default=6, ge=1, description="short_cycling: starts allowed per period")
-    period: Duration = Field(default=3600.0, gt=0)
+    period: Duration = Field(
+        default=3600.0, gt=0, description="short_cycling: starts are counted over this span"
+    )
     stopped_below: float | None = Field(
         default=None,
         description="running ends only when the running quantity falls below this (hysteresis, so a value "

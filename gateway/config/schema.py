@@ -19,20 +19,26 @@ from gateway.config.store import InfluxConfig, SpoolConfig
 
 
 class SiteConfig(Strict):
-    site: SiteInfo
-    buildings: list[Building] = Field(min_length=1)
-    lines: list[Line] = Field(default_factory=list)
-    devices: list[Device] = Field(default_factory=list)
-    mqtt: MqttConfig | None = None
+    site: SiteInfo = Field(description="the site: id, name, time zone")
+    buildings: list[Building] = Field(
+        min_length=1, description="the buildings, each with its supply domains (what fails together)"
+    )
+    lines: list[Line] = Field(default_factory=list, description="the Modbus lines and endpoints polled")
+    devices: list[Device] = Field(default_factory=list, description="every meter and sensor")
+    mqtt: MqttConfig | None = Field(default=None, description="the MQTT broker; absent: no MQTT devices")
     profiles_dir: Path | None = Field(
         default=None, description="extra profile files, relative to the site file"
     )
     influx: InfluxConfig | None = Field(default=None, description="where samples are stored")
-    spool: SpoolConfig = Field(default_factory=SpoolConfig)
-    http: HttpConfig = Field(default_factory=HttpConfig)
+    spool: SpoolConfig = Field(
+        default_factory=SpoolConfig, description="the durable buffer in front of InfluxDB"
+    )
+    http: HttpConfig = Field(
+        default_factory=HttpConfig, description="the HTTP server: /metrics, /healthz, /readyz, /api"
+    )
     rules: list[RuleSpec] | None = Field(
         default=None, description="detection rules; merged into the default rule set by id"
     )
-    detection: Detection = Field(default_factory=Detection)
-    gateway: GatewaySection = Field(default_factory=GatewaySection)
-    incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
+    detection: Detection = Field(default_factory=Detection, description="how alerts become incidents")
+    gateway: GatewaySection = Field(default_factory=GatewaySection, description="the gateway itself")
+    incidents: IncidentsConfig = Field(default_factory=IncidentsConfig, description="the incident store")

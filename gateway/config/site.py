@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -11,8 +11,10 @@ from gateway.config.base import Id, Strict
 
 
 class SiteInfo(Strict):
-    id: str = Id
-    name: str = ""
+    id: Annotated[str, Id] = Field(
+        description="short id of the site: names its state directory (var/<id>) and its MQTT client id"
+    )
+    name: str = Field(default="", description="display name of the site")
     timezone: str = Field(default="UTC", description="IANA time zone of the site, e.g. Asia/Shanghai")
 
     @field_validator("timezone")
@@ -28,9 +30,11 @@ class SiteInfo(Strict):
 class SupplyDomain(Strict):
     """A power feeder/transformer or a water zone/riser: what fails together."""
 
-    id: str = Id
-    kind: Literal["power", "water"]
-    name: str = ""
+    id: Annotated[str, Id] = Field(
+        description="domain id, unique across the site; devices and lines name it in domain and powered_by"
+    )
+    kind: Literal["power", "water"] = Field(description="what the domain supplies: power or water")
+    name: str = Field(default="", description="display name, e.g. transformer T1 or riser 2")
     households: int | None = Field(
         default=None, ge=0, description="households served; default: the building's"
     )
@@ -40,7 +44,9 @@ class SupplyDomain(Strict):
 
 
 class Building(Strict):
-    id: str = Id
-    name: str = ""
-    households: int = Field(default=0, ge=0)
-    domains: list[SupplyDomain] = Field(default_factory=list)
+    id: Annotated[str, Id] = Field(description="building id; devices name it in building")
+    name: str = Field(default="", description="display name of the building")
+    households: int = Field(default=0, ge=0, description="households in the building (counted in incidents)")
+    domains: list[SupplyDomain] = Field(
+        default_factory=list, description="the building's supply domains: power feeders, water zones"
+    )
