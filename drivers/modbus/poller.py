@@ -1,7 +1,8 @@
 """One device's poll cycle: its planned reads in order, decoded into Samples, failures classified.
 
 The poller does not know how bytes reach the device: it calls `read(request)` (the line actor's), which
-returns a ReadOutcome instead of raising. Rules (DESIGN.md, principle 5; research/collection-gateways.md 5.2):
+returns a ReadOutcome instead of raising. Rules (bad input is counted and skipped; a dead device must not
+stall its line):
 - each read's values become their own Sample, stamped when that read completed;
 - a read with no usable answer (timeout, connection, CRC, framing) ends the device's cycle: its remaining
   reads are skipped, so a dead device costs its line at most one timeout (x retries) per cycle;

@@ -1,6 +1,6 @@
 """The MQTT source: a paho-mqtt 2.x client whose network thread hands every message to the asyncio loop.
 
-Delivery contract (research recommendation 9):
+Delivery contract (at least once, across reconnects and restarts):
 - fixed client id and a persistent session, QoS 1 by default: the broker keeps our subscriptions and queues
   messages while the gateway is away;
 - manual acknowledgement: a QoS>0 message is acknowledged only after its Sample was accepted by the bus, so a

@@ -1,4 +1,4 @@
-"""Device profiles: a meter model's register map as data (DESIGN.md, principle 7).
+"""Device profiles: a meter model's register map as data (devices are data, not code).
 
 The poller and the simulators read the same profile files (drivers/profiles/*.yaml). A point is described
 in datasheet terms: where it lives (function + 0-based PDU address, or PLC notation such as 30001, or the

@@ -1,4 +1,4 @@
-"""Log a bad input once per cause, count every occurrence (DESIGN.md, principle 5)."""
+"""Log a bad input once per cause, count every occurrence: bad input is reported and skipped, never fatal."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The events every source produces and every consumer reads (DESIGN.md, principle 1)."""
+"""The events every source produces and every consumer reads (drivers produce nothing else)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """RTU framing and request handling of the simulated Modbus devices, against CRC-checked frames.
 
-Vectors: /work/shared/research/meters-and-datasets.md section A.6 (CRC-16/MODBUS checked there).
+Vectors: real Modbus RTU frames whose CRC-16/MODBUS was checked independently.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Codec: CRC-checked frames from the research file as vectors, plus round trips for every type and order."""
+"""Codec: CRC-checked RTU frames as test vectors, plus round trips for every type and order."""
 
 from __future__ import annotations
 
