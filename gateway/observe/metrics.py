@@ -54,8 +54,37 @@ def _with_zeros(counts: dict[str, int], kinds: tuple[str, ...]) -> list[tuple[st
     return sorted({**dict.fromkeys(kinds, 0), **counts}.items())
 
 
-def _histogram(name: str, doc: str, labels: list[str]) -> HistogramMetricFamily:
+def _counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:
+    """A counter family with these label names; _one_counter for one without labels and its value."""
+    return CounterMetricFamily(name, doc, labels=labels)
+
+
+def _gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+def _histogram(name: str, doc: str, *labels: str) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, labels=labels)
+
+
+def _one_counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    """A counter without labels and its one value."""
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _one_gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    """A gauge without labels and its one value."""
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _fixed_counts(
+    name: str, doc: str, label: str, counts: Mapping[str, int], keys: Sequence[str]
+) -> CounterMetricFamily:
+    """One series per key of `keys`, in that order, at 0 while `counts` lacks it."""
+    fam = _counter(name, doc, label)
+    for key in keys:
+        fam.add_metric([key], counts.get(key, 0))
+    return fam
 
 
 def _add_hist(fam: HistogramMetricFamily, values: list[str], h: Histogram) -> None:
@@ -104,23 +133,18 @@ class GatewayCollector(Collector):
     # -- Modbus lines and devices -------------------------------------------------------------------------
     def _modbus(self) -> Iterator[Metric]:
         lines = self.exported.lines.values()
-        req = CounterMetricFamily(
-            "meterwatch_modbus_line_requests", "Modbus requests sent on a line", labels=["line", "transport"]
+        req = _counter(
+            "meterwatch_modbus_line_requests", "Modbus requests sent on a line", "line", "transport"
         )
-        err = CounterMetricFamily(
+        err = _counter(
             "meterwatch_modbus_line_errors",
             "failed Modbus requests on a line, by kind (timeout, connection, crc, framing, exception_<code>)",
-            labels=["line", "kind"],
+            "line",
+            "kind",
         )
-        conn = GaugeMetricFamily(
-            "meterwatch_modbus_line_connected", "1 when the line's link is up", labels=["line"]
-        )
-        rec = CounterMetricFamily(
-            "meterwatch_modbus_line_reconnects", "reconnections of a line", labels=["line"]
-        )
-        cyc = GaugeMetricFamily(
-            "meterwatch_modbus_line_cycle_seconds", "duration of the line's last poll cycle", labels=["line"]
-        )
+        conn = _gauge("meterwatch_modbus_line_connected", "1 when the line's link is up", "line")
+        rec = _counter("meterwatch_modbus_line_reconnects", "reconnections of a line", "line")
+        cyc = _gauge("meterwatch_modbus_line_cycle_seconds", "duration of the line's last poll cycle", "line")
         for ls in lines:
             req.add_metric([ls.line, ls.transport], ls.requests)
             for kind, n in _with_zeros(ls.errors, LINE_ERROR_KINDS):
@@ -133,38 +157,32 @@ class GatewayCollector(Collector):
     def _devices(self, now: float) -> Iterator[Metric]:
         polled = {d.device: d for d in self.exported.devices.values()}
         view = self.exported.presence
-        labels = ["device", "building", "source"]
-        up = GaugeMetricFamily(
-            "meterwatch_device_up", "1 when the device answers (or publishes) as expected", labels=labels
-        )
-        last = GaugeMetricFamily(
+        where = ("device", "building", "source")
+        on_line = ("device", "line")
+        up = _gauge("meterwatch_device_up", "1 when the device answers (or publishes) as expected", *where)
+        last = _gauge(
             "meterwatch_device_last_success_timestamp_seconds",
             "when the device last answered (Unix time)",
-            labels=labels,
+            *where,
         )
-        req = CounterMetricFamily(
-            "meterwatch_device_requests", "Modbus requests to a device", labels=["device", "line"]
-        )
-        err = CounterMetricFamily(
+        req = _counter("meterwatch_device_requests", "Modbus requests to a device", *on_line)
+        err = _counter(
             "meterwatch_device_errors",
             "failed requests or values of a device, by kind "
             "(timeout, crc, exception_<code>, decode, nan, not_available)",
-            labels=["device", "line", "kind"],
+            *on_line,
+            "kind",
         )
         rtt = _histogram(
-            "meterwatch_device_request_duration_seconds", "Modbus request round-trip time", ["device", "line"]
+            "meterwatch_device_request_duration_seconds", "Modbus request round-trip time", *on_line
         )
-        cycles = CounterMetricFamily(
-            "meterwatch_device_poll_cycles", "poll cycles run", labels=["device", "line"]
-        )
-        skipped = CounterMetricFamily(
+        cycles = _counter("meterwatch_device_poll_cycles", "poll cycles run", *on_line)
+        skipped = _counter(
             "meterwatch_device_skipped_cycles",
             "poll cycles skipped because the previous one overran its interval",
-            labels=["device", "line"],
+            *on_line,
         )
-        samples = CounterMetricFamily(
-            "meterwatch_device_samples", "samples published for a device", labels=["device", "source"]
-        )
+        samples = _counter("meterwatch_device_samples", "samples published for a device", "device", "source")
         configured = {d.id: d for d in self.site.config.devices}
         for dev_id in sorted(set(configured) | set(polled)):
             cfg = configured.get(dev_id)
@@ -214,22 +232,17 @@ class GatewayCollector(Collector):
     # -- MQTT -------------------------------------------------------------------------------------------
     def _mqtt(self, now: float) -> Iterator[Metric]:
         all_stats = self.exported.mqtt
-        conn = GaugeMetricFamily(
-            "meterwatch_mqtt_connected", "1 when connected to the broker", labels=["source"]
-        )
-        msgs = CounterMetricFamily("meterwatch_mqtt_messages", "MQTT messages received", labels=["source"])
-        dec = CounterMetricFamily(
+        conn = _gauge("meterwatch_mqtt_connected", "1 when connected to the broker", "source")
+        msgs = _counter("meterwatch_mqtt_messages", "MQTT messages received", "source")
+        dec = _counter(
             "meterwatch_mqtt_decode_errors",
             "MQTT messages skipped, by cause (json, nan, unknown_device, unknown_topic, ...)",
-            labels=["source", "cause"],
+            "source",
+            "cause",
         )
-        rec = CounterMetricFamily(
-            "meterwatch_mqtt_reconnects", "reconnections to the broker", labels=["source"]
-        )
-        age = GaugeMetricFamily(
-            "meterwatch_mqtt_last_message_age_seconds",
-            "seconds since the last MQTT message",
-            labels=["source"],
+        rec = _counter("meterwatch_mqtt_reconnects", "reconnections to the broker", "source")
+        age = _gauge(
+            "meterwatch_mqtt_last_message_age_seconds", "seconds since the last MQTT message", "source"
         )
         for st in all_stats:
             conn.add_metric([st.source], 1.0 if st.connected else 0.0)
@@ -244,84 +257,77 @@ class GatewayCollector(Collector):
     # -- the sink and the spool -------------------------------------------------------------------------
     def _sink(self, now: float) -> Iterator[Metric]:
         fw = self.exported.sink
-        configured = GaugeMetricFamily(
-            "meterwatch_sink_configured", "1 when the site has an influx section (samples are stored)"
+        yield _one_gauge(
+            "meterwatch_sink_configured",
+            "1 when the site has an influx section (samples are stored)",
+            0.0 if fw is None else 1.0,
         )
-        configured.add_metric([], 0.0 if fw is None else 1.0)
-        yield configured
         if fw is None:
             return
         s, b = fw.stats, fw.buffer.stats
         mode = "durable" if fw.buffer.durable else "best_effort"
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            c = CounterMetricFamily(name, doc)
-            c.add_metric([], value)
-            return c
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc)
-            g.add_metric([], value)
-            return g
-
-        yield counter("meterwatch_sink_samples_received", "samples the sink took from the bus", s.samples_in)
-        yield counter("meterwatch_sink_points_written", "points InfluxDB accepted", s.points_written)
-        yield counter("meterwatch_sink_write_requests", "write requests sent to InfluxDB", s.write_requests)
-        errs = CounterMetricFamily(
+        yield _one_counter(
+            "meterwatch_sink_samples_received", "samples the sink took from the bus", s.samples_in
+        )
+        yield _one_counter("meterwatch_sink_points_written", "points InfluxDB accepted", s.points_written)
+        yield _one_counter(
+            "meterwatch_sink_write_requests", "write requests sent to InfluxDB", s.write_requests
+        )
+        yield _fixed_counts(
             "meterwatch_sink_write_errors",
             "failed write requests by outcome (retry, too_large, rejected, config, unreachable)",
-            labels=["kind"],
+            "kind",
+            s.write_errors,
+            ("retry", "too_large", "rejected", "config", "unreachable"),
         )
-        for kind in ("retry", "too_large", "rejected", "config", "unreachable"):
-            errs.add_metric([kind], s.write_errors.get(kind, 0))
-        yield errs
-        lat = _histogram("meterwatch_sink_write_duration_seconds", "duration of one write request", [])
+        lat = _histogram("meterwatch_sink_write_duration_seconds", "duration of one write request")
         _add_hist(lat, [], s.write_latency)
         yield lat
-        yield gauge(
+        yield _one_gauge(
             "meterwatch_sink_reachable", "1 when InfluxDB answered the last request", float(s.reachable)
         )
-        yield gauge(
+        yield _one_gauge(
             "meterwatch_sink_auth_error",
             "HTTP status (401, 403, 404) while InfluxDB refuses our token, org or bucket; 0 when fine",
             float(s.config_error),
         )
         if s.last_success is not None:
-            yield gauge(
+            yield _one_gauge(
                 "meterwatch_sink_last_success_timestamp_seconds",
                 "time of the last accepted write",
                 s.last_success,
             )
-        dl = CounterMetricFamily(
-            "meterwatch_sink_dead_letter_points", "points moved to the dead-letter file", labels=["reason"]
+        yield _fixed_counts(
+            "meterwatch_sink_dead_letter_points",
+            "points moved to the dead-letter file",
+            "reason",
+            fw.dead.counts,
+            ("rejected", "too_large"),
         )
-        for reason in ("rejected", "too_large"):
-            dl.add_metric([reason], fw.dead.counts.get(reason, 0))
-        yield dl
-        depth = GaugeMetricFamily("meterwatch_spool_points", "points waiting in the spool", labels=["mode"])
-        depth.add_metric([mode], b.points)
-        yield depth
-        size = GaugeMetricFamily("meterwatch_spool_bytes", "bytes waiting in the spool", labels=["mode"])
-        size.add_metric([mode], b.bytes)
-        yield size
-        yield gauge("meterwatch_spool_max_bytes", "the spool's byte bound", fw.buffer.max_bytes)
-        yield gauge(
+        for name, doc, value in (
+            ("meterwatch_spool_points", "points waiting in the spool", b.points),
+            ("meterwatch_spool_bytes", "bytes waiting in the spool", b.bytes),
+        ):
+            per_mode = _gauge(name, doc, "mode")
+            per_mode.add_metric([mode], value)
+            yield per_mode
+        yield _one_gauge("meterwatch_spool_max_bytes", "the spool's byte bound", fw.buffer.max_bytes)
+        yield _one_gauge(
             "meterwatch_spool_oldest_age_seconds",
             "age of the oldest point waiting in the spool (0 when empty)",
             max(0.0, now - b.oldest_enqueued) if b.oldest_enqueued is not None else 0.0,
         )
-        drops = CounterMetricFamily(
+        yield _fixed_counts(
             "meterwatch_spool_dropped_points",
             "points dropped past the spool's bound, by reason",
-            labels=["reason"],
+            "reason",
+            b.dropped,
+            ("bytes", "age"),
         )
-        for reason in ("bytes", "age"):
-            drops.add_metric([reason], b.dropped.get(reason, 0))
-        yield drops
-        yield counter("meterwatch_spool_commits", "spool transactions (one per batch)", b.commits)
-        yield counter("meterwatch_spool_quarantined", "corrupt spool files moved aside", b.quarantined)
-        yield counter("meterwatch_spool_append_errors", "failed spool appends (retried)", s.spool_errors)
-        yield counter(
+        yield _one_counter("meterwatch_spool_commits", "spool transactions (one per batch)", b.commits)
+        yield _one_counter("meterwatch_spool_quarantined", "corrupt spool files moved aside", b.quarantined)
+        yield _one_counter("meterwatch_spool_append_errors", "failed spool appends (retried)", s.spool_errors)
+        yield _one_counter(
             "meterwatch_sink_values_skipped",
             "NaN or infinite values line protocol cannot carry",
             self.encoder.skipped_values,
@@ -330,13 +336,12 @@ class GatewayCollector(Collector):
     def _bus(self) -> Iterator[Metric]:
         if self.bus is None:
             return
-        pub = CounterMetricFamily("meterwatch_bus_published", "events published on the internal bus")
-        pub.add_metric([], self.bus.published)
-        depth = GaugeMetricFamily(
-            "meterwatch_bus_queue_events", "events waiting per subscriber", labels=["subscriber"]
+        pub = _one_counter(
+            "meterwatch_bus_published", "events published on the internal bus", self.bus.published
         )
-        dropped = CounterMetricFamily(
-            "meterwatch_bus_dropped_events", "events a best-effort subscriber lost", labels=["subscriber"]
+        depth = _gauge("meterwatch_bus_queue_events", "events waiting per subscriber", "subscriber")
+        dropped = _counter(
+            "meterwatch_bus_dropped_events", "events a best-effort subscriber lost", "subscriber"
         )
         for sub in self.bus.subscriptions:
             depth.add_metric([sub.name], sub.queue.qsize())
@@ -348,14 +353,18 @@ class GatewayCollector(Collector):
         if self.exported.incidents is None:
             return
         incidents = self.exported.incidents.open_incidents()
-        counts = GaugeMetricFamily(
-            "meterwatch_incidents_open", "open incidents by category and scope", labels=["category", "scope"]
+        counts = _gauge(
+            "meterwatch_incidents_open", "open incidents by category and scope", "category", "scope"
         )
-        each = GaugeMetricFamily(
+        each = _gauge(
             "meterwatch_incident_open",
             "1 for every open incident (Grafana annotations come from this series); building is empty for a "
             "site-wide scope",
-            labels=["incident_id", "category", "scope", "severity", "building"],
+            "incident_id",
+            "category",
+            "scope",
+            "severity",
+            "building",
         )
         per_key: dict[tuple[str, str], int] = {}
         for inc in incidents:
