@@ -92,20 +92,36 @@ def _nbytes(line: str) -> int:
     return len(line.encode("utf-8")) + ROW_OVERHEAD
 
 
-class Spool:
+class _InFlight:
+    """The rows the last peek() handed out (see "In flight" above): the byte bound spares them and does
+    not count them until ack() or release()."""
+
+    def __init__(self) -> None:
+        self._inflight = 0  # rows with id <= this are being written
+        self._inflight_bytes = 0
+
+    def _hand_out(self, rows: list[Pending]) -> list[Pending]:
+        self._inflight = rows[-1].id if rows else 0
+        self._inflight_bytes = sum(_nbytes(p.line) for p in rows)
+        return rows
+
+    def release(self) -> None:
+        self._inflight = self._inflight_bytes = 0
+
+
+class Spool(_InFlight):
     """SQLite spool (see the module docstring). Not thread-safe: the forwarder calls it from one thread."""
 
     durable = True
 
     def __init__(self, path: Path, max_bytes: int, max_age: float, clock: Clock = time.time) -> None:
+        super().__init__()
         self.path = path
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.clock = clock
         self.stats = BufferStats()
         self._last_drop_log: dict[str, float] = {}
-        self._inflight = 0  # rows with id <= this are being written (see "In flight" above)
-        self._inflight_bytes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = self._open()
 
@@ -162,7 +178,7 @@ class Spool:
             self.db.close()
         self._quarantine(str(exc))
         self.stats.points = self.stats.bytes = 0
-        self._inflight = self._inflight_bytes = 0  # ids start again in the new file
+        self.release()  # ids start again in the new file
         self.stats.oldest_enqueued = None
         self.db = self._connect()
 
@@ -228,16 +244,11 @@ class Spool:
         except sqlite3.DatabaseError as exc:
             self._recover(exc)
             return []
-        self._inflight = rows[-1].id if rows else 0
-        self._inflight_bytes = sum(_nbytes(r.line) for r in rows)
-        return rows
-
-    def release(self) -> None:
-        self._inflight = self._inflight_bytes = 0
+        return self._hand_out(rows)
 
     def ack(self, last_id: int) -> int:
         """InfluxDB accepted (or the dead-letter file took) every point up to `last_id`: forget them."""
-        self._inflight = self._inflight_bytes = 0
+        self.release()
         n = self._delete("id <= ?", last_id)
         self.stats.acked += n
         self._refresh_oldest()
@@ -300,20 +311,19 @@ class Spool:
         )
 
 
-class MemoryBuffer:
+class MemoryBuffer(_InFlight):
     """Best-effort mode: the same bounds and drop-oldest policy, in memory; lost if the process dies."""
 
     durable = False
 
     def __init__(self, max_bytes: int, max_age: float, clock: Clock = time.time) -> None:
+        super().__init__()
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.clock = clock
         self.stats = BufferStats()
         self._rows: deque[tuple[int, float, int, str]] = deque()
         self._next_id = 1
-        self._inflight = 0  # rows with id <= this are being written: the byte bound spares them
-        self._inflight_bytes = 0
 
     def append(self, lines: Sequence[str]) -> None:
         now = self.clock()
@@ -343,15 +353,10 @@ class MemoryBuffer:
             if len(out) >= limit:
                 break
             out.append(Pending(rid, line))
-        self._inflight = out[-1].id if out else 0
-        self._inflight_bytes = sum(_nbytes(p.line) for p in out)
-        return out
-
-    def release(self) -> None:
-        self._inflight = self._inflight_bytes = 0
+        return self._hand_out(out)
 
     def ack(self, last_id: int) -> int:
-        self._inflight = self._inflight_bytes = 0
+        self.release()
         n = self._pop_while(lambda row: row[0] <= last_id)
         self.stats.acked += n
         self._refresh()
