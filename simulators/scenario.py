@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,15 @@ def compile_steps(model: ScenarioModel) -> tuple[TimedAction, ...]:
     return tuple(out)
 
 
+# Steps that name one thing and call the World method of the step's field name: (field and method, label).
+_NAMED_STEPS = (
+    ("cut_power", "cut power"),
+    ("restore_power", "restore power"),
+    ("stop_device", "stop"),
+    ("restore_device", "restore"),
+)
+
+
 def _expand(step: Step) -> list[TimedAction]:
     t = step.at
     if step.set is not None:
@@ -184,18 +194,10 @@ def _expand(step: Step) -> list[TimedAction]:
         c = step.clear
         label = f"clear {c.device}" + (f".{c.quantity}" if c.quantity else "")
         return [TimedAction(t, label, lambda w: w.clear(c.device, c.quantity))]
-    if step.cut_power is not None:
-        target = step.cut_power
-        return [TimedAction(t, f"cut power {target}", lambda w: w.cut_power(target))]
-    if step.restore_power is not None:
-        target = step.restore_power
-        return [TimedAction(t, f"restore power {target}", lambda w: w.restore_power(target))]
-    if step.stop_device is not None:
-        dev = step.stop_device
-        return [TimedAction(t, f"stop {dev}", lambda w: w.stop_device(dev))]
-    if step.restore_device is not None:
-        dev = step.restore_device
-        return [TimedAction(t, f"restore {dev}", lambda w: w.restore_device(dev))]
+    for method, verb in _NAMED_STEPS:
+        name: str | None = getattr(step, method)
+        if name is not None:
+            return [TimedAction(t, f"{verb} {name}", methodcaller(method, name))]
     if step.flicker is not None:
         f = step.flicker
         off = f.off_for if f.off_for is not None else f.period / 2
