@@ -6,10 +6,14 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+import typer
+
+from gateway.cli.common import load_or_exit
+from gateway.cli.replay import json_lines, print_table
 from gateway.config import Site
-from gateway.incidents.replay import json_lines, print_table
 
 DEFAULT_URL = "http://127.0.0.1:9464"
 
@@ -63,3 +67,14 @@ def list_incidents(base: str, show_all: bool, as_json: bool) -> int:
         if not records:
             print("no open incidents" if state == "open" else "no incidents")
     return 0
+
+
+def incidents(
+    site_file: Path | None = typer.Argument(None, help="site file: its http section gives the address"),
+    url: str | None = typer.Option(None, help="the daemon's HTTP base URL, e.g. http://127.0.0.1:9464"),
+    all_: bool = typer.Option(False, "--all", help="resolved ones too, newest first"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+) -> None:
+    """List the running daemon's incidents (GET /api/incidents); exit 1 when it cannot be reached."""
+    base = url or url_for(load_or_exit(site_file) if site_file is not None else None)
+    raise typer.Exit(list_incidents(base, all_, as_json))
