@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,20 +44,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------------------------- site files
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports (held open together so the kernel cannot hand one out twice)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def site_text(ports: list[int], poll_interval: float, timeout: float) -> str:
@@ -328,6 +313,7 @@ def main() -> None:
         worker_main(args.worker, args.site, args.warmup, args.window)
         return
 
+    from simulators.ports import free_ports
     from simulators.runner import SimulatorProcess
 
     began = time.monotonic()

@@ -16,34 +16,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import statistics
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from bench.waiting import wait_for
 from gateway.app.daemon import Runtime, build_runtime, serve
 from gateway.app.services import Services
 from gateway.config import Site, load_site
 from gateway.core.loopthread import LoopThread
 from gateway.incidents.manager import IncidentManager
+from simulators.ports import free_port
 from simulators.runner import SimulatorThread
 
 POLL = 0.5
 FOR = 2.0
 CLEAR_FOR = 3.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_live_site(
@@ -93,17 +87,6 @@ incidents: {{heartbeat: {heartbeat}s}}
 def get_json(url: str, timeout: float = 5.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class DaemonThread(LoopThread):

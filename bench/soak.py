@@ -62,7 +62,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: `python bench/soak.py`
     sys.path.insert(0, str(ROOT))
 
-from bench.poll import free_ports  # noqa: E402
+from bench.waiting import wait_for  # noqa: E402
+from simulators.ports import free_ports  # noqa: E402
 from simulators.runner import SimulatorProcess, stop_process_group  # noqa: E402
 from tests.fixtures.victoria import Victoria  # noqa: E402
 
@@ -263,7 +264,7 @@ class Gateway:
                 cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
             )
         gw = cls(proc, f"http://127.0.0.1:{http_port}", log_path)
-        wait_for(gw.ready, 60, "the gateway's /readyz", gw.alive)
+        wait_for(gw.ready, 60, "the gateway's /readyz", interval=0.2, alive=gw.alive)
         gw._cpu = (time.monotonic(), proc_cpu_seconds(proc.pid))
         return gw
 
@@ -314,18 +315,6 @@ class Gateway:
 
     def stop(self, timeout: float = 30.0) -> int:
         return stop_process_group(self.proc, timeout)
-
-
-def wait_for(
-    cond: Callable[[], bool], timeout: float, what: str, alive: Callable[[], bool] = lambda: True
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if not alive():
-            raise RuntimeError(f"gave up waiting for {what}: the process exited")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not reached within {timeout:g} s")
-        time.sleep(0.2)
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,15 +9,11 @@ from typing import TypeVar
 
 import pytest
 
+from simulators.ports import free_port as free_port  # the one home of free_port (bench uses it too)
+
 REPO = Path(__file__).resolve().parents[1]
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(
