@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +145,14 @@ class Meter:
         return wall, 100.0 * cpu / wall, self.peak
 
 
+async def _until(done: Callable[[], bool], sink: asyncio.Task[None], every: float) -> None:
+    """Poll `done` every `every` seconds; raise if the sink's task ends first."""
+    while not done():
+        if sink.done():
+            raise RuntimeError(f"the sink stopped: {sink.exception()}")
+        await asyncio.sleep(every)
+
+
 @dataclass
 class Bench:
     site: Site
@@ -173,10 +181,7 @@ class Bench:
         meter.start()
         for s in source.take(THROUGHPUT_SAMPLES):
             await bus.publish(s)
-        while fw.stats.points_written < THROUGHPUT_SAMPLES:
-            if task.done():
-                raise RuntimeError(f"the sink stopped: {task.exception()}")
-            await asyncio.sleep(0.005)
+        await _until(lambda: fw.stats.points_written >= THROUGHPUT_SAMPLES, task, 0.005)
         wall, cpu, peak = meter.stop()
         stop.set()
         await task
@@ -225,10 +230,9 @@ class Bench:
         meter.start()
         # drained: the backlog is written (it is sent first: the spool is FIFO) and what waits is at most
         # two seconds of live samples
-        while fw.stats.points_written < backlog or spool.stats.points > 2 * SITE_RATE:
-            if task.done():
-                raise RuntimeError(f"the sink stopped: {task.exception()}")
-            await asyncio.sleep(0.01)
+        await _until(
+            lambda: fw.stats.points_written >= backlog and spool.stats.points <= 2 * SITE_RATE, task, 0.01
+        )
         wall, cpu, peak = meter.stop()
         feeding.set()
         if feeder is not None:
