@@ -24,7 +24,7 @@ from rules.kinds import (
     Kind,
     Polyphase,
     Rate,
-    Sequence,
+    SequenceKind,
     Threshold,
 )
 from rules.model import DetectionSettings, RuleInfo
@@ -126,7 +126,7 @@ def compile_rules(specs: list[RuleSpec], topo: Topology) -> list[Kind]:
         elif isinstance(r, SequenceRule):
             for_ = max(r.for_, r.within) if r.mode == "no_response" else r.for_
             out.append(
-                Sequence(
+                SequenceKind(
                     _info(r, for_),
                     devs,
                     r.mode,

@@ -287,7 +287,10 @@ class Cond:
 
 
 @dataclass
-class Sequence(Kind):
+class SequenceKind(Kind):
+    """`kind: sequence`: equipment that runs without the response it should cause (no_response), or starts
+    too often (short_cycling)."""
+
     info: RuleInfo
     devices: frozenset[str]
     mode: str
