@@ -32,6 +32,7 @@ from gateway.app.services import Services
 from gateway.config import Site, load_site
 from gateway.core.loopthread import LoopThread
 from gateway.incidents.manager import IncidentManager
+from rules.model import IncidentState
 from simulators.ports import free_port
 from simulators.runner import SimulatorThread
 
@@ -194,7 +195,10 @@ def one_run(live: LiveSite, timeout: float = 60.0) -> tuple[float, float]:
     restored = time.time()
     inc_id = found[0]["id"]
     wait_for(
-        lambda: incident(live.daemon, inc_id)["state"] == "resolved", timeout, "resolution", interval=0.05
+        lambda: incident(live.daemon, inc_id)["state"] == IncidentState.RESOLVED,
+        timeout,
+        "resolution",
+        interval=0.05,
     )
     return seen - cut, time.time() - restored
 

@@ -27,10 +27,8 @@ from rules.kinds import (
     SequenceKind,
     Threshold,
 )
-from rules.model import DetectionSettings, RuleInfo
+from rules.model import MAINS_RULE, DetectionSettings, RuleInfo
 from rules.topology import DeviceNode, Topology
-
-MAINS_RULE = "site.mains"
 
 _DEFAULT_CATEGORY = {
     "polyphase": "power_outage",
@@ -49,10 +47,6 @@ def matches(m: Match, d: DeviceNode) -> bool:
         and (m.buildings is None or d.building in m.buildings)
         and (m.domains is None or d.domain in m.domains)
     )
-
-
-def default_stale_after(d: DeviceNode) -> float:
-    return max(3.0 * d.interval, 10.0)
 
 
 def _info(r: RuleSpec, for_: float | None = None) -> RuleInfo:
@@ -97,7 +91,7 @@ def compile_rules(specs: list[RuleSpec], topo: Topology) -> list[Kind]:
             out.append(Threshold(_info(r), devs, r.quantity, r.below, r.above, clear))
         elif isinstance(r, AbsenceRule):
             stale = {
-                d: (r.stale_after if r.stale_after is not None else default_stale_after(topo.devices[d]))
+                d: (r.stale_after if r.stale_after is not None else topo.devices[d].default_stale_after)
                 for d in devs
             }
             out.append(Absence(_info(r), devs, stale))

@@ -16,16 +16,14 @@ import math
 from collections.abc import Iterable
 
 from gateway.core.types import DeviceStatus, Event, Sample, SourceStatus
-from rules.correlate import MAINS_RULE, SILENT, VOLTS, Correlator
+from rules.correlate import SILENT, VOLTS, Correlator
 from rules.kinds import Absence, Context, Kind, Polyphase
 from rules.model import (
-    FIRING,
-    INACTIVE,
-    PENDING,
-    RECOVERING,
-    RESOLVED,
+    MAINS_RULE,
     Alert,
     AlertChange,
+    AlertKey,
+    AlertState,
     DetectionSettings,
     Incident,
     RuleInfo,
@@ -50,30 +48,30 @@ class Engine:
         self.infos: dict[str, RuleInfo] = {k.info.id: k.info for k in kinds}
         self.by_device: dict[str, list[Kind]] = {d: [] for d in topology.devices}
         self.absence: dict[str, list[Absence]] = {d: [] for d in topology.devices}
-        dark_kind: dict[str, str] = {}
+        dark_reason: dict[str, str] = {}  # rule id -> how its alert says the device is dark
         for k in kinds:
             if isinstance(k, Absence):
-                dark_kind[k.info.id] = SILENT
+                dark_reason[k.info.id] = SILENT
                 for d in k.devices:
                     self.absence[d].append(k)
                 continue
             if isinstance(k, Polyphase) and k.check == "outage":
-                dark_kind[k.info.id] = VOLTS
+                dark_reason[k.info.id] = VOLTS
             for d in k.devices:
                 self.by_device[d].append(k)
         self._timed = [k for k in kinds if type(k).wakeup is not Kind.wakeup]
         self.gap: dict[str, float] = {}
         for d, node in topology.devices.items():
             stale = [a.stale_after[d] for a in self.absence[d]]
-            self.gap[d] = min(stale) if stale else max(3.0 * node.interval, 10.0)
-        self.alerts: dict[str, Alert] = {}
+            self.gap[d] = min(stale) if stale else node.default_stale_after
+        self.alerts: dict[AlertKey, Alert] = {}
         self.last_seen: dict[str, float] = dict.fromkeys(topology.devices, start)
         self.down: set[str] = set()
         self.ctx = Context(topology)
         for k in kinds:
             for q, span in k.windows().items():
                 self.ctx.windows[q] = max(self.ctx.windows.get(q, 0.0), span)
-        self.corr = Correlator(topology, self.infos, dark_kind, self.settings)
+        self.corr = Correlator(topology, self.infos, dark_reason, self.settings)
         self.unknown_devices = 0
         self.now = start
         # the last instant the data could have told anything (a replayed recording's end): silence after it
@@ -100,9 +98,7 @@ class Engine:
     def forget_incident(self, incident_id: int) -> None:
         """Drop a settled incident from memory (the live daemon, once its store holds it: otherwise every
         incident ever opened would stay here). A replay keeps them all, to report them."""
-        inc = self.corr.incidents.pop(incident_id, None)
-        if inc is not None and self.corr.resolved_by_key.get(inc.key) == incident_id:
-            del self.corr.resolved_by_key[inc.key]
+        self.corr.forget(incident_id)
 
     def feed(self, event: Event) -> list[Transition]:
         out: list[Transition] = []
@@ -119,10 +115,10 @@ class Engine:
                 self._silent(event.device, event.ts, out)
         elif isinstance(event, SourceStatus):
             if event.connected:
-                self.corr.source_down.pop(event.source, None)
+                self.corr.source_back(event.source)
             else:
                 devs = frozenset(d for d in event.devices if d in self.topo.devices)
-                self.corr.source_down[event.source] = devs
+                self.corr.source_lost(event.source, devs)
                 for d in devs:
                     self.down.add(d)
                     self._silent(d, event.ts, out)
@@ -146,26 +142,30 @@ class Engine:
         if s.ts > self.last_seen[d]:
             self.last_seen[d] = s.ts
         self.down.discard(d)
-        if d not in self.corr.answering:
-            self.corr.answering.add(d)
+        if self.corr.answered(d):
             self._dirty = True
         self.ctx.last_values[d] = s.values
         self.ctx.last_ts[d] = s.ts
         if self.ctx.windows:
             self.ctx.record(s)
         for ab in self.absence[d]:
-            if ab.info.id + "|" + d in self.alerts:
+            if AlertKey(ab.info.id, d) in self.alerts:
                 self._apply(ab.info, d, "", False, None, s.ts, out)
         for k in self.by_device[d]:
             for sub, cond, value in k.on_sample(node, s, self.ctx):
                 self._apply(k.info, d, sub, cond, value, s.ts, out)
 
     def _silent(self, d: str, ts: float, out: list[Transition]) -> None:
-        self.corr.answering.discard(d)
+        self.corr.went_silent(d)
         for ab in self.absence[d]:
-            a = self.alerts.get(ab.info.id + "|" + d)
-            if a is None or a.state != FIRING:
-                self._apply(ab.info, d, "", True, None, ts, out)
+            self._absent(ab, d, ts, out)
+
+    def _absent(self, ab: Absence, d: str, ts: float, out: list[Transition]) -> None:
+        """Evidence for an absence rule that `d` is silent. A firing absence alert takes none: silence is
+        continuous, and fed again at every tick it would only restart the alert's clock."""
+        a = self.alerts.get(AlertKey(ab.info.id, d))
+        if a is None or a.state != AlertState.FIRING:
+            self._apply(ab.info, d, "", True, None, ts, out)
 
     def tick(self, now: float) -> list[Transition]:
         out: list[Transition] = []
@@ -183,18 +183,16 @@ class Engine:
             judged = now if self.data_end is None else min(now, self.data_end)
             for ab in abs_rules:
                 if down or judged - seen >= ab.stale_after[d]:
-                    self.corr.answering.discard(d)
-                    a = self.alerts.get(ab.info.id + "|" + d)
-                    if a is None or a.state != FIRING:
-                        self._apply(ab.info, d, "", True, None, now, out)
-        for a in [a for a in self.alerts.values() if a.state == PENDING]:
+                    self.corr.went_silent(d)
+                    self._absent(ab, d, now, out)
+        for a in [a for a in self.alerts.values() if a.state == AlertState.PENDING]:
             info = self.infos[a.rule]
             if (
                 info.kind != "absence"
                 and now - a.since >= info.for_
                 and now - a.last_evidence <= self.gap[a.device]
             ):
-                self._set(a, FIRING, now, out)
+                self._set(a, AlertState.FIRING, now, out)
         hold = self.corr.hold_deadline()
         if self._dirty or (hold is not None and now >= hold):
             self._dirty = False
@@ -210,7 +208,7 @@ class Engine:
                 if self.data_end is None or due <= self.data_end:
                     cands.append(due)
         for a in self.alerts.values():
-            if a.state == PENDING:
+            if a.state == AlertState.PENDING:
                 cands.append(a.since + self.infos[a.rule].for_)
         for k in self._timed:
             w = k.wakeup()
@@ -233,15 +231,17 @@ class Engine:
         ts: float,
         out: list[Transition],
     ) -> None:
-        key = f"{info.id}|{device}" if not sub else f"{info.id}|{device}|{sub}"
+        key = AlertKey(info.id, device, sub)
         a = self.alerts.get(key)
         if a is None:
             if cond is True:
-                a = Alert(key, info.id, device, PENDING, ts, ts, ts, value)
+                a = Alert(key, info.id, device, AlertState.PENDING, ts, ts, ts, value)
                 self.alerts[key] = a
-                out.append(AlertChange(ts, key, info.id, device, INACTIVE, PENDING, value))
+                out.append(
+                    AlertChange(ts, key, info.id, device, AlertState.INACTIVE, AlertState.PENDING, value)
+                )
                 if info.for_ <= 0:
-                    self._set(a, FIRING, ts, out)
+                    self._set(a, AlertState.FIRING, ts, out)
             return
         if ts < a.last_evidence:
             return  # late, out-of-order evidence cannot rewrite what is already decided
@@ -252,43 +252,38 @@ class Engine:
         if value is not None:
             a.value = value
         if cond is True:
-            if a.state == PENDING:
-                if gap:
-                    a.since = ts
-                elif ts - a.since >= info.for_:
-                    self._set(a, FIRING, ts, out)
-            elif a.state == RECOVERING:
+            if a.state == AlertState.PENDING:
+                if _held(a, ts, gap, info.for_):
+                    self._set(a, AlertState.FIRING, ts, out)
+            elif a.state == AlertState.RECOVERING:
                 a.flaps += 1
-                self._set(a, FIRING, ts, out, "flap")
+                self._set(a, AlertState.FIRING, ts, out, "flap")
         elif cond is False:
-            if a.state == PENDING:
-                self._drop(a, INACTIVE, ts, out)
-            elif a.state == FIRING:
-                self._set(a, RECOVERING, ts, out)
+            if a.state == AlertState.PENDING:
+                self._drop(a, AlertState.INACTIVE, ts, out)
+            elif a.state == AlertState.FIRING:
+                self._set(a, AlertState.RECOVERING, ts, out)
                 if info.clear_for <= 0:
-                    self._drop(a, RESOLVED, ts, out)
-            elif a.state == RECOVERING:
-                if gap:
-                    a.since = ts
-                elif ts - a.since >= info.clear_for:
-                    self._drop(a, RESOLVED, ts, out)
-        elif a.state == PENDING:
-            self._drop(a, INACTIVE, ts, out)
-        elif a.state == RECOVERING:
-            self._set(a, FIRING, ts, out, "back in the hysteresis band")
+                    self._drop(a, AlertState.RESOLVED, ts, out)
+            elif a.state == AlertState.RECOVERING and _held(a, ts, gap, info.clear_for):
+                self._drop(a, AlertState.RESOLVED, ts, out)
+        elif a.state == AlertState.PENDING:
+            self._drop(a, AlertState.INACTIVE, ts, out)
+        elif a.state == AlertState.RECOVERING:
+            self._set(a, AlertState.FIRING, ts, out, "back in the hysteresis band")
 
-    def _set(self, a: Alert, state: str, ts: float, out: list[Transition], note: str = "") -> None:
+    def _set(self, a: Alert, state: AlertState, ts: float, out: list[Transition], note: str = "") -> None:
         out.append(AlertChange(ts, a.key, a.rule, a.device, a.state, state, a.value, note))
         a.state = state
         a.since = ts
-        if state == FIRING and a.fired_at is None:
+        if state == AlertState.FIRING and a.fired_at is None:
             a.fired_at = ts
         self._dirty = True
 
-    def _drop(self, a: Alert, state: str, ts: float, out: list[Transition]) -> None:
+    def _drop(self, a: Alert, state: AlertState, ts: float, out: list[Transition]) -> None:
         out.append(AlertChange(ts, a.key, a.rule, a.device, a.state, state, a.value))
         del self.alerts[a.key]
-        if state == RESOLVED:
+        if state == AlertState.RESOLVED:
             self._dirty = True
 
     # ---------------------------------------------------------------------------------------------------
@@ -308,21 +303,11 @@ class Engine:
         for a in alerts:
             if a.rule not in self.infos or a.device not in self.topo.devices:
                 continue  # the rule or device left the site file; its incident keeps its history
-            if a.state in (PENDING, RECOVERING):
+            if a.state in (AlertState.PENDING, AlertState.RECOVERING):
                 a.last_evidence = -INF
             self.alerts[a.key] = a
         for inc in incidents:
-            self.corr.incidents[inc.id] = inc
-            self.corr.next_id = max(self.corr.next_id, inc.id + 1)
-            if inc.is_open:
-                self.corr.open_by_key[inc.key] = inc.id
-                kind, _, ref = inc.scope.partition(":")
-                if inc.category == "power_outage" and kind == "domain":
-                    self.corr.domain_active.add(ref)
-            elif inc.state == "resolved":
-                prev = self.corr.resolved_by_key.get(inc.key)
-                if prev is None or prev < inc.id:
-                    self.corr.resolved_by_key[inc.key] = inc.id
+            self.corr.restore_incident(inc)
         for k in self.kinds:
             st = (kinds_state or {}).get(k.info.id)
             if st:
@@ -330,6 +315,15 @@ class Engine:
         for d in self.last_seen:
             self.last_seen[d] = max(self.last_seen[d], self.now)
         self._dirty = True
+
+
+def _held(a: Alert, ts: float, gap: bool, hold: float) -> bool:
+    """Whether the alert's running hold (`for` while pending, `clear_for` while recovering) has lasted
+    `hold` by this evidence. A gap in the evidence restarts it from here: a hold needs continuous proof."""
+    if gap:
+        a.since = ts
+        return False
+    return ts - a.since >= hold
 
 
 __all__ = ["MAINS_RULE", "Engine"]

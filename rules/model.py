@@ -6,17 +6,85 @@ Every time here is an absolute UTC epoch second, so state can be stored and rest
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-# alert states; "inactive" alerts are not kept, "resolved" is reported once and then dropped
-PENDING, FIRING, RECOVERING, RESOLVED, INACTIVE = "pending", "firing", "recovering", "resolved", "inactive"
-# incident states
-OPEN_STATES = ("firing", "recovering")
+# The rule that watches the gateway's own mains supply (compiled from the site's `mains:`): its alert is the
+# site-wide power outage root.
+MAINS_RULE = "site.mains"
+
+
+class AlertState(StrEnum):
+    """An alert's life: inactive -> pending -> firing -> recovering -> resolved. Inactive alerts are not
+    kept; resolved is reported once and then dropped."""
+
+    PENDING = "pending"
+    FIRING = "firing"
+    RECOVERING = "recovering"
+    RESOLVED = "resolved"
+    INACTIVE = "inactive"
+
+
+class IncidentState(StrEnum):
+    FIRING = "firing"
+    RECOVERING = "recovering"
+    RESOLVED = "resolved"
+    MERGED = "merged"  # absorbed into the incident of a root cause found later
+
+
+OPEN_STATES = (IncidentState.FIRING, IncidentState.RECOVERING)
+
+
+class IncidentEvent(StrEnum):
+    """What an incident's timeline records (IncidentChange.event, the store's timeline.event)."""
+
+    OPENED = "opened"
+    SYMPTOM = "symptom"  # a device not seen before joined
+    ABSORBED = "absorbed"  # an incident below it was merged into it
+    MERGED = "merged"  # it was merged into an incident above it
+    RECOVERING = "recovering"
+    REFIRED = "refired"
+    FLAPPING = "flapping"
+    RESOLVED = "resolved"
+    REOPENED = "reopened"
+    GATEWAY_DOWN = "gateway_down"  # written by the store on a start: the gateway was down meanwhile
+
+
+class AlertKey(str):
+    """Which alert instance: one rule on one device, and a sub-key (e.g. a phase) for a rule that keeps
+    several per device. It is its own text, `rule|device` or `rule|device|sub` (ids never contain `|`), so
+    it is stored, compared, sorted and hashed as the plain string keys always were."""
+
+    __slots__ = ()
+
+    def __new__(cls, rule: str, device: str, sub: str = "") -> AlertKey:
+        return super().__new__(cls, f"{rule}|{device}|{sub}" if sub else f"{rule}|{device}")
+
+    @staticmethod
+    def parse(text: str) -> AlertKey:
+        rule, device, *sub = text.split("|", 2)
+        return AlertKey(rule, device, sub[0] if sub else "")
+
+    def __getnewargs__(self) -> tuple[str, str, str]:  # type: ignore[override]
+        return self.rule, self.device, self.sub  # for copy and pickle, which call __new__ with these
+
+    @property
+    def rule(self) -> str:
+        return self.split("|", 2)[0]
+
+    @property
+    def device(self) -> str:
+        return self.split("|", 2)[1]
+
+    @property
+    def sub(self) -> str:
+        parts = self.split("|", 2)
+        return parts[2] if len(parts) > 2 else ""
 
 
 @dataclass(frozen=True, slots=True)
 class RuleInfo:
     id: str
-    kind: str
+    kind: str  # the rule's `kind:` in the site file: polyphase | threshold | absence | rate | ...
     category: str
     event_code: str
     severity: str
@@ -45,10 +113,10 @@ class DetectionSettings:
 class Alert:
     """One rule watching one device (and a sub-key such as a phase), while it is not inactive."""
 
-    key: str
+    key: AlertKey
     rule: str
     device: str
-    state: str
+    state: AlertState
     since: float  # entered the current state (for pending and recovering: the running hold's start)
     started: float  # first became pending
     last_evidence: float  # sample time of the latest evidence either way
@@ -58,7 +126,7 @@ class Alert:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "key": self.key, "rule": self.rule, "device": self.device, "state": self.state,
+            "key": str(self.key), "rule": self.rule, "device": self.device, "state": str(self.state),
             "since": self.since, "started": self.started, "last_evidence": self.last_evidence,
             "value": self.value, "fired_at": self.fired_at, "flaps": self.flaps,
         }  # fmt: skip
@@ -76,7 +144,8 @@ class Alert:
 
         flaps = d.get("flaps", 0)
         return Alert(
-            key=str(d["key"]), rule=str(d["rule"]), device=str(d["device"]), state=str(d["state"]),
+            key=AlertKey.parse(str(d["key"])), rule=str(d["rule"]), device=str(d["device"]),
+            state=AlertState(str(d["state"])),
             since=f("since"), started=f("started"), last_evidence=f("last_evidence"), value=fo("value"),
             fired_at=fo("fired_at"), flaps=int(flaps) if isinstance(flaps, int) else 0,
         )  # fmt: skip
@@ -95,7 +164,7 @@ class Incident:
     event_code: str
     audiences: list[str]
     households: int
-    state: str  # firing | recovering | resolved | merged
+    state: IncidentState
     opened_at: float
     first_evidence_at: float
     updated_at: float
@@ -107,7 +176,7 @@ class Incident:
     reopen_count: int = 0
     merged_into: int | None = None
     absorbed: list[int] = field(default_factory=list)
-    alerts: list[str] = field(default_factory=list)  # alert keys attached now
+    alerts: list[AlertKey] = field(default_factory=list)  # attached now, sorted
     symptoms: dict[str, list[str]] = field(default_factory=dict)  # device -> rules seen on it
 
     @property
@@ -118,13 +187,13 @@ class Incident:
         return {
             "id": self.id, "key": self.key, "category": self.category, "scope": self.scope,
             "title": self.title, "severity": self.severity, "event_code": self.event_code,
-            "audiences": list(self.audiences), "households": self.households, "state": self.state,
+            "audiences": list(self.audiences), "households": self.households, "state": str(self.state),
             "opened_at": self.opened_at, "first_evidence_at": self.first_evidence_at,
             "updated_at": self.updated_at, "recovering_since": self.recovering_since,
             "resolved_at": self.resolved_at, "flap_count": self.flap_count,
             "flap_times": list(self.flap_times), "flapping": self.flapping,
             "reopen_count": self.reopen_count, "merged_into": self.merged_into,
-            "absorbed": list(self.absorbed), "alerts": list(self.alerts),
+            "absorbed": list(self.absorbed), "alerts": [str(k) for k in self.alerts],
             "symptoms": {k: list(v) for k, v in self.symptoms.items()},
         }  # fmt: skip
 
@@ -135,7 +204,7 @@ class Incident:
             **{k: d[k] for k in ("key", "category", "scope", "title", "severity", "event_code")},  # type: ignore[arg-type]
             audiences=list(d.get("audiences") or []),  # type: ignore[call-overload]
             households=int(d.get("households") or 0),  # type: ignore[call-overload]
-            state=str(d["state"]),
+            state=IncidentState(str(d["state"])),
             opened_at=float(d["opened_at"]),  # type: ignore[arg-type]
             first_evidence_at=float(d["first_evidence_at"]),  # type: ignore[arg-type]
             updated_at=float(d["updated_at"]),  # type: ignore[arg-type]
@@ -147,7 +216,7 @@ class Incident:
         inc.flapping = bool(d.get("flapping"))
         inc.reopen_count = int(d.get("reopen_count") or 0)  # type: ignore[call-overload]
         inc.absorbed = [int(x) for x in d.get("absorbed") or []]  # type: ignore[attr-defined]
-        inc.alerts = [str(x) for x in d.get("alerts") or []]  # type: ignore[attr-defined]
+        inc.alerts = [AlertKey.parse(str(x)) for x in d.get("alerts") or []]  # type: ignore[attr-defined]
         inc.symptoms = {str(k): list(v) for k, v in (d.get("symptoms") or {}).items()}  # type: ignore[attr-defined]
         return inc
 
@@ -155,11 +224,11 @@ class Incident:
 @dataclass(frozen=True, slots=True)
 class AlertChange:
     ts: float
-    key: str
+    key: AlertKey
     rule: str
     device: str
-    old: str
-    new: str
+    old: AlertState
+    new: AlertState
     value: float | None = None
     note: str = ""
 
@@ -170,7 +239,7 @@ class IncidentChange:
 
     ts: float
     incident: int
-    event: str  # opened | symptom | absorbed | merged | recovering | refired | flapping | resolved | reopened
+    event: IncidentEvent
     notify: bool
     detail: str = ""
 

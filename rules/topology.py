@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-POWER_METER_ROLES = frozenset({"main_power", "unit_power"})
+from gateway.config.devices import Role
+
+POWER_METER_ROLES = frozenset({Role.MAIN_POWER, Role.UNIT_POWER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +28,16 @@ class DeviceNode:
     nominal_voltage: float = 220.0
     source: str = "modbus"
 
+    @property
+    def default_stale_after(self) -> float:
+        """How long it may stay silent when no rule says: three missed samples, and never under 10 s."""
+        return max(3.0 * self.interval, 10.0)
+
 
 @dataclass(frozen=True, slots=True)
 class DomainNode:
     id: str
-    kind: str  # power | water
+    supply: str  # power | water (the site file's domain `kind`)
     building: str
     households: int
     parent: str | None = None

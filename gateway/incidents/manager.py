@@ -23,7 +23,7 @@ from gateway.core.types import Event
 from gateway.incidents.site_model import build_engine
 from gateway.incidents.store import Batch, Downtime, IncidentStore, StoreReader
 from rules.engine import Engine
-from rules.model import Alert, AlertChange, Incident, IncidentChange, Transition
+from rules.model import Alert, AlertChange, AlertKey, Incident, IncidentChange, IncidentEvent, Transition
 
 log = logging.getLogger("meterwatch.incidents")
 
@@ -54,10 +54,10 @@ class IncidentManager:
         self.downtime: Downtime | None = None
         self.errors = 0  # engine steps that raised (a bug, logged); the daemon goes on
         self._batch = Batch()
-        self._alert_keys: set[str] = set()
+        self._alert_keys: set[AlertKey] = set()
         self._incident_ids: set[int] = set()
         self._written: dict[int, str] = {}
-        self._stored_alerts: set[str] = set()
+        self._stored_alerts: set[AlertKey] = set()
         self._kinds_json = ""
         self._last_heartbeat = 0.0
         self._open: list[Incident] = []
@@ -69,7 +69,7 @@ class IncidentManager:
         loaded = store.load()
         engine.restore(loaded.alerts, loaded.incidents, loaded.kinds_state, now)
         # ids are never reused, even of incidents the engine no longer holds
-        engine.corr.next_id = max(engine.corr.next_id, loaded.max_incident_id + 1)
+        engine.corr.reserve_ids(loaded.max_incident_id + 1)
         mgr = cls(site, engine, store, float(site.config.incidents.heartbeat))
         mgr._written = {i.id: json.dumps(i.to_dict()) for i in loaded.incidents}
         mgr._stored_alerts = {a.key for a in loaded.alerts}
@@ -143,13 +143,14 @@ class IncidentManager:
         fields: dict[str, object] = {"id": t.incident, "event": t.event}
         if inc is not None:
             fields.update(category=inc.category, scope=inc.scope, state=inc.state, severity=inc.severity)
-            if t.event == "opened":
+            if t.event == IncidentEvent.OPENED:
                 fields.update(title=inc.title, households=inc.households)
         fields.update(at=self.local(t.ts), notify=t.notify)
         if t.detail:
             fields["detail"] = t.detail
         # An incident opening or coming back is what the operator must not miss, even at --log-level warning.
-        level = logging.WARNING if t.event in ("opened", "reopened", "refired") else logging.INFO
+        loud = (IncidentEvent.OPENED, IncidentEvent.REOPENED, IncidentEvent.REFIRED)
+        level = logging.WARNING if t.event in loud else logging.INFO
         log.log(level, f"incident {t.event}", extra={"fields": fields})
 
     # ---- persistence ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from gateway.core.timefmt import local_iso
 from gateway.core.types import Event
 from gateway.incidents.site_model import build_engine
 from rules.engine import Engine
-from rules.model import Incident, IncidentChange, Transition
+from rules.model import Incident, IncidentChange, IncidentState, Transition
 
 
 @dataclass
@@ -30,7 +30,7 @@ class ReplayResult:
 
     def incidents(self, include_merged: bool = False) -> list[Incident]:
         incs = sorted(self.engine.incidents.values(), key=lambda i: (i.opened_at, i.id))
-        return [i for i in incs if include_merged or i.state != "merged"]
+        return [i for i in incs if include_merged or i.state != IncidentState.MERGED]
 
     def timeline(self, incident_id: int) -> list[IncidentChange]:
         return [t for t in self.transitions if isinstance(t, IncidentChange) and t.incident == incident_id]
@@ -78,7 +78,7 @@ def incident_record(inc: Incident, tz: str) -> dict[str, Any]:
         "category": inc.category,
         "scope": inc.scope,
         "title": inc.title,
-        "state": inc.state,
+        "state": str(inc.state),
         "severity": inc.severity,
         "event_code": inc.event_code,
         "audiences": list(inc.audiences),

@@ -21,7 +21,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rules.model import Alert, AlertChange, Incident, IncidentChange
+from rules.model import (
+    OPEN_STATES,
+    Alert,
+    AlertChange,
+    AlertKey,
+    AlertState,
+    Incident,
+    IncidentChange,
+    IncidentEvent,
+    IncidentState,
+)
 
 SCHEMA_VERSION = "1"
 
@@ -70,7 +80,7 @@ CREATE TABLE IF NOT EXISTS downtime(
 );
 """
 
-GATEWAY_DOWN = "gateway_down"
+GATEWAY_DOWN = IncidentEvent.GATEWAY_DOWN
 
 
 class StoreError(Exception):
@@ -115,8 +125,8 @@ class Batch:
     """Whole engine steps' worth of changes, written in one transaction."""
 
     incidents: dict[int, Incident] = field(default_factory=dict)
-    alerts_upsert: dict[str, Alert] = field(default_factory=dict)
-    alerts_delete: set[str] = field(default_factory=set)
+    alerts_upsert: dict[AlertKey, Alert] = field(default_factory=dict)
+    alerts_delete: set[AlertKey] = field(default_factory=set)
     timeline: list[IncidentChange] = field(default_factory=list)
     alert_log: list[AlertChange] = field(default_factory=list)
     kinds_state: dict[str, dict[str, object]] | None = None
@@ -201,7 +211,7 @@ class IncidentStore:
                 for inc_id in open_incidents:
                     db.execute(
                         "INSERT INTO timeline(incident_id, ts, event, notify, detail) VALUES (?, ?, ?, 0, ?)",
-                        (inc_id, now, GATEWAY_DOWN, detail),
+                        (inc_id, now, str(GATEWAY_DOWN), detail),
                     )
             self._put_meta(db, "heartbeat", repr(now))
             self._put_meta(db, "clean_stop", "0")
@@ -227,23 +237,33 @@ class IncidentStore:
                     " VALUES (?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(id) DO UPDATE SET key=excluded.key, state=excluded.state,"
                     " opened_at=excluded.opened_at, updated_at=excluded.updated_at, data=excluded.data",
-                    (inc.id, inc.key, inc.state, inc.opened_at, inc.updated_at, json.dumps(inc.to_dict())),
+                    (
+                        inc.id,
+                        inc.key,
+                        str(inc.state),
+                        inc.opened_at,
+                        inc.updated_at,
+                        json.dumps(inc.to_dict()),
+                    ),
                 )
             for key in batch.alerts_delete:
-                db.execute("DELETE FROM alerts WHERE key = ?", (key,))
+                db.execute("DELETE FROM alerts WHERE key = ?", (str(key),))
             db.executemany(
                 "INSERT INTO alerts(key, data) VALUES (?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET data=excluded.data",
-                [(a.key, json.dumps(a.to_dict())) for a in batch.alerts_upsert.values()],
+                [(str(a.key), json.dumps(a.to_dict())) for a in batch.alerts_upsert.values()],
             )
             db.executemany(
                 "INSERT INTO timeline(incident_id, ts, event, notify, detail) VALUES (?, ?, ?, ?, ?)",
-                [(c.incident, c.ts, c.event, int(c.notify), c.detail) for c in batch.timeline],
+                [(c.incident, c.ts, str(c.event), int(c.notify), c.detail) for c in batch.timeline],
             )
             db.executemany(
                 "INSERT INTO alert_log(ts, key, rule, device, old, new, value, note)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(c.ts, c.key, c.rule, c.device, c.old, c.new, c.value, c.note) for c in batch.alert_log],
+                [
+                    (c.ts, str(c.key), c.rule, c.device, str(c.old), str(c.new), c.value, c.note)
+                    for c in batch.alert_log
+                ],
             )
             if batch.kinds_state is not None:
                 db.execute("DELETE FROM kinds_state")
@@ -296,7 +316,8 @@ class StoreReader:
 
     def incidents(self, state: str = "all", limit: int = 100) -> list[Incident]:
         """Newest first; state "open" = firing or recovering, "all" = everything but merged ones."""
-        where = "state IN ('firing', 'recovering')" if state == "open" else "state != 'merged'"
+        open_states = ", ".join(f"'{s}'" for s in OPEN_STATES)
+        where = f"state IN ({open_states})" if state == "open" else f"state != '{IncidentState.MERGED}'"
         with self._conn() as db:
             rows = db.execute(f"SELECT data FROM incidents WHERE {where} ORDER BY id DESC LIMIT ?", (limit,))
             return [Incident.from_dict(json.loads(d)) for (d,) in rows]
@@ -325,4 +346,7 @@ class StoreReader:
             rows = db.execute(
                 "SELECT ts, key, rule, device, old, new, value, note FROM alert_log ORDER BY seq"
             ).fetchall()
-        return [AlertChange(t, k, r, d, o, n, v, note) for t, k, r, d, o, n, v, note in rows]
+        return [
+            AlertChange(t, AlertKey.parse(k), r, d, AlertState(o), AlertState(n), v, note)
+            for t, k, r, d, o, n, v, note in rows
+        ]
