@@ -34,7 +34,7 @@ soak: bootstrap
 lock:
 	rm -rf .lock-venv && python3 -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -q --upgrade pip >/dev/null
-	.lock-venv/bin/python -m pip install -q -e '.[dev]'
+	.lock-venv/bin/python -m pip install -q -e '.[dev,demo]'
 	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep '=='; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 

@@ -54,7 +54,13 @@ async def local_broker(host: str, port: int) -> AsyncIterator[str]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
         return
-    from amqtt.broker import Broker
+    try:
+        from amqtt.broker import Broker
+    except ImportError:
+        raise RuntimeError(
+            "no MQTT broker: mosquitto is not installed and neither is the demo extra "
+            "(apt-get install mosquitto, or pip install 'meterwatch[demo]')"
+        ) from None
 
     broker = Broker(
         {

@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_demo(site, scenario, args.duration, plain, state_dir))
         except KeyboardInterrupt:
             return 0
+        except RuntimeError as exc:  # no broker to be had: say what to install
+            print(f"demo: {exc}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -22,17 +22,10 @@ from gateway.app.modbus import modbus_specs
 from gateway.config import Site, load_site
 from gateway.core.types import DeviceStatus, Event, Sample, SourceStatus
 from tests.fixtures.sim import SimHandle
+from tests.helpers import eventually as until
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers
-
-
-async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Recorder:

@@ -32,6 +32,7 @@ from tests.fixtures.prometheus import Prometheus
 from tests.fixtures.sim import SIM_DEVICES, SimHandle, write_sim_site
 from tests.fixtures.victoria import Victoria
 from tests.helpers import REPO, free_port
+from tests.helpers import eventually as until
 
 PROMTOOL = "/usr/bin/promtool"
 ALERTS = REPO / "deploy/prometheus/alerts.yml"
@@ -83,14 +84,6 @@ async def scrape(port: int) -> Scrape:
     status, body = await asyncio.to_thread(http_get, port, "/metrics")
     assert status == 200, body
     return Scrape(body)
-
-
-async def until(pred: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def scrape_until(port: int, pred: Callable[[Scrape], object], timeout: float, what: str) -> Scrape:

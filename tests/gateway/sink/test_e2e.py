@@ -27,6 +27,7 @@ from gateway.sink.tap import SampleTap, read_tap
 from simulators.runner import SimulatorThread
 from tests.fixtures.sim import SIM_DEVICES, write_sim_site
 from tests.fixtures.victoria import PointKey, Victoria, differences, expected_points, same_value
+from tests.helpers import eventually
 
 DEVICES = [d[0] for d in SIM_DEVICES]
 SELECTOR = '{site="simtest"}'
@@ -99,14 +100,6 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Callable[[Site], RunningDaemon
     for d in running:
         if not d.task.done():
             await d.shutdown()
-
-
-async def eventually(pred: Callable[[], object], timeout: float, what: str, every: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(every)
 
 
 async def stored(victoria: Victoria) -> dict[PointKey, float]:

@@ -19,6 +19,7 @@ from gateway.config import load_site
 from gateway.core.types import Sample
 from gateway.sink.forwarder import Forwarder
 from gateway.sink.influx import parse_retry_after
+from tests.helpers import eventually
 
 Answer = tuple[int, dict[str, str], str]
 
@@ -97,14 +98,6 @@ async def run_sink(tmp_path: Path, url: str, batch: int = 100) -> Running:
     assert fw is not None
     tasks = [asyncio.create_task(fw.run(stop))]
     return Running(rt, fw, stop, tasks)
-
-
-async def eventually(pred: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def publish(rt: Runtime, n: int, device: str = "M1", start: int = 0) -> None:

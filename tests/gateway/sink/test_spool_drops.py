@@ -9,12 +9,9 @@ The daemon (build_runtime + serve) polls the simulated site while VictoriaMetric
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app.daemon import build_runtime, serve
@@ -25,6 +22,7 @@ from gateway.sink.tap import SampleTap, read_tap
 from simulators.runner import SimulatorThread
 from tests.fixtures.sim import write_sim_site
 from tests.fixtures.victoria import PointKey, Victoria, differences, expected_points, stored_ms
+from tests.helpers import eventually
 
 SELECTOR = '{site="simtest"}'
 MAX_BYTES = 24_000
@@ -43,14 +41,6 @@ def scrape(port: int) -> dict[str, float]:
 
 
 DROPPED = 'meterwatch_spool_dropped_points_total{reason="bytes"}'
-
-
-async def eventually(pred: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 def value_keys(s: Sample, enc: LineEncoder) -> set[PointKey]:

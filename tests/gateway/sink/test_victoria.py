@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from gateway.core.bus import Bus
 from gateway.core.types import DeviceStatus, Sample
 from gateway.sink.forwarder import Forwarder
 from tests.fixtures.victoria import Victoria
+from tests.helpers import eventually
 
 SITE = """\
 site: {{id: t1}}
@@ -37,14 +36,6 @@ def make_site(tmp_path: Path, url: str, mode: str = "durable") -> Site:
     p = tmp_path / "site.yaml"
     p.write_text(SITE.format(url=url, mode=mode))
     return load_site(p)
-
-
-async def eventually(pred: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def same(got: dict[int, float], want: dict[int, float]) -> bool:
