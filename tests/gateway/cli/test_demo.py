@@ -1,80 +1,32 @@
-"""`make demo` as a new user sees it: the example site served, polled and shown live within 10 s.
+"""`make demo` as a new user sees it: the example site served, polled and shown live, every device up.
 
 The demo runs as a subprocess (`python -m gateway.cli.demo --plain`) on a copy of
 deploy/examples/compound.yaml
 whose ports and pseudo-terminal path are moved to free ones, so it can run beside other tests.
+
+The test waits on what the demo prints, with generous time-outs that fail only when it never comes; how soon
+the readings show (time to first readings) is measured and printed by bench/demo_start.py, not asserted.
 """
 
 from __future__ import annotations
 
-import re
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.helpers import REPO, free_port
+from bench.demo_start import EXAMPLE, all_up_with_values, example_on_free_ports
 from tests.procwatch import Watched
 
-EXAMPLE = REPO / "deploy/examples/compound.yaml"
-BLOCK = re.compile(r"^--- \d\d:\d\d:\d\d live readings$")
 
-
-def example_on_free_ports(directory: Path) -> tuple[Path, list[str]]:
-    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    for line in doc["lines"]:
-        if line["transport"] == "rtu":
-            line["device"] = str(directory / f"tty-{line['id']}")
-        else:
-            line["port"] = free_port()
-    doc["mqtt"]["port"] = free_port()
-    doc["http"] = {"port": 0}
-    path = directory / "compound.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return path, [d["id"] for d in doc["devices"]]
-
-
-def readings_blocks(lines: list[str]) -> list[dict[str, str]]:
-    """Each complete `--- HH:MM:SS live readings` block as device -> the rest of its line."""
-    blocks: list[dict[str, str]] = []
-    current: dict[str, str] | None = None
-    for line in lines:
-        if BLOCK.match(line):
-            current = {}
-            blocks.append(current)
-        elif current is not None and line and not line.startswith("demo:"):
-            device, _, rest = line.partition(" ")
-            current[device] = rest.strip()
-        else:
-            current = None
-    return blocks
-
-
-def all_up_with_values(devices: list[str]) -> Any:
-    def check(lines: list[str]) -> bool:
-        for block in readings_blocks(lines):
-            if set(block) >= set(devices) and all(
-                block[d].startswith("up ") and "=" in block[d].split("age=", 1)[1] for d in devices
-            ):
-                return True
-        return False
-
-    return check
-
-
-def test_demo_shows_every_device_up_within_10s_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def test_demo_shows_every_device_up_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     site, devices = example_on_free_ports(tmp_path)
     demo = Watched("gateway.cli.demo", [str(site), "--plain"], cwd=tmp_path)
     try:
-        # The clock starts at the demo's first line (interpreter start-up is not the demo's to spend, and
-        # it varies with the load of a shared test machine); from there the user must see readings in 10 s.
-        started = demo.wait_for(
+        demo.wait_for(
             lambda lines: any(ln.startswith("demo: ") for ln in lines), 60, "the demo's first line", "out"
         )
-        seen = demo.wait_for(all_up_with_values(devices), 12, "a readings block with every device up", "out")
-        assert seen - started <= 10.0, demo.dump()
+        demo.wait_for(all_up_with_values(devices), 60, "a readings block with every device up", "out")
         code = demo.stop(signal.SIGINT)
     finally:
         demo.kill()
