@@ -15,6 +15,7 @@ from gateway.config.rules import (
     RateRule,
     RuleSpec,
     SequenceRule,
+    StuckRule,
     ThresholdRule,
 )
 from rules.kinds import (
@@ -25,6 +26,7 @@ from rules.kinds import (
     Polyphase,
     Rate,
     SequenceKind,
+    Stuck,
     Threshold,
 )
 from rules.model import MAINS_RULE, DetectionSettings, RuleInfo
@@ -37,6 +39,7 @@ _DEFAULT_CATEGORY = {
     "rate": "rate",
     "calendar": "calendar",
     "sequence": "equipment_fault",
+    "stuck": "sensor_fault",
 }
 
 
@@ -129,6 +132,29 @@ def compile_rules(specs: list[RuleSpec], topo: Topology) -> list[Kind]:
                     r.max_starts,
                     r.period,
                     r.stopped_below if r.stopped_below is not None else r.running.above / 2,
+                )
+            )
+        elif isinstance(r, StuckRule):
+            # the gap the engine allows each device (its shortest absence stale_after): a longer pause in
+            # the readings restarts the flat span
+            absence = [x for x in specs if isinstance(x, AbsenceRule) and x.enabled]
+            gap: dict[str, float] = {}
+            for d in devs:
+                node = topo.devices[d]
+                own = node.default_stale_after
+                gap[d] = min((x.stale_after or own for x in absence if matches(x.match, node)), default=own)
+            vary = r.while_varies
+            out.append(
+                Stuck(
+                    _info(r),
+                    devs,
+                    r.quantity,
+                    r.tolerance,
+                    r.after,
+                    gap,
+                    vary.quantity if vary is not None else None,
+                    vary.min_range if vary is not None else 0.0,
+                    r.only_above,
                 )
             )
     if topo.mains is not None and topo.mains.device in topo.devices:

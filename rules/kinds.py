@@ -356,3 +356,124 @@ class SequenceKind(Kind):
             return []
         met = any(v > c.above for c, v in got)
         return [("", not met, max(v for _, v in got))]
+
+
+# Readings this close (relative to their size) are the same reading: float rounding is no change.
+_SAME = 1e-9
+
+
+@dataclass
+class _Flat:
+    """One device's current flat span: the value its readings have stayed within tolerance of, since when."""
+
+    anchor: float
+    since: float  # the first reading of the span
+    last: float  # the latest reading of the span
+    moved: bool  # the span began with a change seen (not with a first reading, or the first after a gap)
+    related: dict[str, list[float]] = field(default_factory=dict)  # peer device -> [lo, hi] in the span
+
+
+@dataclass
+class Stuck(Kind):
+    """`kind: stuck`: a reading that stays within `tolerance` of one value for `after`, optionally while a
+    related quantity of the same supply domain (else building) varies by more than `min_range`.
+
+    Per device it keeps the flat span (anchor value, its start, the latest reading) and, for the related
+    quantity, the lowest and highest reading of each peer device seen during the span: O(peers) per sample,
+    memory bounded by the devices. The peers' latest readings come from the engine's context (a rule only
+    sees its own devices' samples), taken at each sample of the watched device while they are fresh.
+
+    Evidence: True once flat for `after` (and the related quantity varied, if given); False while the
+    reading changed less than `after` ago (fresh proof the sensor follows the process); None when it cannot
+    tell: flat since the first reading or since a gap, flat while the related quantity is flat too, or flat
+    at or below `only_above`. A pause longer than the engine's gap for the device restarts the span, so
+    data that stops never makes a sensor stuck.
+    """
+
+    info: RuleInfo
+    devices: frozenset[str]
+    quantity: str
+    tolerance: float
+    after: float
+    gap: dict[str, float]  # device -> the engine's gap for it (the longest pause that is no gap)
+    related: str | None = None  # while_varies.quantity
+    min_range: float = 0.0
+    only_above: float | None = None
+    flat: dict[str, _Flat] = field(default_factory=dict)
+    _peers: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+
+    def on_sample(self, dev: DeviceNode, s: Sample, ctx: Context) -> list[Evidence]:
+        v = s.values.get(self.quantity)
+        if v is None:
+            return []
+        f = self.flat.get(dev.id)
+        if f is not None and s.ts < f.last:
+            return []  # late, out of order: the span is already past it
+        if f is None or s.ts - f.last > self.gap.get(dev.id, dev.default_stale_after):
+            f = self.flat[dev.id] = _Flat(v, s.ts, s.ts, moved=False)
+        elif abs(v - f.anchor) > self.tolerance + _SAME * max(1.0, abs(f.anchor)):
+            f = self.flat[dev.id] = _Flat(v, s.ts, s.ts, moved=True)
+        else:
+            f.last = s.ts
+        if self.related is not None:
+            self._track(dev, f, s.ts, ctx)
+        cond: bool | None
+        if s.ts - f.since < self.after:
+            cond = False if f.moved else None
+        elif self.only_above is not None and f.anchor <= self.only_above:
+            cond = None
+        else:
+            cond = True if self._varied(f) else None
+        return [("", cond, v)]
+
+    def _peers_of(self, dev: DeviceNode, topo: Topology) -> tuple[str, ...]:
+        """Devices whose related readings count: the same supply domain, else the same building. The device
+        itself counts too (a meter of both quantities), unless the related quantity is the watched one."""
+        peers = self._peers.get(dev.id)
+        if peers is None:
+            peers = self._peers[dev.id] = tuple(
+                d.id
+                for d in topo.devices.values()
+                if (d.domain == dev.domain if dev.domain else d.building == dev.building)
+                and not (d.id == dev.id and self.related == self.quantity)
+            )
+        return peers
+
+    def _track(self, dev: DeviceNode, f: _Flat, now: float, ctx: Context) -> None:
+        assert self.related is not None
+        for p in self._peers_of(dev, ctx.topology):
+            x = ctx.last_values.get(p, {}).get(self.related)
+            node = ctx.topology.devices.get(p)
+            age = now - ctx.last_ts.get(p, float("-inf"))
+            if x is None or node is None or age > node.default_stale_after:
+                continue  # no reading, or one too old to tell about the span
+            r = f.related.get(p)
+            if r is None:
+                f.related[p] = [x, x]
+            elif x < r[0]:
+                r[0] = x
+            elif x > r[1]:
+                r[1] = x
+
+    def _varied(self, f: _Flat) -> bool:
+        if self.related is None:
+            return True
+        return any(hi - lo > self.min_range for lo, hi in f.related.values())
+
+    def export(self) -> dict[str, object]:
+        if not self.flat:
+            return {}
+        return {
+            "flat": {
+                d: [f.anchor, f.since, f.last, f.moved, {p: list(r) for p, r in f.related.items()}]
+                for d, f in self.flat.items()
+            }
+        }
+
+    def restore(self, data: dict[str, object]) -> None:
+        flat = data.get("flat") or {}
+        assert isinstance(flat, dict)
+        for d, (anchor, since, last, moved, related) in flat.items():
+            if d in self.devices:
+                rel = {str(p): [float(r[0]), float(r[1])] for p, r in related.items()}
+                self.flat[d] = _Flat(float(anchor), float(since), float(last), bool(moved), rel)

@@ -135,6 +135,42 @@ DEFAULT_RULES: list[RuleSpec] = [
         period="1h",
         clear_for="0s",
     ),
+    # A frozen transmitter: the same reading (within one step of rs485-pressure's 0.001 bar) for 30 minutes
+    # while the zone's flow moves by over 1 m3/h. Flat while the flow is flat too (a quiet night) is no fault.
+    _r(
+        id="pressure.stuck",
+        kind="stuck",
+        quantity="pressure",
+        tolerance=0.001,
+        after="30m",
+        while_varies={"quantity": "flow", "min_range": 1.0},
+        category="sensor_fault",
+        severity="minor",
+        audiences=["staff"],
+        scope="device",
+        event_code="003",
+        match={"roles": ["zone_pressure"]},
+        clear_for="5m",
+    ),
+    # A frozen flow meter: exactly the same non-zero flow for 30 minutes while the zone pressure moves by over
+    # 0.1 bar (pressure swings move any flow through open taps). A flow of exactly 0 is the meter's low-flow
+    # cut-off with nothing drawn, not a fault, however the supply pressure moves.
+    _r(
+        id="flow.stuck",
+        kind="stuck",
+        quantity="flow",
+        tolerance=0.0,
+        after="30m",
+        while_varies={"quantity": "pressure", "min_range": 0.1},
+        only_above=0.0,
+        category="sensor_fault",
+        severity="minor",
+        audiences=["staff"],
+        scope="device",
+        event_code="003",
+        match={"roles": ["flow"]},
+        clear_for="5m",
+    ),
 ]
 
 

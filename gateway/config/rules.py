@@ -33,7 +33,8 @@ _Category = Field(
     pattern=r"^$|^[a-z][a-z0-9_]*$",
     max_length=40,
     description="incident category, e.g. water_supply: alerts of one category and scope make one incident; "
-    "default by kind (polyphase power_outage, absence comm_fault, sequence equipment_fault, else the kind)",
+    "default by kind (polyphase power_outage, absence comm_fault, sequence equipment_fault, stuck "
+    "sensor_fault, else the kind)",
 )
 
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -271,9 +272,61 @@ class SequenceRule(RuleBase):
         return self
 
 
+class Varies(Strict):
+    quantity: str = Field(
+        description="the related quantity, e.g. flow; read from the devices of the watched device's supply "
+        "domain (of its building when it has no domain)"
+    )
+    min_range: float = Field(
+        description="it varied when one device's readings of it (max - min) spread by more than this over "
+        "the span the watched reading stayed flat"
+    )
+
+    @field_validator("min_range")
+    @classmethod
+    def _min_range(cls, v: float) -> float:
+        if not v >= 0:
+            raise ValueError(f"min_range must be >= 0 (a spread of readings), got {v:g}")
+        return v
+
+
+class StuckRule(RuleBase):
+    """A sensor whose reading stays flat (no change beyond tolerance) for `after`, optionally while a related
+    quantity in its supply domain varies (a pressure transmitter frozen while the zone's flow moves). A gap
+    in the data restarts the flat span: silence never makes a sensor stuck. Default category sensor_fault."""
+
+    kind: Literal["stuck"] = Field(description=_KIND)
+    quantity: str = Field(description="quantity watched, e.g. pressure")
+    tolerance: float = Field(
+        default=0.0,
+        description="a reading more than this away from the value it stayed at is a change; 0: any change "
+        "(readings equal up to float rounding are the same)",
+    )
+    after: Duration = Field(
+        default=1800.0, gt=0, description="flat this long (with readings all along) is stuck"
+    )
+    while_varies: Varies | None = Field(
+        default=None,
+        description="stuck only while this related quantity varies (a quiet night is no frozen sensor); "
+        "flat while it is flat too is undecided. Omitted: flatness alone fires",
+    )
+    only_above: float | None = Field(
+        default=None,
+        description="a reading at or below this is never called stuck, e.g. 0 for flow: a meter reads "
+        "exactly 0 while nothing flows; default: any reading",
+    )
+
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerance(cls, v: float) -> float:
+        if not v >= 0:
+            raise ValueError(f"tolerance must be >= 0 (the change that still counts as none), got {v:g}")
+        return v
+
+
 RuleSpec = Annotated[
-    PolyphaseRule | ThresholdRule | AbsenceRule | RateRule | CalendarRule | SequenceRule,
+    PolyphaseRule | ThresholdRule | AbsenceRule | RateRule | CalendarRule | SequenceRule | StuckRule,
     Field(discriminator="kind"),
 ]
 
-RULE_KINDS = ("polyphase", "threshold", "absence", "rate", "calendar", "sequence")
+RULE_KINDS = ("polyphase", "threshold", "absence", "rate", "calendar", "sequence", "stuck")

@@ -31,6 +31,7 @@ from gateway.config.rules import (
     RuleBase,
     RuleSpec,
     SequenceRule,
+    StuckRule,
     ThresholdRule,
 )
 from gateway.core.durations import format_duration
@@ -243,6 +244,13 @@ def _when(rule: RuleSpec) -> str:
         return (
             f"the {rule.aggregate} of {rule.quantity} in {rule.window} (site time) above {rule.above:g} "
             f"on {rule.consecutive} windows in a row"
+        )
+    if isinstance(rule, StuckRule):
+        v = rule.while_varies
+        return (
+            f"{rule.quantity} within {rule.tolerance:g} of one value for {format_duration(rule.after)}"
+            + (f" while {v.quantity} in its domain spreads over {v.min_range:g}" if v is not None else "")
+            + (f"; never at or below {rule.only_above:g}" if rule.only_above is not None else "")
         )
     assert isinstance(rule, SequenceRule)
     if rule.mode == "no_response":
