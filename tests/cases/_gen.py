@@ -214,6 +214,38 @@ def short_cycling() -> None:
     write("pump-short-cycling-starts-counted-with-hysteresis", rows)
 
 
+STEP = 15  # the stuck-sensor cases: one reading of each meter every 15 s, 45 minutes
+
+
+def _jitter(k: int) -> int:
+    """A deterministic pseudo-random step in -2..2 for the k-th reading."""
+    return (k * 7 + k // 3) % 5 - 2
+
+
+def _day_flow(i: int) -> float:
+    """A zone's daytime flow at +i s: demand swinging between 4 and 8 m3/h every ten minutes, with jitter."""
+    phase = (i % 600) / 300
+    return round(4.0 + 4.0 * (phase if phase <= 1 else 2 - phase) + 0.05 * _jitter(i // STEP), 2)
+
+
+def stuck_pressure(case: str, pressure: Callable[[int], float], flow: Callable[[int], float]) -> None:
+    rows: list[Row] = []
+    for i in range(0, 45 * 60 + 1, STEP):
+        rows.append((T0 + i, "B1-pressure", "pressure", f"{pressure(i):.3f}"))
+        rows.append((T0 + i + 5, "B1-flow", "flow", f"{flow(i):.2f}"))
+    write(case, rows)
+
+
+def _healthy_pressure(i: int) -> float:
+    """A transmitter that follows its zone: pressure sags 0.02 bar per m3/h of demand, 1-2 counts of noise."""
+    return round(3.25 - 0.02 * (_day_flow(i) - 6.0) + 0.001 * _jitter(i // STEP + 3), 3)
+
+
+def _frozen_from_330s(i: int) -> float:
+    """Healthy until +330 s (3.220 bar, 9 counts above the reading before), then that reading for good."""
+    return _healthy_pressure(min(i, 330))
+
+
 if __name__ == "__main__":
     main_meter_all_phases()
     twenty_silent(
@@ -234,3 +266,14 @@ if __name__ == "__main__":
     power_back_main_first()
     night_flow_across_midnight_and_dst()
     short_cycling()
+    stuck_pressure("pressure-frozen-40-minutes-while-flow-moves-sensor-fault", _frozen_from_330s, _day_flow)
+    stuck_pressure(
+        "pressure-varies-with-flow-never-stuck",
+        lambda i: 3.25 + 0.001 * _jitter(i // STEP + 3),  # 1-2 counts of noise, nothing more
+        _day_flow,
+    )
+    stuck_pressure(  # a quiet night: nothing drawn but a trickle, the zone pressure steady to the count
+        "pressure-flat-while-flow-flat-not-stuck",
+        lambda i: 3.412,
+        lambda i: 0.2 + 0.05 * _jitter(i // STEP),
+    )
