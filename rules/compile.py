@@ -64,6 +64,7 @@ def _info(r: RuleSpec, for_: float | None = None) -> RuleInfo:
         title=r.title,
         for_=r.for_ if for_ is None else for_,
         clear_for=r.clear_for,
+        confirm_samples=r.samples_to_fire(),
     )
 
 
@@ -162,7 +163,7 @@ def compile_rules(specs: list[RuleSpec], topo: Topology) -> list[Kind]:
         info = RuleInfo(
             id=MAINS_RULE, kind="threshold", category="power_outage", event_code="003",
             severity="critical", audiences=("staff", "residents", "utility"), scope="site",
-            title="site power outage (gateway mains lost)", for_=0.0, clear_for=60.0,
+            title="site power outage (gateway mains lost)", for_=0.0, clear_for=60.0, confirm_samples=2,
         )  # fmt: skip
         out.append(Threshold(info, frozenset({m.device}), m.quantity, m.below, None, m.below))
     return out

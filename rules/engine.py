@@ -8,6 +8,11 @@ Alert states: inactive -> pending -> firing -> recovering -> resolved. Holds (`f
 on evidence time and need continuous evidence: a gap in the data restarts them, and only fresh samples can
 clear anything, so data that stops never resolves an alert. Silence is judged from the device inventory
 (every device is expected from `start` on), not from having seen a device before.
+
+Besides its `for`, a pending alert fires only once `confirm_samples` pieces of trigger evidence in a row
+have shown it (2 for a critical rule by default), so one bad reading never opens a critical incident. A
+reading's trigger that the next reading clears is a glitch: counted in `glitches` per device and rule, and
+nothing else (no firing, no incident). Absence is judged by the clock, never by samples: it needs none.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from rules.model import (
 from rules.topology import Topology
 
 INF = math.inf
+# kinds whose evidence is one reading's value: a trigger the next reading clears is a glitch of that device
+# (a sequence's running pump before its response comes, or a calendar's window, is no such reading)
+_READING_KINDS = frozenset({"threshold", "polyphase", "rate"})
 
 
 class Engine:
@@ -65,6 +73,10 @@ class Engine:
             stale = [a.stale_after[d] for a in self.absence[d]]
             self.gap[d] = min(stale) if stale else node.default_stale_after
         self.alerts: dict[AlertKey, Alert] = {}
+        # pending alert -> trigger evidence in a row so far, counted against its rule's confirm_samples
+        self.streak: dict[AlertKey, int] = {}
+        # (device, rule) -> readings whose trigger the next reading cleared: glitches, not alerts
+        self.glitches: dict[tuple[str, str], int] = {}
         self.last_seen: dict[str, float] = dict.fromkeys(topology.devices, start)
         self.down: set[str] = set()
         self.ctx = Context(topology)
@@ -191,6 +203,7 @@ class Engine:
                 info.kind != "absence"
                 and now - a.since >= info.for_
                 and now - a.last_evidence <= self.gap[a.device]
+                and self._confirmed(a, info)
             ):
                 self._set(a, AlertState.FIRING, now, out)
         hold = self.corr.hold_deadline()
@@ -208,8 +221,8 @@ class Engine:
                 if self.data_end is None or due <= self.data_end:
                     cands.append(due)
         for a in self.alerts.values():
-            if a.state == AlertState.PENDING:
-                cands.append(a.since + self.infos[a.rule].for_)
+            if a.state == AlertState.PENDING and self._confirmed(a, self.infos[a.rule]):
+                cands.append(a.since + self.infos[a.rule].for_)  # unconfirmed: only a sample can fire it
         for k in self._timed:
             w = k.wakeup()
             if w is not None:
@@ -237,10 +250,11 @@ class Engine:
             if cond is True:
                 a = Alert(key, info.id, device, AlertState.PENDING, ts, ts, ts, value)
                 self.alerts[key] = a
+                self.streak[key] = 1
                 out.append(
                     AlertChange(ts, key, info.id, device, AlertState.INACTIVE, AlertState.PENDING, value)
                 )
-                if info.for_ <= 0:
+                if info.for_ <= 0 and self._confirmed(a, info):
                     self._set(a, AlertState.FIRING, ts, out)
             return
         if ts < a.last_evidence:
@@ -253,13 +267,16 @@ class Engine:
             a.value = value
         if cond is True:
             if a.state == AlertState.PENDING:
-                if _held(a, ts, gap, info.for_):
+                self.streak[key] = 1 if gap else self.streak.get(key, 0) + 1
+                if _held(a, ts, gap, info.for_) and self._confirmed(a, info):
                     self._set(a, AlertState.FIRING, ts, out)
             elif a.state == AlertState.RECOVERING:
                 a.flaps += 1
                 self._set(a, AlertState.FIRING, ts, out, "flap")
         elif cond is False:
             if a.state == AlertState.PENDING:
+                if not gap and self.streak.get(key) == 1 and info.kind in _READING_KINDS:
+                    self.glitches[(device, info.id)] = self.glitches.get((device, info.id), 0) + 1
                 self._drop(a, AlertState.INACTIVE, ts, out)
             elif a.state == AlertState.FIRING:
                 self._set(a, AlertState.RECOVERING, ts, out)
@@ -272,8 +289,14 @@ class Engine:
         elif a.state == AlertState.RECOVERING:
             self._set(a, AlertState.FIRING, ts, out, "back in the hysteresis band")
 
+    def _confirmed(self, a: Alert, info: RuleInfo) -> bool:
+        """Whether enough trigger evidence in a row has shown the pending alert for it to fire."""
+        return info.kind == "absence" or self.streak.get(a.key, 0) >= info.confirm_samples
+
     def _set(self, a: Alert, state: AlertState, ts: float, out: list[Transition], note: str = "") -> None:
         out.append(AlertChange(ts, a.key, a.rule, a.device, a.state, state, a.value, note))
+        if state != AlertState.PENDING:
+            self.streak.pop(a.key, None)
         a.state = state
         a.since = ts
         if state == AlertState.FIRING and a.fired_at is None:
@@ -283,6 +306,7 @@ class Engine:
     def _drop(self, a: Alert, state: AlertState, ts: float, out: list[Transition]) -> None:
         out.append(AlertChange(ts, a.key, a.rule, a.device, a.state, state, a.value))
         del self.alerts[a.key]
+        self.streak.pop(a.key, None)
         if state == AlertState.RESOLVED:
             self._dirty = True
 

@@ -93,6 +93,7 @@ class RuleInfo:
     title: str
     for_: float
     clear_for: float
+    confirm_samples: int = 1  # evidence in a row that must show the trigger before the alert fires
 
 
 @dataclass(frozen=True, slots=True)

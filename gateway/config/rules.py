@@ -84,6 +84,20 @@ class RuleBase(Strict):
     title: str = Field(default="", description="incident title; default: the category and the scope")
     for_: Duration = Field(default=0.0, alias="for", description="condition must hold this long to fire")
     clear_for: Duration = Field(default=60.0, description="clear condition must hold this long (fresh data)")
+    confirm_samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="readings in a row that must show the condition before the alert fires, besides `for`: "
+        "a value back to normal on the next reading is a glitch, counted, not an alert; default 2 for "
+        "severity critical, else 1 (absence rules are judged by the clock and take 1)",
+    )
+
+    def samples_to_fire(self) -> int:
+        """confirm_samples, or its default: one reading never opens a critical incident."""
+        if self.confirm_samples is not None:
+            return self.confirm_samples
+        return 2 if self.severity == "critical" else 1
 
     # No populate_by_name: the YAML key is `for` (the alias), and `for_:` in a site file is an unknown field.
     model_config = ConfigDict(extra="forbid")
@@ -169,6 +183,15 @@ class AbsenceRule(RuleBase):
     stale_after: Duration | None = Field(
         default=None, gt=0, description="silent after this long without data; default max(3 x interval, 10s)"
     )
+
+    @model_validator(mode="after")
+    def _by_the_clock(self) -> AbsenceRule:
+        if self.confirm_samples not in (None, 1):
+            raise ValueError("confirm_samples: an absence rule is judged by the clock, not by readings")
+        return self
+
+    def samples_to_fire(self) -> int:
+        return 1
 
 
 class RateRule(RuleBase):

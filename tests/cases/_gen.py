@@ -214,6 +214,23 @@ def short_cycling() -> None:
     write("pump-short-cycling-starts-counted-with-hysteresis", rows)
 
 
+def pressure_glitch() -> None:
+    rows: list[Row] = []
+    for i in range(0, 300):
+        p = 0.0 if i == 100 else 3.0 + (0.02 if i % 3 == 0 else 0.0)  # one 0 bar reading at +100 s
+        rows.append((T0 + i, "B1-pressure", "pressure", f"{p:g}"))
+    write("single-zero-pressure-reading-is-a-glitch-no-burst", rows)
+
+
+def real_burst() -> None:
+    rows: list[Row] = []
+    fall = (3.0, 2.325, 1.65, 0.975, 0.3)  # 3 bar -> 0.3 bar over 4 s from +100 s, then it stays low
+    for i in range(0, 300):
+        p = 3.0 if i < 100 else fall[min(i - 100, len(fall) - 1)]
+        rows.append((T0 + i, "B1-pressure", "pressure", f"{p:g}"))
+    write("real-burst-pressure-falls-and-stays-low-fires-in-time", rows)
+
+
 STEP = 15  # the stuck-sensor cases: one reading of each meter every 15 s, 45 minutes
 
 
@@ -266,6 +283,8 @@ if __name__ == "__main__":
     power_back_main_first()
     night_flow_across_midnight_and_dst()
     short_cycling()
+    pressure_glitch()
+    real_burst()
     stuck_pressure("pressure-frozen-40-minutes-while-flow-moves-sensor-fault", _frozen_from_330s, _day_flow)
     stuck_pressure(
         "pressure-varies-with-flow-never-stuck",

@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, Site, load_site
+from gateway.config.default_rules import DEFAULT_RULES
 from gateway.core.types import Sample
 from gateway.incidents.replay import run_replay
+from gateway.incidents.site_model import build_engine
+from gateway.incidents.trace import read_trace
+from rules.model import AlertChange, AlertState, Incident
+from tests.helpers import REPO
 
 T0 = 1_772_416_800.0  # 2026-03-02 10:00 Asia/Shanghai
 
@@ -129,3 +134,71 @@ def test_stopped_below_must_be_under_the_running_threshold(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as info:
         _site(tmp_path, text)
     assert any("stopped_below 0.8 must be <= running.above 0.5" in str(i) for i in info.value.issues)
+
+
+# ---- confirmation by consecutive readings, glitches --------------------------------------------------------
+
+GLITCH_CASE = REPO / "tests/cases/single-zero-pressure-reading-is-a-glitch-no-burst"
+
+
+def _glitch_replay(site: Site) -> tuple[list[AlertChange], dict[tuple[str, str], int], list[Incident]]:
+    trace = read_trace(GLITCH_CASE / "trace.csv", site.config.site.timezone)
+    result = run_replay(site, trace.events)
+    changes = [t for t in result.transitions if isinstance(t, AlertChange)]
+    return changes, result.engine.glitches, result.incidents(include_merged=True)
+
+
+def test_one_zero_pressure_reading_is_a_glitch_counted_per_device_and_rule() -> None:
+    changes, glitches, incidents = _glitch_replay(load_site(GLITCH_CASE / "site.yaml"))
+    assert incidents == []
+    assert not [c for c in changes if c.new == AlertState.FIRING]
+    # the burst (critical, `for` 0) and the low pressure rule (`for` 60 s) each saw it on that one reading
+    assert glitches == {("B1-pressure", "water.burst"): 1, ("B1-pressure", "water.low_pressure"): 1}
+
+
+def test_confirm_samples_1_lets_one_reading_open_the_burst(tmp_path: Path) -> None:
+    text = (GLITCH_CASE / "site.yaml").read_text() + (
+        "rules:\n"
+        "  - {id: water.burst, kind: rate, quantity: pressure, falling_faster_than: 0.05, window: 10s,\n"
+        "     category: water_burst, severity: critical, scope: domain, match: {roles: [zone_pressure]},\n"
+        "     confirm_samples: 1}\n"
+    )
+    changes, glitches, incidents = _glitch_replay(_site(tmp_path, text))
+    assert [(i.category, i.severity) for i in incidents] == [("water_burst", "critical")]
+    assert [c.ts - T0 for c in changes if c.new == AlertState.FIRING] == [100.0]
+    assert ("B1-pressure", "water.burst") not in glitches
+
+
+def test_confirm_samples_defaults_by_severity_and_absence_takes_none(tmp_path: Path) -> None:
+    by_id = {r.id: r.samples_to_fire() for r in DEFAULT_RULES}
+    assert by_id["water.burst"] == by_id["power.outage"] == by_id["water.low_pressure"] == 2  # critical
+    assert by_id["power.phase_loss"] == by_id["comm.absent"] == by_id["pump.no_flow"] == 1
+    text = WATER_SITE + "rules:\n  - {id: comm.absent, kind: absence, confirm_samples: 2}\n"
+    with pytest.raises(ConfigError) as info:
+        _site(tmp_path, text)
+    assert any("judged by the clock" in str(i) for i in info.value.issues), info.value.issues
+
+
+POWER_SITE = """\
+site: {id: t, timezone: Asia/Shanghai}
+buildings:
+  - {id: B1, households: 40, domains: [{id: B1-power, kind: power}]}
+devices:
+  - {id: B1-main, building: B1, domain: B1-power, role: main_power, households: 40, source: mqtt,
+     expected_interval: 10s}
+"""
+
+
+def _volts(ts: float, v: float) -> Sample:
+    return Sample("B1-main", ts, {"voltage_l1": v, "voltage_l2": v, "voltage_l3": v})
+
+
+def test_a_held_alert_still_waits_for_its_second_reading(tmp_path: Path) -> None:
+    # polled every 10 s, the outage's 5 s `for` has run out long before the next reading: the timer alone
+    # must not fire a critical alert seen on one reading
+    eng = build_engine(_site(tmp_path, POWER_SITE), start=T0)
+    out = eng.feed(_volts(T0, 0.0)) + eng.tick(T0 + 5) + eng.tick(T0 + 9)
+    assert [c.new for c in out if isinstance(c, AlertChange)] == [AlertState.PENDING]
+    assert eng.next_wakeup() != T0 + 5  # no timer for an unconfirmed alert
+    out = eng.feed(_volts(T0 + 10, 0.0))
+    assert [(c.ts - T0, c.new) for c in out if isinstance(c, AlertChange)] == [(10.0, AlertState.FIRING)]
