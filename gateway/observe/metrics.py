@@ -11,7 +11,8 @@ MQTT simply has no such series.
 - incidents: anything with `open_incidents()` (each incident has id, category, scope, severity):
   `meterwatch_incidents_open` counts them per category and scope, and `meterwatch_incident_open` carries
   one series per open incident (value 1, with the building its scope lies in), which Grafana shows as
-  annotations.
+  annotations. When it holds the detection engine (`engine`, as the IncidentManager does),
+  `meterwatch_rule_glitches_total{device, rule}` counts the readings whose trigger the next reading cleared.
 - presence: gateway/observe/presence.py, so that `meterwatch_device_up` exists for every device of the
   site, also those no poller keeps stats for, and `meterwatch_device_info{device, <field>="text"} 1`
   (serial number, firmware version; a field named like a fixed label gets an `info_` prefix).
@@ -43,6 +44,7 @@ from gateway.core.stats import DeviceStats, Histogram, LineStats, MqttStats
 from gateway.observe.presence import DevicePresence
 from gateway.sink.forwarder import Forwarder
 from gateway.sink.lineproto import LineEncoder
+from rules.engine import Engine
 from rules.model import Incident
 
 # Error kinds always exposed (at 0 until they happen), so rate() and alerts see a series from the start.
@@ -124,6 +126,7 @@ class GatewayCollector(Collector):
         yield from self._sink(now)
         yield from self._bus()
         yield from self._incidents()
+        yield from self._glitches()
 
     def _info(self) -> Iterator[Metric]:
         info = InfoMetricFamily("meterwatch_build", "meterwatch version and site")
@@ -374,6 +377,20 @@ class GatewayCollector(Collector):
         for (category, scope), n in sorted(per_key.items()):
             counts.add_metric([category, scope], n)
         yield from (counts, each)
+
+    def _glitches(self) -> Iterator[Metric]:
+        engine = getattr(self.exported.incidents, "engine", None)
+        if not isinstance(engine, Engine):
+            return
+        fam = _counter(
+            "meterwatch_rule_glitches",
+            "readings that showed a rule's trigger which the next reading cleared (a glitch: no alert)",
+            "device",
+            "rule",
+        )
+        for (device, rule), n in sorted(dict(engine.glitches).items()):
+            fam.add_metric([device, rule], n)
+        yield fam
 
     def _building_of(self, scope: str) -> str:
         """The one building a scope (building:, domain:, device:, line:) lies in; "" for site or mixed."""
