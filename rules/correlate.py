@@ -26,7 +26,7 @@ from rules.model import (
 )
 from rules.topology import Topology
 
-POWER_CATEGORIES = frozenset({"power_outage", "phase_loss", "voltage", "comm_fault"})
+POWER_CATEGORIES = frozenset({"power_outage", "phase_loss", "undervoltage", "overvoltage", "comm_fault"})
 # how a rule's firing alert says its device is dark: the device is silent, or it reads no voltage
 SILENT, VOLTS = "silent", "volts"
 # A burst is one way a water zone loses supply: once the loss of supply is confirmed on the same scope, the

@@ -202,3 +202,14 @@ def test_a_held_alert_still_waits_for_its_second_reading(tmp_path: Path) -> None
     assert eng.next_wakeup() != T0 + 5  # no timer for an unconfirmed alert
     out = eng.feed(_volts(T0 + 10, 0.0))
     assert [(c.ts - T0, c.new) for c in out if isinstance(c, AlertChange)] == [(10.0, AlertState.FIRING)]
+
+
+def test_undervoltage_incident_is_named_after_what_happened(tmp_path: Path) -> None:
+    site = _site(tmp_path, POWER_SITE.replace("expected_interval: 10s", "expected_interval: 1s"))
+    events = [_volts(T0 + i, 230.0 if i < 10 else 190.0) for i in range(0, 400)]  # 190 V < 90 % of 220 V
+    (inc,) = run_replay(site, events).incidents()
+    assert (inc.category, inc.title, inc.severity) == (
+        "undervoltage",
+        "undervoltage: device B1-main",
+        "warning",
+    )
