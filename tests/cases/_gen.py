@@ -231,6 +231,39 @@ def real_burst() -> None:
     write("real-burst-pressure-falls-and-stays-low-fires-in-time", rows)
 
 
+def recovering_outage_data_gap() -> None:
+    rows: list[Row] = []
+    for i in range(0, 600):
+        if 100 <= i < 400:
+            continue  # nothing recorded from B1-main for 5 minutes
+        meter(rows, "B1-main", T0 + i, 0.0 if 20 <= i < 80 else 230.0)
+    neighbour(rows, 600)
+    write("recovering-outage-across-a-data-gap-does-not-resolve-early", rows)
+
+
+def partly_restored_outage(n: int, i: int) -> bool:
+    """Meter n silent at +i s? All 20 drop out within 30 s from +60 s; at +200 s all but u16-u20 are back;
+    u03 drops again at +300 s."""
+    if i < 60 + (n - 1) * 1.5:
+        return False
+    if n >= 16:
+        return True
+    return i < 200 or (n == 3 and i >= 300)
+
+
+def two_of_twenty_at_0v() -> None:
+    """20 unit meters on a supply of their own (not line-powered): u07 and u13 read 0 V from +60 s."""
+    rows: list[Row] = []
+    for i in range(0, 240, 5):
+        t = T0 + i
+        for n in range(1, 21):
+            volts = 0.0 if n in (7, 13) and i >= 60 else 228.0 + n % 3
+            meter(rows, f"B1-u{n:02d}", t, volts, ("voltage_l1",))
+        for n in range(1, 4):
+            meter(rows, f"B2-u{n:02d}", t, 230.0, ("voltage_l1",))
+    write("two-of-twenty-unit-meters-at-0v-unit-outages-not-domain-outage", rows)
+
+
 STEP = 15  # the stuck-sensor cases: one reading of each meter every 15 s, 45 minutes
 
 
@@ -285,6 +318,13 @@ if __name__ == "__main__":
     short_cycling()
     pressure_glitch()
     real_burst()
+    recovering_outage_data_gap()
+    twenty_silent(
+        "two-silent-of-twenty-line-powered-meters-device-faults-not-outage",
+        lambda n, i: n in (7, 13) and i >= 60,
+    )
+    twenty_silent("partly-restored-outage-meter-drops-again-same-incident", partly_restored_outage, 480)
+    two_of_twenty_at_0v()
     stuck_pressure("pressure-frozen-40-minutes-while-flow-moves-sensor-fault", _frozen_from_330s, _day_flow)
     stuck_pressure(
         "pressure-varies-with-flow-never-stuck",

@@ -12,7 +12,7 @@ from gateway.core.types import Sample
 from gateway.incidents.replay import run_replay
 from gateway.incidents.site_model import build_engine
 from gateway.incidents.trace import read_trace
-from rules.model import AlertChange, AlertState, Incident
+from rules.model import Alert, AlertChange, AlertState, Incident, IncidentChange
 from tests.helpers import REPO
 
 T0 = 1_772_416_800.0  # 2026-03-02 10:00 Asia/Shanghai
@@ -202,6 +202,31 @@ def test_a_held_alert_still_waits_for_its_second_reading(tmp_path: Path) -> None
     assert eng.next_wakeup() != T0 + 5  # no timer for an unconfirmed alert
     out = eng.feed(_volts(T0 + 10, 0.0))
     assert [(c.ts - T0, c.new) for c in out if isinstance(c, AlertChange)] == [(10.0, AlertState.FIRING)]
+
+
+def test_a_recovering_alert_across_a_restart_needs_fresh_clear_time(tmp_path: Path) -> None:
+    site = _site(tmp_path, POWER_SITE.replace("expected_interval: 10s", "expected_interval: 1s"))
+    eng = build_engine(site, start=T0)
+    for i in range(0, 40):  # 0 V until +30 s, then 230 V: recovering, clear_for 60 s would end at +90 s
+        eng.feed(_volts(T0 + i, 0.0 if i < 30 else 230.0))
+        eng.tick(T0 + i)
+    (alert,) = eng.alerts.values()
+    assert alert.state == AlertState.RECOVERING
+    alerts = [Alert.from_dict(a.to_dict()) for a in eng.alerts.values()]
+    incidents = [Incident.from_dict(i.to_dict()) for i in eng.incidents.values()]
+
+    # the gateway was stopped for ten minutes: that is no clear time
+    later = T0 + 640
+    eng2 = build_engine(site, start=later)
+    eng2.restore(alerts, incidents, eng.export_kinds(), now=later)
+    resolved: list[float] = []
+    for i in range(0, 90):
+        for t in eng2.feed(_volts(later + i, 230.0)) + eng2.tick(later + i):
+            if isinstance(t, AlertChange) and t.new == AlertState.RESOLVED:
+                resolved.append(t.ts - later)
+            if isinstance(t, IncidentChange) and t.event == "resolved":
+                resolved.append(t.ts - later)
+    assert resolved == [60.0, 60.0], resolved  # the alert, then its incident: a full clear_for of fresh data
 
 
 def test_undervoltage_incident_is_named_after_what_happened(tmp_path: Path) -> None:
