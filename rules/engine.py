@@ -154,7 +154,7 @@ class Engine:
         if s.ts > self.last_seen[d]:
             self.last_seen[d] = s.ts
         self.down.discard(d)
-        if self.corr.answered(d):
+        if self.corr.answered(d, s.ts):
             self._dirty = True
         self.ctx.last_values[d] = s.values
         self.ctx.last_ts[d] = s.ts

@@ -99,11 +99,7 @@ class Polyphase(Kind):
             cond = True if hi < trig else (False if lo >= clear else None)
             return [("", cond, hi)]
         if self.check == "phase_loss":
-            if len(vals) < 2:
-                return []
-            healthy = self.others_above_pct * un / 100.0
-            cond = True if lo < trig and hi >= healthy else (False if lo >= clear else None)
-            return [("", cond, lo)]
+            return self._phase_loss(s, un, trig, clear)
         if self.check == "undervoltage":
             # a dead phase is an outage or a phase loss, not an undervoltage: those rules own it
             floor = 0.6 * un
@@ -111,6 +107,20 @@ class Polyphase(Kind):
             return [("", cond, lo)]
         cond = True if hi > trig else (False if hi <= clear else None)
         return [("", cond, hi)]
+
+    def _phase_loss(self, s: Sample, un: float, trig: float, clear: float) -> list[Evidence]:
+        """One alert per lost phase, keyed by its label (L1, L2, L3 in `phases` order), so that the meters
+        fed from that phase can be told apart from those on the others."""
+        present = [(f"L{i + 1}", s.values[q]) for i, q in enumerate(self.phases) if q in s.values]
+        if len(present) < 2:
+            return []
+        healthy = self.others_above_pct * un / 100.0
+        out: list[Evidence] = []
+        for label, v in present:
+            others = max(w for other, w in present if other != label)
+            cond = True if v < trig and others >= healthy else (False if v >= clear else None)
+            out.append((label, cond, v))
+        return out
 
 
 @dataclass

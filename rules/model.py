@@ -179,6 +179,8 @@ class Incident:
     absorbed: list[int] = field(default_factory=list)
     alerts: list[AlertKey] = field(default_factory=list)  # attached now, sorted
     symptoms: dict[str, list[str]] = field(default_factory=dict)  # device -> rules seen on it
+    # why it was classified as it is (an outage, a communication fault, ...), in words, newest last
+    evidence: list[str] = field(default_factory=list)
 
     @property
     def is_open(self) -> bool:
@@ -196,6 +198,7 @@ class Incident:
             "reopen_count": self.reopen_count, "merged_into": self.merged_into,
             "absorbed": list(self.absorbed), "alerts": [str(k) for k in self.alerts],
             "symptoms": {k: list(v) for k, v in self.symptoms.items()},
+            "evidence": list(self.evidence),
         }  # fmt: skip
 
     @staticmethod
@@ -219,6 +222,7 @@ class Incident:
         inc.absorbed = [int(x) for x in d.get("absorbed") or []]  # type: ignore[attr-defined]
         inc.alerts = [AlertKey.parse(str(x)) for x in d.get("alerts") or []]  # type: ignore[attr-defined]
         inc.symptoms = {str(k): list(v) for k, v in (d.get("symptoms") or {}).items()}  # type: ignore[attr-defined]
+        inc.evidence = [str(x) for x in d.get("evidence") or []]  # type: ignore[attr-defined]
         return inc
 
 

@@ -27,6 +27,7 @@ class DeviceNode:
     interval: float  # expected seconds between samples
     nominal_voltage: float = 220.0
     source: str = "modbus"
+    phase: str | None = None  # L1 | L2 | L3: the phase of its domain a single-phase device is fed from
 
     @property
     def default_stale_after(self) -> float:
@@ -60,6 +61,7 @@ class Topology:
     building_households: dict[str, int] = field(default_factory=dict)
     mains: Mains | None = None
     _dependents: dict[str, frozenset[str]] = field(default_factory=dict, init=False, repr=False)
+    _silenced: dict[str, frozenset[str]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         children: dict[str, list[str]] = {}
@@ -71,24 +73,33 @@ class Topology:
             for dom in (dev.power_domain, dev.line_power):
                 if dom in direct:
                     direct[dom].add(dev.id)
+        powered = {d: set(devs) for d, devs in direct.items()}
+        for dev in self.devices.values():
             # a power meter measuring the domain reads 0 V in its outage even when separately powered
             if dev.role in POWER_METER_ROLES and dev.domain in direct:
                 direct[dev.domain].add(dev.id)
 
-        def collect(dom: str, seen: set[str]) -> set[str]:
+        def collect(direct: dict[str, set[str]], dom: str, seen: set[str]) -> set[str]:
             if dom in seen:
                 return set()
             seen.add(dom)
             out = set(direct.get(dom, ()))
             for c in children.get(dom, []):
-                out |= collect(c, seen)
+                out |= collect(direct, c, seen)
             return out
 
         for dom in self.domains:
-            self._dependents[dom] = frozenset(collect(dom, set()))
+            self._dependents[dom] = frozenset(collect(direct, dom, set()))
+            self._silenced[dom] = frozenset(collect(powered, dom, set()))
 
     def dependents(self, domain: str) -> frozenset[str]:
         return self._dependents.get(domain, frozenset())
+
+    def silenced(self, domain: str) -> frozenset[str]:
+        """The dependents that go silent when the domain loses power (powered from it, themselves or
+        through their line's converter); the others, such as a main meter on an auxiliary supply, keep
+        answering and read the loss."""
+        return self._silenced.get(domain, frozenset())
 
     def ancestors(self, domain: str) -> list[str]:
         """Domains above `domain`, nearest first."""

@@ -54,7 +54,12 @@ def print_table(records: list[dict[str, Any]], title: str) -> None:
             str(r["flap_count"]) + (" (flapping)" if r["flapping"] else ""),
         )
     # piped output has no terminal width: wide enough that times and scopes are never cut
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+    # why each one is what it is: an outage or a communication fault must be told apart at a glance
+    for r in records:
+        for line in r.get("evidence") or []:
+            console.print(f"#{r['id']} {r['category']} {r['scope']}: {line}", highlight=False, soft_wrap=True)
 
 
 def replay_command(trace_path: Path, site: Site, mapping_path: Path | None, tail: str, as_json: bool) -> int:

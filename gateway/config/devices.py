@@ -39,6 +39,12 @@ class Device(Strict):
         default=None, description="supply domain powering the device, if not its own"
     )
     nominal_voltage: float = Field(default=220.0, gt=0, description="phase voltage Un for power rules")
+    phase: Literal["L1", "L2", "L3"] | None = Field(
+        default=None,
+        description="the phase of its domain's supply a single-phase device is fed from; a line-powered "
+        "device that goes silent while its main meter has lost this phase is a symptom of that phase loss "
+        "(without it: when it goes silent within the correlation window of a phase loss in its domain)",
+    )
     source: Literal["modbus", "mqtt"] = Field(
         default="modbus", description="modbus: polled on a line; mqtt: read from the broker's messages"
     )

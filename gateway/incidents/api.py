@@ -11,7 +11,7 @@ import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gateway.core.timefmt import local_iso
 from gateway.incidents.replay import incident_record
@@ -38,6 +38,9 @@ class IncidentOut(BaseModel):
     reopen_count: int
     absorbed: list[int]
     merged_into: int | None
+    evidence: list[str] = Field(
+        default_factory=list, description="why it was classified as it is, in words (an outage, a fault)"
+    )
 
 
 class TimelineOut(BaseModel):

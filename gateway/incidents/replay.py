@@ -92,4 +92,5 @@ def incident_record(inc: Incident, tz: str) -> dict[str, Any]:
         "reopen_count": inc.reopen_count,
         "absorbed": list(inc.absorbed),
         "merged_into": inc.merged_into,
+        "evidence": list(inc.evidence),
     }

@@ -33,6 +33,7 @@ def topology_from_site(site: Site) -> Topology:
             line_power=line.powered_by if line else None,
             interval=float(interval),
             nominal_voltage=dev.nominal_voltage,
+            phase=dev.phase,
             source=dev.source,
         )
     mains = None

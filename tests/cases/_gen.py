@@ -130,6 +130,7 @@ def late_root() -> None:
             dev = f"B1-u{n:02d}"
             silent = (n == 1 and i >= 20) or (n > 1 and i >= 200)
             meter(rows, dev, t, None if silent else 230.0, ("voltage_l1",))
+        meter(rows, "B2-main", t, 231.0)  # still answering: the silence is B1's supply, not the gateway's
     write("late-root-cause-absorbs-open-device-fault", rows)
 
 
@@ -264,6 +265,41 @@ def two_of_twenty_at_0v() -> None:
     write("two-of-twenty-unit-meters-at-0v-unit-outages-not-domain-outage", rows)
 
 
+def link_down(
+    case: str, b1_main_volts: Callable[[int], float | None], b2_line_silent: Callable[[int], bool]
+) -> None:
+    """Two buildings on two Modbus lines, main meters on an auxiliary supply, unit meters line-powered."""
+    rows: list[Row] = []
+    for i in range(0, 700, 2):
+        t = T0 + i
+        meter(rows, "B1-main", t, b1_main_volts(i))
+        dark_b1 = b1_main_volts(i) is None or b1_main_volts(i) == 0.0
+        for n in range(1, 7):
+            meter(rows, f"B1-u{n:02d}", t, None if dark_b1 else 229.0, ("voltage_l1",))
+        gone = b2_line_silent(i)
+        meter(rows, "B2-main", t, None if gone else 231.0)
+        for n in range(1, 7):
+            meter(rows, f"B2-u{n:02d}", t, None if gone else 230.0, ("voltage_l1",))
+    write(case, rows)
+
+
+def lost_phase_units(case: str, silent_unit: Callable[[int, int], bool]) -> None:
+    """B1-main loses L2 from 60 s to 240 s; unit meters report every 5 s, each at its own second."""
+    rows: list[Row] = []
+    for i in range(0, 420):
+        t = T0 + i
+        if 60 <= i < 240:
+            rows.extend([(t, "B1-main", "voltage_l1", "231"), (t, "B1-main", "voltage_l2", "4"),
+                         (t, "B1-main", "voltage_l3", "229")])  # fmt: skip
+        else:
+            meter(rows, "B1-main", t, 230.0)
+        for n in range(1, 37):
+            if i % 5 == n % 5:
+                meter(rows, f"B1-u{n:02d}", t, None if silent_unit(n, i) else 229.0, ("voltage_l1",))
+    neighbour(rows, 420)
+    write(case, rows)
+
+
 STEP = 15  # the stuck-sensor cases: one reading of each meter every 15 s, 45 minutes
 
 
@@ -325,6 +361,23 @@ if __name__ == "__main__":
     )
     twenty_silent("partly-restored-outage-meter-drops-again-same-incident", partly_restored_outage, 480)
     two_of_twenty_at_0v()
+    link_down(
+        "gateway-link-down-every-device-silent-one-comm-fault-no-outage",
+        lambda i: None if 60 <= i < 300 else 230.0,
+        lambda i: 60 <= i < 300,
+    )
+    link_down(
+        "aux-supplied-main-meter-at-0v-outage-while-another-line-is-silent",
+        lambda i: 0.0 if 60 <= i < 300 else 230.0,
+        lambda i: 60 <= i < 300,
+    )
+    lost_phase_units(
+        "unit-meters-on-a-lost-phase-silent-one-phase-loss-incident", lambda n, i: n <= 12 and 61 <= i < 240
+    )
+    lost_phase_units(
+        "meter-declared-on-another-phase-silent-during-phase-loss-own-fault",
+        lambda n, i: (n <= 12 and 61 <= i < 240) or (n == 13 and i >= 61),
+    )
     stuck_pressure("pressure-frozen-40-minutes-while-flow-moves-sensor-fault", _frozen_from_330s, _day_flow)
     stuck_pressure(
         "pressure-varies-with-flow-never-stuck",
