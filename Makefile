@@ -24,6 +24,7 @@ bench: bootstrap
 	$(PY) bench/planner.py
 	$(PY) bench/sink.py
 	$(PY) bench/rules.py
+	$(PY) bench/demo_start.py
 
 # Opt-in, not part of `bench`: runs for minutes (MINUTES=60 make soak for a longer look at memory growth).
 MINUTES ?= 6

@@ -28,6 +28,7 @@ from rules.kinds import (
     SequenceKind,
     Stuck,
     Threshold,
+    device_gaps,
 )
 from rules.model import MAINS_RULE, DetectionSettings, RuleInfo
 from rules.topology import DeviceNode, Topology
@@ -136,14 +137,6 @@ def compile_rules(specs: list[RuleSpec], topo: Topology) -> list[Kind]:
                 )
             )
         elif isinstance(r, StuckRule):
-            # the gap the engine allows each device (its shortest absence stale_after): a longer pause in
-            # the readings restarts the flat span
-            absence = [x for x in specs if isinstance(x, AbsenceRule) and x.enabled]
-            gap: dict[str, float] = {}
-            for d in devs:
-                node = topo.devices[d]
-                own = node.default_stale_after
-                gap[d] = min((x.stale_after or own for x in absence if matches(x.match, node)), default=own)
             vary = r.while_varies
             out.append(
                 Stuck(
@@ -152,12 +145,16 @@ def compile_rules(specs: list[RuleSpec], topo: Topology) -> list[Kind]:
                     r.quantity,
                     r.tolerance,
                     r.after,
-                    gap,
+                    {},  # the engine's gaps, filled in below once every absence rule is built
                     vary.quantity if vary is not None else None,
                     vary.min_range if vary is not None else 0.0,
                     r.only_above,
                 )
             )
+    gaps = device_gaps(out, topo)
+    for k in out:
+        if isinstance(k, Stuck):
+            k.gap.update((d, gaps[d]) for d in k.devices)
     if topo.mains is not None and topo.mains.device in topo.devices:
         m = topo.mains
         info = RuleInfo(

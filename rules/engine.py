@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from gateway.core.types import DeviceStatus, Event, Sample, SourceStatus
 from rules.correlate import SILENT, VOLTS, Correlator
-from rules.kinds import Absence, Context, Kind, Polyphase
+from rules.kinds import Absence, Context, Kind, Polyphase, device_gaps
 from rules.model import (
     MAINS_RULE,
     Alert,
@@ -68,10 +68,7 @@ class Engine:
             for d in k.devices:
                 self.by_device[d].append(k)
         self._timed = [k for k in kinds if type(k).wakeup is not Kind.wakeup]
-        self.gap: dict[str, float] = {}
-        for d, node in topology.devices.items():
-            stale = [a.stale_after[d] for a in self.absence[d]]
-            self.gap[d] = min(stale) if stale else node.default_stale_after
+        self.gap = device_gaps(kinds, topology)
         self.alerts: dict[AlertKey, Alert] = {}
         # pending alert -> trigger evidence in a row so far, counted against its rule's confirm_samples
         self.streak: dict[AlertKey, int] = {}

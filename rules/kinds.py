@@ -8,7 +8,7 @@ carry the quantity) is an empty list: absence of data is never proof of anything
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -149,6 +149,16 @@ class Absence(Kind):
     info: RuleInfo
     devices: frozenset[str]
     stale_after: dict[str, float]
+
+
+def device_gaps(kinds: Iterable[Kind], topo: Topology) -> dict[str, float]:
+    """Device -> the longest pause in its readings that is no gap: its shortest absence `stale_after`, or
+    its default when no absence rule watches it. Holds restart after a longer pause, and flat spans too."""
+    absences = [k for k in kinds if isinstance(k, Absence)]
+    return {
+        d: min((a.stale_after[d] for a in absences if d in a.stale_after), default=node.default_stale_after)
+        for d, node in topo.devices.items()
+    }
 
 
 @dataclass

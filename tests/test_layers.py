@@ -25,7 +25,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "simulators": frozenset({"gateway.core", "gateway.config", "drivers"}),
     "gateway.sink": frozenset({"gateway.core", "gateway.config"}),
     "gateway.incidents": frozenset({"gateway.core", "gateway.config", "rules"}),
-    "gateway.observe": frozenset({"gateway.core", "gateway.config", "gateway.sink", "rules"}),
+    "gateway.respond": frozenset({"gateway.core", "gateway.config", "gateway.incidents", "rules"}),
+    "gateway.observe": frozenset(
+        {"gateway.core", "gateway.config", "gateway.sink", "gateway.incidents", "gateway.respond", "rules"}
+    ),
     "gateway.tools": frozenset({"gateway.core", "gateway.config", "gateway.sink"}),
     "gateway.app": frozenset(
         {
@@ -33,6 +36,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "gateway.config",
             "gateway.sink",
             "gateway.incidents",
+            "gateway.respond",
             "gateway.observe",
             "drivers",
             "rules",
@@ -44,6 +48,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "gateway.config",
             "gateway.sink",
             "gateway.incidents",
+            "gateway.respond",
             "gateway.observe",
             "gateway.app",
             "gateway.tools",

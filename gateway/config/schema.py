@@ -13,6 +13,7 @@ from gateway.config.http import HttpConfig
 from gateway.config.incidents import IncidentsConfig
 from gateway.config.modbus import Line
 from gateway.config.mqtt import MqttConfig
+from gateway.config.notify import NotifyConfig
 from gateway.config.rules import RuleSpec
 from gateway.config.site import Building, SiteInfo
 from gateway.config.store import InfluxConfig, SpoolConfig
@@ -42,3 +43,6 @@ class SiteConfig(Strict):
     detection: Detection = Field(default_factory=Detection, description="how alerts become incidents")
     gateway: GatewaySection = Field(default_factory=GatewaySection, description="the gateway itself")
     incidents: IncidentsConfig = Field(default_factory=IncidentsConfig, description="the incident store")
+    notify: NotifyConfig = Field(
+        default_factory=NotifyConfig, description="notices to residents, staff and utilities (apprise)"
+    )

@@ -87,7 +87,27 @@ def cross_check(cfg: SiteConfig, src: LoadedYaml, profiles: dict[str, Profile]) 
     for i, sub in enumerate(cfg.mqtt.subscriptions if cfg.mqtt else []):
         if sub.device is not None and sub.device not in mqtt_devices:
             add(("mqtt", "subscriptions", i, "device"), f"{sub.device!r} is not a device with source: mqtt")
+    for i, ch in enumerate(cfg.notify.channels):
+        for j, audience in enumerate(ch.audiences):
+            building = audience.partition(":")[2] if audience.startswith("residents:") else None
+            if building is not None and building not in buildings:
+                add(("notify", "channels", i, "audiences", j), f"unknown building {building!r}")
+        if (problem := apprise_url_problem(ch.url.get_secret_value())) is not None:
+            add(("notify", "channels", i, "url"), problem)
     return issues
+
+
+def apprise_url_problem(url: str) -> str | None:
+    """What apprise itself says of a URL (it is what will send), or None when it takes it. The URL is a
+    secret: the message names the scheme only."""
+    import apprise
+
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if not scheme:
+        return "expected an apprise URL such as wecombot://KEY, mailto://user:pass@host or json://host/path"
+    if apprise.Apprise.instantiate(url) is None:
+        return f"apprise does not accept this {scheme}:// URL: check it against the apprise documentation"
+    return None
 
 
 def _rule_references(cfg: SiteConfig) -> list[tuple[Loc, str]]:

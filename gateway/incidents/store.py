@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,10 +131,13 @@ class Batch:
     alert_log: list[AlertChange] = field(default_factory=list)
     kinds_state: dict[str, dict[str, object]] | None = None
     heartbeat: float | None = None
+    # writes of other parts that belong to the same transaction (the notices a transition owes)
+    writers: list[Callable[[sqlite3.Connection], None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.incidents
+            self.writers
+            or self.incidents
             or self.alerts_upsert
             or self.alerts_delete
             or self.timeline
@@ -273,6 +276,8 @@ class IncidentStore:
                 )
             if batch.heartbeat is not None:
                 self._put_meta(db, "heartbeat", repr(batch.heartbeat))
+            for write in batch.writers:
+                write(db)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,126 @@
+"""The `notify:` section: where notices go (apprise URLs per audience) and when (the residents' policy).
+
+A channel is one apprise URL with the audiences it serves. Secrets in URLs are written as ${ENV} in the
+site file and never printed: the URL is a secret string, shown only in apprise's privacy form.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from gateway.config.base import Id, Strict
+from gateway.core.durations import Duration
+
+# Who a notice is for. residents:<building id> is the residents of one building; plain `residents` all.
+AUDIENCES = (
+    "staff",
+    "oncall",
+    "backup",
+    "supervisor",
+    "manager",
+    "utility:water",
+    "utility:power",
+    "residents",
+)
+_AUDIENCE = re.compile(r"^(staff|oncall|backup|supervisor|manager|utility:water|utility:power|residents)$")
+_RESIDENTS_OF = re.compile(r"^residents:[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+Language = Literal["zh", "en"]
+
+
+def audience_problem(text: str) -> str | None:
+    """What is wrong with an audience name, or None."""
+    if _AUDIENCE.match(text) or _RESIDENTS_OF.match(text):
+        return None
+    return f"unknown audience {text!r}; expected one of {', '.join(AUDIENCES)} or residents:<building id>"
+
+
+class Channel(Strict):
+    """One apprise URL and the audiences whose notices it carries."""
+
+    name: Annotated[str, Id] = Field(description="short name used in logs, metrics and the delivery log")
+    url: SecretStr = Field(
+        description="apprise URL, e.g. wecombot://${WECOM_KEY}, mailto://..., json://host/path; "
+        "secrets as ${ENV}"
+    )
+    audiences: list[str] = Field(
+        min_length=1,
+        description="who this channel reaches: staff, oncall, backup, supervisor, manager, utility:water, "
+        "utility:power, residents or residents:<building id>",
+    )
+    language: Language = Field(default="zh", description="language of the messages: zh (Chinese) or en")
+    per_minute: int = Field(
+        default=20,
+        ge=1,
+        le=600,
+        description="most messages a minute (robots accept about 20); a burst above it goes out as one "
+        "digest",
+    )
+
+    @field_validator("audiences")
+    @classmethod
+    def _audiences(cls, v: list[str]) -> list[str]:
+        problems = [p for a in v if (p := audience_problem(a))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+
+class QuietHours(Strict):
+    """Local hours (site time zone) when non-urgent notices wait for the morning digest."""
+
+    start: str = Field(default="22:00", description="HH:MM, local time")
+    end: str = Field(default="07:00", description="HH:MM, local time (may be the next day)")
+
+    @model_validator(mode="after")
+    def _clock(self) -> QuietHours:
+        for name in ("start", "end"):
+            if not _CLOCK.match(getattr(self, name)):
+                raise ValueError(f"{name}: expected HH:MM, got {getattr(self, name)!r}")
+        return self
+
+
+class NotifyConfig(Strict):
+    """Notices to residents, staff and utilities; who gets what and when."""
+
+    channels: list[Channel] = Field(default_factory=list, description="the apprise channels")
+    hotline: str = Field(default="", description="the 24-hour hotline number every residents' notice carries")
+    templates_dir: Path | None = Field(
+        default=None,
+        description="folder of templates overriding the shipped ones (<language>/<stage>.j2), relative to "
+        "the site file",
+    )
+    confirm_delay: dict[str, Duration] = Field(
+        default_factory=lambda: {"power_outage": 180.0, "water_supply": 300.0},
+        description="category -> how long an outage must last before residents hear of it",
+    )
+    update_every: Duration = Field(
+        default=3600.0, gt=0, description="residents get at most one update this often (or on a new ETA)"
+    )
+    verify_for: Duration = Field(
+        default=600.0, ge=0, description="supply back and stable this long before the residents' all-clear"
+    )
+    quiet_hours: QuietHours | None = Field(
+        default=None, description="hours when non-urgent notices wait for a morning digest; none by default"
+    )
+    retry_max: Duration = Field(
+        default=300.0, gt=0, description="longest wait between two attempts of a failed target"
+    )
+    channel_failing_after: Duration = Field(
+        default=600.0,
+        gt=0,
+        description="a channel failing this long raises a staff incident through the other channels",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> NotifyConfig:
+        names = [c.name for c in self.channels]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate channel name(s): {', '.join(dup)}")
+        return self
