@@ -7,10 +7,11 @@ site file and never printed: the URL is a secret string, shown only in apprise's
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from gateway.config.base import Id, Strict
 from gateway.core.durations import Duration
@@ -85,6 +86,61 @@ class QuietHours(Strict):
         return self
 
 
+def _local_datetime(value: object) -> datetime:
+    """A wall-clock time of the site (no offset): YAML may already have made it a datetime."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"expected a local date and time such as 2026-05-10T09:00, got {value!r}"
+            ) from None
+    if not isinstance(value, datetime):
+        raise ValueError(f"expected a local date and time such as 2026-05-10T09:00, got {value!r}")
+    if value.tzinfo is not None:
+        raise ValueError(
+            f"expected the site's local time without an offset (the site's time zone applies), got {value}"
+        )
+    return value
+
+
+LocalDateTime = Annotated[datetime, BeforeValidator(_local_datetime)]
+
+# What planned works cut, unless a window says otherwise.
+MAINTENANCE_CATEGORIES = ("power_outage", "water_supply")
+
+
+class MaintenanceWindow(Strict):
+    """Planned works: outages they cause owe residents and the utility no outage notice; residents get an
+    advance notice instead."""
+
+    id: Annotated[str, Id] = Field(description="window id; names its notices (maintenance:<id>/...)")
+    start: LocalDateTime = Field(
+        description="when the works begin: local date and time in the site time zone, e.g. 2026-05-10T09:00"
+    )
+    end: LocalDateTime = Field(
+        description="when the works end, same form; an outage still on after it is reported as unplanned"
+    )
+    buildings: list[str] = Field(
+        default_factory=list, description="building ids the works affect; empty: every building"
+    )
+    categories: list[str] = Field(
+        default_factory=lambda: list(MAINTENANCE_CATEGORIES),
+        min_length=1,
+        description="incident categories the works explain; default power_outage and water_supply",
+    )
+    notice_before: Duration = Field(
+        default=86400.0, ge=0, description="residents get the advance notice this long before the start"
+    )
+    note: str = Field(default="", description="what the works are, in words, for the advance notice")
+
+    @model_validator(mode="after")
+    def _order(self) -> MaintenanceWindow:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end.isoformat()}) must be after start ({self.start.isoformat()})")
+        return self
+
+
 class NotifyConfig(Strict):
     """Notices to residents, staff and utilities; who gets what and when."""
 
@@ -116,6 +172,11 @@ class NotifyConfig(Strict):
         gt=0,
         description="a channel failing this long raises a staff incident through the other channels",
     )
+    maintenance: list[MaintenanceWindow] = Field(
+        default_factory=list,
+        description="planned maintenance windows: no outage notice for what they cut, an advance notice "
+        "to residents instead",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> NotifyConfig:
@@ -123,4 +184,8 @@ class NotifyConfig(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate channel name(s): {', '.join(dup)}")
+        ids = [w.id for w in self.maintenance]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate maintenance window id(s): {', '.join(dup)}")
         return self
