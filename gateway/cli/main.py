@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from gateway.cli.incidents import incidents
+from gateway.cli.notify import notify
 from gateway.cli.probe import probe
 from gateway.cli.replay import replay
 from gateway.cli.run import run
@@ -20,6 +21,7 @@ app = typer.Typer(
 # in the order `meterwatch --help` lists them
 for command in (check, plan, probe, schema, run, simulate, replay, incidents):
     app.command()(command)
+app.add_typer(notify, name="notify")
 
 
 def main() -> None:
