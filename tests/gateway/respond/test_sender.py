@@ -1,0 +1,455 @@
+"""The sending half of the outbox: real apprise to a local HTTP receiver and a local SMTP server.
+
+The outbox here is an in-memory fake of gateway/respond/outbox_api.Outbox (`MemoryOutbox`); it keeps every
+record() call, so a test can say how often a row was tried and what each target got. Tests wait on events
+(the receiver's count, a row's state), never on a sleep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from gateway.config.notify import Channel, NotifyConfig
+from gateway.respond.model import Delivery, DeliveryStatus, NoticeState, Stage
+from gateway.respond.outbox_api import Outbox, OutboxRow
+from gateway.respond.sender import GONE, ChannelWorker, Sender, plan_messages
+from tests.fixtures.receiver import Receiver
+from tests.fixtures.smtp import SmtpServer
+
+FAST = {"poll_interval": 0.05, "retry_base": 0.05}
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str
+    deliveries: list[Delivery]
+    state: NoticeState
+    failed_targets: list[str]
+    next_attempt_at: float | None
+    at: float
+
+
+class MemoryOutbox:
+    """The Outbox protocol over a dict, thread-safe, with waits for the tests."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.rows: dict[str, OutboxRow] = {}
+        self.states: dict[str, NoticeState] = {}
+        self.records: list[Record] = []
+        self._seq = 0
+
+    def add(
+        self,
+        channel: str,
+        title: str,
+        body: str = "body",
+        *,
+        stage: Stage = Stage.STAFF_OPEN,
+        context: dict[str, Any] | None = None,
+        failed_targets: list[str] | None = None,
+    ) -> str:
+        with self._cond:
+            self._seq += 1
+            key = f"incident:{self._seq}/{stage}/staff/{channel}"
+            self.rows[key] = OutboxRow(
+                key=key,
+                incident_id=self._seq,
+                stage=stage,
+                channel=channel,
+                audience="staff",
+                language="en",
+                context=context if context is not None else {"title": title, "body": body},
+                due_at=1000.0 + self._seq,  # long due, oldest first
+                failed_targets=failed_targets,
+            )
+            self.states[key] = NoticeState.PARTIAL if failed_targets else NoticeState.PENDING
+            return key
+
+    # -- the Outbox protocol -------------------------------------------------------------------------------
+    def due(self, channel: str, now: float, limit: int) -> list[OutboxRow]:
+        with self._cond:
+            rows = [
+                r
+                for r in self.rows.values()
+                if r.channel == channel
+                and self.states[r.key] in (NoticeState.PENDING, NoticeState.PARTIAL)
+                and r.due_at <= now
+                and (r.next_attempt_at is None or r.next_attempt_at <= now)
+            ]
+            return sorted(rows, key=lambda r: (r.due_at, r.key))[:limit]
+
+    def record(
+        self,
+        row_key: str,
+        deliveries: list[Delivery],
+        state: NoticeState,
+        failed_targets: list[str],
+        next_attempt_at: float | None,
+    ) -> None:
+        with self._cond:
+            row = self.rows[row_key]
+            self.rows[row_key] = dataclasses.replace(
+                row,
+                attempts=row.attempts + 1,
+                failed_targets=list(failed_targets) or None,
+                next_attempt_at=next_attempt_at,
+            )
+            self.states[row_key] = state
+            self.records.append(
+                Record(row_key, list(deliveries), state, list(failed_targets), next_attempt_at, time.time())
+            )
+            self._cond.notify_all()
+
+    # -- for the tests -------------------------------------------------------------------------------------
+    def records_of(self, key: str) -> list[Record]:
+        with self._cond:
+            return [r for r in self.records if r.key == key]
+
+    def wait_state(self, keys: list[str] | str, state: NoticeState, timeout: float = 15.0) -> None:
+        keys = [keys] if isinstance(keys, str) else keys
+        with self._cond:
+            if not self._cond.wait_for(lambda: all(self.states[k] == state for k in keys), timeout=timeout):
+                now = {k: self.states[k].value for k in keys if self.states[k] != state}
+                pytest.fail(f"not {state.value} after {timeout}s: {now}")
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+        with self._cond:
+            if not self._cond.wait_for(predicate, timeout=timeout):
+                pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def render(stage: Stage, language: str, context: dict[str, Any]) -> tuple[str, str]:
+    """A stand-in for gateway/respond/messages.py: the context carries its title and body."""
+    if "boom" in context:
+        raise KeyError(context["boom"])
+    if stage == Stage.DIGEST:
+        items = context["items"]
+        return f"{len(items)} notices", "\n".join(f"{i['title']}: {i['body']}" for i in items)
+    return str(context["title"]), str(context["body"])
+
+
+def channel(name: str, url: str, per_minute: int = 20) -> Channel:
+    return Channel(name=name, url=SecretStr(url), audiences=["staff"], language="en", per_minute=per_minute)
+
+
+def notify(*channels: Channel, retry_max: float = 300.0, failing_after: float = 600.0) -> NotifyConfig:
+    return NotifyConfig(channels=list(channels), retry_max=retry_max, channel_failing_after=failing_after)
+
+
+@pytest.fixture
+def outbox() -> MemoryOutbox:
+    return MemoryOutbox()
+
+
+@pytest.fixture
+def senders() -> Iterator[Callable[..., Sender]]:
+    """Make a Sender (started); every one is stopped at teardown."""
+    made: list[Sender] = []
+
+    def make(config: NotifyConfig, box: Outbox, **options: Any) -> Sender:
+        s = Sender(config, box, render, **{**FAST, **options})
+        made.append(s)
+        s.start()
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+def test_the_memory_outbox_is_an_outbox(outbox: MemoryOutbox) -> None:
+    box: Outbox = outbox  # the protocol, checked by mypy where the fake is passed
+    assert box.due("ops", 0.0, 10) == []
+
+
+def test_a_row_goes_to_json_once_and_is_sent(
+    receiver: Receiver, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    first = outbox.add("ops", "power outage: building 3", "since 08:02")
+    sender = senders(notify(channel("ops", receiver.url("json", "/hook"))), outbox)
+    outbox.wait_state(first, NoticeState.SENT)
+    (req,) = receiver.wait_for(1, "/hook")
+    assert req.json()["title"] == "power outage: building 3"
+    assert req.json()["message"] == "since 08:02"
+
+    (rec,) = outbox.records_of(first)
+    target = f"json://127.0.0.1:{receiver.port}/hook"
+    assert rec.state == NoticeState.SENT and rec.failed_targets == [] and rec.next_attempt_at is None
+    assert [(d.target, d.status, d.attempts, d.notice_key, d.channel) for d in rec.deliveries] == [
+        (target, DeliveryStatus.SUCCESS, 1, first, "ops")
+    ]
+
+    # A second row after it: the first is not sent again.
+    second = outbox.add("ops", "water: building 5")
+    sender.wake()
+    outbox.wait_state(second, NoticeState.SENT)
+    assert [r.json()["title"] for r in receiver.wait_for(2, "/hook")] == [
+        "power outage: building 3",
+        "water: building 5",
+    ]
+    assert len(outbox.records_of(first)) == 1
+    stats = sender.stats()["ops"]
+    assert stats.notices == {"sent": 2} and stats.deliveries == {"success": 2}
+    assert stats.messages == 2 and stats.last_success is not None and stats.failing_since is None
+
+
+def test_only_the_failed_target_is_retried_with_a_growing_capped_backoff(
+    receiver_factory: Callable[[], Receiver], outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    # One channel URL that apprise splits into two services (comma separated): one target each.
+    good, bad = receiver_factory(), receiver_factory()
+    bad.fail("/b")
+    url = f"{good.url('json', '/a')}, {bad.url('json', '/b')}"
+    key = outbox.add("ops", "power outage")
+    senders(notify(channel("ops", url), retry_max=0.2), outbox)
+
+    bad.wait_for(5, "/b")  # five failed rounds at the bad target
+    bad.heal("/b")
+    outbox.wait_state(key, NoticeState.SENT)
+
+    assert good.count("/a") == 1  # never sent twice to the target that had it
+    a, b = f"json://127.0.0.1:{good.port}/a", f"json://127.0.0.1:{bad.port}/b"
+    recs = outbox.records_of(key)
+    assert len(recs) == bad.count("/b") >= 6
+    assert {(d.target, d.status) for d in recs[0].deliveries} == {
+        (a, DeliveryStatus.SUCCESS),
+        (b, DeliveryStatus.FAILURE),
+    }
+    assert "500" in next(d.detail for d in recs[0].deliveries if d.target == b)
+    for rec in recs[1:]:  # later rounds: the failed target only
+        assert [d.target for d in rec.deliveries] == [b]
+    assert [r.state for r in recs] == [NoticeState.PARTIAL] * (len(recs) - 1) + [NoticeState.SENT]
+    assert all(r.failed_targets == [b] for r in recs[:-1])
+    assert [d.attempts for r in recs for d in r.deliveries if d.target == b] == list(range(1, len(recs) + 1))
+    # The wait after the n-th failed round: 0.05, 0.1, 0.2, then capped at retry_max 0.2.
+    waits = [r.next_attempt_at - r.deliveries[0].at for r in recs[:-1] if r.next_attempt_at is not None]
+    assert waits == pytest.approx([0.05, 0.1, 0.2] + [0.2] * (len(recs) - 4))
+    # The requests that reached the bad target came no sooner than the backoff said.
+    times = [r.at for r in bad.requests("/b")]
+    assert all(t2 - t1 >= w - 0.01 for t1, t2, w in zip(times, times[1:], waits, strict=False))
+
+
+def test_a_burst_over_the_rate_goes_as_one_digest(
+    receiver: Receiver, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    keys = [outbox.add("ops", f"notice {i:02d}", f"text {i:02d}") for i in range(30)]
+    sender = senders(notify(channel("ops", receiver.url("json", "/hook"), per_minute=10)), outbox)
+    outbox.wait_state(keys, NoticeState.SENT)
+
+    messages = receiver.requests("/hook")
+    assert len(messages) <= 10
+    digests = [m.json() for m in messages if m.json()["title"].endswith(" notices")]
+    singles = [m.json() for m in messages if not m.json()["title"].endswith(" notices")]
+    assert len(digests) == 1
+    carried = [line.split(":")[0] for line in digests[0]["message"].splitlines()]
+    assert digests[0]["title"] == f"{len(carried)} notices"
+    # Every notice exactly once, in a message of its own or in the digest; the oldest go alone.
+    assert sorted([s["title"] for s in singles] + carried) == [f"notice {i:02d}" for i in range(30)]
+    assert [s["title"] for s in singles] == [f"notice {i:02d}" for i in range(len(singles))]
+    for k in keys:  # each row recorded once, as sent
+        (rec,) = outbox.records_of(k)
+        assert rec.state == NoticeState.SENT
+    digested = [outbox.records_of(k)[0] for k in keys[len(singles) :]]
+    assert all(r.deliveries[0].detail == f"digest of {len(carried)}" for r in digested)
+    stats = sender.stats()["ops"]
+    assert (stats.messages, stats.digests, stats.digested_rows) == (len(messages), 1, len(carried))
+
+
+def test_plan_messages() -> None:
+    def same(_: object) -> int:
+        return 0
+
+    assert plan_messages(list(range(3)), same, 5, 50) == [[0], [1], [2]]
+    assert plan_messages(list(range(30)), same, 10, 50) == [[i] for i in range(9)] + [list(range(9, 30))]
+    assert plan_messages(list(range(30)), same, 10, 5) == [[i] for i in range(9)] + [list(range(9, 14))]
+    assert plan_messages(list(range(5)), same, 0, 50) == []
+    assert plan_messages(list(range(5)), same, 1, 50) == [[0, 1, 2, 3, 4]]
+    # Rows owed to different targets never share a digest; each served group costs one token.
+    parity = plan_messages(list(range(10)), lambda i: i % 2, 4, 50)
+    assert parity == [[0], [1], [2, 4, 6, 8], [3, 5, 7, 9]]
+    # More groups than tokens: the oldest groups go, as digests, the others wait.
+    assert plan_messages(list(range(6)), lambda i: i % 3, 2, 50) == [[0, 3], [1, 4]]
+
+
+def test_mailto_reaches_the_smtp_server_with_the_title_as_subject(
+    smtp_server: SmtpServer, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    key = outbox.add("mail", "停电：3号楼", "since 08:02, hotline 12345")
+    senders(notify(channel("mail", smtp_server.mailto(to="ops@example.org"))), outbox)
+    (mail,) = smtp_server.wait_for(1)
+    assert mail.subject == "停电：3号楼"
+    assert "since 08:02, hotline 12345" in mail.text()
+    assert mail.rcpt_tos == ["ops@example.org"] and mail.mail_from == "gw@example.org"
+    outbox.wait_state(key, NoticeState.SENT)
+    (rec,) = outbox.records_of(key)
+    (d,) = rec.deliveries
+    assert d.status == DeliveryStatus.SUCCESS and smtp_server.password not in d.target
+    assert d.target.startswith("mailto://gateway:") and "ops%40example.org" in d.target
+
+
+def test_one_url_with_two_recipients_is_one_target(
+    smtp_server: SmtpServer, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    # apprise reports one status for the URL, not one per recipient: one Delivery.
+    key = outbox.add("mail", "water: building 5")
+    senders(notify(channel("mail", smtp_server.mailto(to="a@example.org,b@example.org"))), outbox)
+    mails = smtp_server.wait_for(2)
+    assert sorted(r for m in mails for r in m.rcpt_tos) == ["a@example.org", "b@example.org"]
+    outbox.wait_state(key, NoticeState.SENT)
+    (rec,) = outbox.records_of(key)
+    assert len(rec.deliveries) == 1
+
+
+def test_a_render_error_is_a_failed_delivery_and_the_worker_goes_on(
+    receiver: Receiver, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    bad = outbox.add("ops", "", context={"boom": "no such key: eta"})
+    good = outbox.add("ops", "power outage")
+    sender = senders(notify(channel("ops", receiver.url("json", "/hook"))), outbox)
+    outbox.wait_state(good, NoticeState.SENT)
+    outbox.wait_state(bad, NoticeState.FAILED)
+    (rec,) = outbox.records_of(bad)
+    (d,) = rec.deliveries
+    assert d.status == DeliveryStatus.FAILURE and d.attempts == 0
+    assert d.detail.startswith("render failed: KeyError") and "no such key: eta" in d.detail
+    assert rec.next_attempt_at is None
+    # Not sent, and not tried again: another row after it goes, the failed one stays as it is.
+    later = outbox.add("ops", "water")
+    sender.wake()
+    outbox.wait_state(later, NoticeState.SENT)
+    assert [r.json()["title"] for r in receiver.requests("/hook")] == ["power outage", "water"]
+    assert len(outbox.records_of(bad)) == 1
+    assert sender.stats()["ops"].render_errors == 1
+    assert sender.stats()["ops"].failing_since is None  # a template's fault is not the channel's
+
+
+def test_a_slow_channel_does_not_delay_another(
+    receiver_factory: Callable[[], Receiver], outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    slow, fast = receiver_factory(), receiver_factory()
+    slow.hold("/slow")  # its requests stay unanswered until released
+    held = outbox.add("slow", "to the slow channel")
+    quick = outbox.add("fast", "to the fast channel")
+    sender = senders(
+        notify(channel("slow", slow.url("json", "/slow")), channel("fast", fast.url("json", "/fast"))),
+        outbox,
+    )
+    slow.wait_for(1, "/slow")  # the slow channel's worker is inside apprise now
+    outbox.wait_state(quick, NoticeState.SENT)
+    later = outbox.add("fast", "another one")
+    sender.wake("fast")
+    outbox.wait_state(later, NoticeState.SENT)
+    assert outbox.states[held] == NoticeState.PENDING and outbox.records_of(held) == []
+    slow.release("/slow")
+    outbox.wait_state(held, NoticeState.SENT)
+    assert slow.count("/slow") == 1
+
+
+def test_stop_returns_within_a_few_seconds(
+    receiver: Receiver, smtp_server: SmtpServer, outbox: MemoryOutbox
+) -> None:
+    # One worker is inside a request its receiver answers after 2 s; the other waits for apprise's 5.5 s
+    # gap between two e-mails to the same server. stop() cuts the wait short and waits out the request.
+    receiver.delay("/slow", 2.0)
+    outbox.add("slow", "slow one")
+    first = outbox.add("mail", "first mail")
+    second = outbox.add("mail", "second mail")
+    sender = Sender(
+        notify(channel("slow", receiver.url("json", "/slow")), channel("mail", smtp_server.mailto())),
+        outbox,
+        render,
+        poll_interval=0.05,
+        retry_base=0.05,
+    )
+    sender.start()
+    receiver.wait_for(1, "/slow")
+    smtp_server.wait_for(1)
+    outbox.wait_state(first, NoticeState.SENT)
+    assert sender.stop(timeout=4.0) == []
+    assert outbox.states[second] == NoticeState.PENDING and outbox.records_of(second) == []
+    assert len(smtp_server.mails()) == 1
+
+
+def test_a_channel_failing_longer_than_the_limit_is_flagged(
+    receiver: Receiver, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    receiver.fail("/down")
+    key = outbox.add("ops", "power outage")
+    sender = senders(
+        notify(channel("ops", receiver.url("json", "/down")), retry_max=0.1, failing_after=0.3), outbox
+    )
+    worker = sender.workers["ops"]
+    outbox.wait(lambda: worker.stats.failing_since is not None, what="a failure")
+    deadline = time.monotonic() + 15
+    while not sender.failing() and time.monotonic() < deadline:
+        receiver.wait_for(receiver.count("/down") + 1, "/down")  # one more failed round
+    assert sender.failing() == ["ops"]
+    assert outbox.states[key] == NoticeState.PENDING  # nobody has it: owed to every target
+    assert worker.stats.deliveries["failure"] >= 2 and worker.stats.last_success is None
+
+    receiver.heal("/down")
+    outbox.wait_state(key, NoticeState.SENT)
+    outbox.wait(lambda: not worker.stats.failing and worker.stats.failing_since is None, what="healed")
+    assert sender.failing() == []
+
+
+class LockedOutbox(MemoryOutbox):
+    """record() fails its first `n` calls, as SQLite does when the file stays locked."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.refusals = n
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        with self._cond:
+            if self.refusals > 0:
+                self.refusals -= 1
+                raise sqlite3.OperationalError("database is locked")
+        super().record(*args, **kwargs)
+
+
+def test_a_refused_record_is_kept_and_the_row_not_sent_again(
+    receiver: Receiver, senders: Callable[..., Sender]
+) -> None:
+    box = LockedOutbox(3)
+    key = box.add("ops", "power outage")
+    sender = senders(notify(channel("ops", receiver.url("json", "/hook"))), box)
+    box.wait_state(key, NoticeState.SENT)
+    assert receiver.count("/hook") == 1
+    (rec,) = box.records_of(key)
+    assert [d.status for d in rec.deliveries] == [DeliveryStatus.SUCCESS]
+    assert sender.stats()["ops"].outbox_errors == 3
+
+
+def test_a_target_no_longer_configured_is_given_up(
+    receiver: Receiver, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    key = outbox.add("ops", "power outage", failed_targets=["json://old-host/hook"])
+    senders(notify(channel("ops", receiver.url("json", "/hook"))), outbox)
+    outbox.wait_state(key, NoticeState.FAILED)
+    (rec,) = outbox.records_of(key)
+    assert [(d.target, d.status, d.detail) for d in rec.deliveries] == [
+        ("json://old-host/hook", DeliveryStatus.FAILURE, GONE)
+    ]
+    assert receiver.count() == 0
+
+
+def test_target_names_are_private_and_unique() -> None:
+    ch = channel(
+        "ops", "json://user:secret@10.0.0.1/hook, json://user:other@10.0.0.1/hook, wecombot://ABCDEFGH"
+    )
+    worker = ChannelWorker(ch, MemoryOutbox(), render)
+    names = [t.name for t in worker.targets]
+    assert len(names) == len(set(names)) == 3
+    assert names[1] == f"{names[0]} #2"
+    assert not any("secret" in n or "other" in n or "ABCDEFGH" in n for n in names)
