@@ -50,6 +50,7 @@ def write_live_site(
     clear_for: float = CLEAR_FOR,
     heartbeat: float = 1.0,
     http_port: int = 0,
+    extra: str = "",
 ) -> Path:
     """Two buildings on one Modbus TCP line (its converter is not powered by either building).
 
@@ -81,7 +82,7 @@ http: {{host: 127.0.0.1, port: {http_port}}}
 incidents: {{heartbeat: {heartbeat}s}}
 """
     path = directory / "site.yaml"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(text + extra, encoding="utf-8")
     return path
 
 

@@ -42,7 +42,7 @@ def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
     bus = Bus()
     presence = store.build_presence(site, bus)
     sink = store.build_sink(site, bus, state)
-    incidents, detector, router = detect.build(site, bus, state)
+    incidents, detector, router, responder = detect.build(site, bus, state)
     lines = modbus.build(site, bus)
     subscriber = mqtt.build(site, bus)
     services = Services(
@@ -50,6 +50,7 @@ def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
         readiness=Readiness(sink),
         sink=sink,
         incidents=incidents,
+        responder=responder,
         lines=lines,
         mqtt=subscriber,
         routers=[router],
@@ -58,6 +59,8 @@ def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
     if sink is not None:
         components.append(sink)
     components.append(detector)
+    if responder is not None:
+        components.append(responder)
     components.extend(lines)
     if subscriber is not None:
         components.append(subscriber)

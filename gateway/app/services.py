@@ -14,6 +14,7 @@ from gateway.observe.health import Readiness
 from gateway.observe.http import HttpServer
 from gateway.observe.metrics import Exported
 from gateway.observe.presence import DevicePresence
+from gateway.respond.responder import Responder
 from gateway.sink.forwarder import Forwarder
 
 
@@ -23,6 +24,7 @@ class Services:
     readiness: Readiness
     sink: Forwarder | None = None
     incidents: IncidentManager | None = None
+    responder: Responder | None = None
     lines: list[LineActor] = field(default_factory=list)
     mqtt: MqttSubscriber | None = None
     routers: list[APIRouter] = field(default_factory=list)
@@ -46,4 +48,6 @@ class Services:
             sink=self.sink,
             incidents=self.incidents,
             presence=self.presence,
+            channels={} if self.responder is None else self.responder.sender.stats(),
+            outbox=None if self.responder is None else self.responder.outbox,
         )

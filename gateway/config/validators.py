@@ -98,15 +98,24 @@ def cross_check(cfg: SiteConfig, src: LoadedYaml, profiles: dict[str, Profile]) 
 
 
 def apprise_url_problem(url: str) -> str | None:
-    """What apprise itself says of a URL (it is what will send), or None when it takes it. The URL is a
-    secret: the message names the scheme only."""
+    """What apprise itself says of a channel's URL (it is what will send), or None when it takes it. A
+    channel may hold several URLs (comma or space separated, as apprise splits them): each is checked.
+    The URL is a secret: the message names the scheme and position only."""
     import apprise
+    from apprise.utils.parse import parse_urls
 
-    scheme = url.partition("://")[0] if "://" in url else ""
-    if not scheme:
+    urls = parse_urls(url)
+    if not urls:
         return "expected an apprise URL such as wecombot://KEY, mailto://user:pass@host or json://host/path"
-    if apprise.Apprise.instantiate(url) is None:
-        return f"apprise does not accept this {scheme}:// URL: check it against the apprise documentation"
+    for i, one in enumerate(urls, 1):
+        scheme = one.partition("://")[0] if "://" in one else ""
+        where = f"URL {i} of {len(urls)}" if len(urls) > 1 else "this"
+        if not scheme:
+            return f"{where}: expected an apprise URL such as wecombot://KEY or json://host/path"
+        if apprise.Apprise.instantiate(one) is None:
+            return (
+                f"apprise does not accept {where} {scheme}:// URL: check it against the apprise documentation"
+            )
     return None
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from gateway.core.bus import Subscription
 from gateway.incidents.manager import IncidentManager
+from gateway.incidents.store import Batch
 
 log = logging.getLogger("meterwatch.incidents")
 
@@ -32,8 +33,14 @@ class Detector:
         sub: Subscription,
         tick_every: float = 1.0,
         clock: Callable[[], float] = time.time,
+        on_batch: Callable[[Batch, float], None] | None = None,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self.mgr = manager
+        # the respond side adds the notices a round's transitions owe to the same transaction (on_batch)
+        # and is told when they are committed, so its senders pick them up at once (on_commit)
+        self.on_batch = on_batch
+        self.on_commit = on_commit
         self.sub = sub
         self.tick_every = tick_every
         self.clock = clock
@@ -81,6 +88,11 @@ class Detector:
 
     async def _write(self, now: float, force: bool = False) -> None:
         batch = self.mgr.take_batch(now)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(batch, now)
+            except Exception:  # a bug on the respond side must not stop detection or its store
+                log.exception("the respond side failed on a round of transitions; detection goes on")
         if not batch or (not force and now < self._retry_at):
             if batch:
                 self.mgr.failed(batch)  # still waiting to retry: keep accumulating
@@ -102,3 +114,5 @@ class Detector:
         self._backoff = 1.0
         self._retry_at = 0.0
         self.mgr.committed(batch)
+        if self.on_commit is not None and batch.writers:
+            self.on_commit()

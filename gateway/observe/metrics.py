@@ -42,6 +42,8 @@ from gateway.config import Site
 from gateway.core.bus import Bus
 from gateway.core.stats import DeviceStats, Histogram, LineStats, MqttStats
 from gateway.observe.presence import DevicePresence
+from gateway.respond.model import DeliveryStatus, NoticeState
+from gateway.respond.sender import ChannelStats
 from gateway.sink.forwarder import Forwarder
 from gateway.sink.lineproto import LineEncoder
 from rules.engine import Engine
@@ -94,6 +96,10 @@ def _add_hist(fam: HistogramMetricFamily, values: list[str], h: Histogram) -> No
     fam.add_metric(values, buckets, sum_value=h.total)
 
 
+class OutboxDepth(Protocol):
+    def depth(self) -> tuple[int, float | None]: ...
+
+
 class OpenIncidents(Protocol):
     def open_incidents(self) -> Sequence[Incident]: ...
 
@@ -108,6 +114,8 @@ class Exported:
     sink: Forwarder | None = None
     incidents: OpenIncidents | None = None
     presence: DevicePresence | None = None
+    channels: Mapping[str, ChannelStats] = field(default_factory=dict)  # the notify channels' workers
+    outbox: OutboxDepth | None = None
 
 
 class GatewayCollector(Collector):
@@ -126,6 +134,7 @@ class GatewayCollector(Collector):
         yield from self._sink(now)
         yield from self._bus()
         yield from self._incidents()
+        yield from self._notify(now)
         yield from self._glitches()
 
     def _info(self) -> Iterator[Metric]:
@@ -352,6 +361,44 @@ class GatewayCollector(Collector):
         yield from (pub, depth, dropped)
 
     # -- incidents --------------------------------------------------------------------------------------
+    def _notify(self, now: float) -> Iterator[Metric]:
+        """Notices by channel and state, target results, failing channels, the outbox's depth and age."""
+        if self.exported.outbox is None:
+            return
+        notices = _counter(
+            "meterwatch_notices", "notice rows recorded, by channel and state", "channel", "state"
+        )
+        targets = _counter(
+            "meterwatch_notice_deliveries",
+            "target results of notices, by channel and status",
+            "channel",
+            "status",
+        )
+        failing = _gauge(
+            "meterwatch_notify_channel_failing", "1 when a channel fails longer than allowed", "channel"
+        )
+        last = _gauge(
+            "meterwatch_notify_channel_last_success_timestamp_seconds",
+            "when a target of the channel last took a message (Unix time)",
+            "channel",
+        )
+        for name, st in sorted(self.exported.channels.items()):
+            for state in NoticeState:
+                notices.add_metric([name, str(state)], st.notices.get(str(state), 0))
+            for status in DeliveryStatus:
+                targets.add_metric([name, str(status)], st.deliveries.get(str(status), 0))
+            failing.add_metric([name], 1.0 if st.failing else 0.0)
+            if st.last_success is not None:
+                last.add_metric([name], st.last_success)
+        depth, oldest = self.exported.outbox.depth()
+        yield from (notices, targets, failing, last)
+        yield _one_gauge("meterwatch_outbox_notices", "notice rows not yet delivered", depth)
+        yield _one_gauge(
+            "meterwatch_outbox_oldest_age_seconds",
+            "age of the oldest notice row not yet delivered (0 when none)",
+            0.0 if oldest is None else max(0.0, now - oldest),
+        )
+
     def _incidents(self) -> Iterator[Metric]:
         if self.exported.incidents is None:
             return
