@@ -377,7 +377,7 @@ class NoticePolicy:
 
     def _resolved(self, st: _Response, t: float) -> None:
         st.state, st.resolved_at = IncidentState.RESOLVED, t
-        self._owe_staff(st, Stage.RESOLVED, t)
+        self._owe_staff(st, Stage.RESOLVED, t, duration_s=round(t - st.since))
         st.next_update = None
         self._cancel_held(st, t, {Stage.RESIDENTS_UPDATE})  # an update held for the morning is stale now
         if st.notified and not st.closed:
@@ -636,6 +636,7 @@ class NoticePolicy:
                 "note": w.spec.note,
             },
             "buildings": [{"id": b, "name": names.get(b, b)} for b in buildings],
+            "advice": next((ADVICE[c] for c in w.spec.categories if c in ADVICE), None),
             "now_local": local_iso(t, self.tz),
         }
         for b in buildings:

@@ -225,6 +225,9 @@ def test_an_outage_over_within_the_delay_tells_only_staff(site: Site) -> None:
     assert inc.state == IncidentState.RESOLVED
     log = drive(NoticePolicy(site), result, T0 + 5000)
     assert sorted(log.of()) == [f"incident:{inc.id}/resolved/staff", f"incident:{inc.id}/staff_open/staff"]
+    assert inc.resolved_at is not None
+    resolved = log.one(f"incident:{inc.id}/resolved/staff")
+    assert resolved.context["duration_s"] == round(inc.resolved_at - inc.opened_at)
 
 
 def test_an_outage_recovering_at_the_end_of_the_delay_owes_residents_nothing(tmp_path: Path) -> None:
@@ -527,6 +530,7 @@ def test_a_maintenance_window_sends_its_advance_notice_and_suppresses_the_outage
     assert advance.context["maintenance"]["start_local"] == "2025-10-09T17:00:00+08:00"
     assert advance.context["maintenance"]["end_local"] == "2025-10-09T17:10:00+08:00"
     assert advance.context["maintenance"]["note"] == "feeder replacement"
+    assert advance.context["advice"] == "power"
     # B1 out from 17:01 to 17:08: within the window, the residents and the utility hear nothing
     samples = trace(1800, b1_off=between((60, 480)), start=start)
     result = replay(site, samples)
