@@ -22,6 +22,9 @@ What a template may read
     stage's own keys. These optional keys are always there, None (or empty) when not set, so
     `{% if eta_local %}` is the test:
         eta_local   the expected restoration time staff have set (a local ISO time), or None
+        planned     True for a planned maintenance window's advance notice (residents_notice) or an
+                    incident inside one (staff_open); then `maintenance` holds the window: id,
+                    start_local, end_local, categories, note (and a residents_notice has no `incident`)
         duration_s  how long the outage lasted, in seconds (all_clear, resolved), or None
         step        the escalation step (escalation), or None
         links       {"ack": url or None, "on_site": url or None} (dispatch, escalation)
@@ -74,7 +77,15 @@ LANGUAGES: tuple[str, ...] = get_args(Language)
 SHIPPED = Path(__file__).parent / "templates"
 
 # Keys a template may always read: their value when the notice does not set them.
-OPTIONAL: dict[str, Any] = {"eta_local": None, "duration_s": None, "step": None, "links": {}, "items": []}
+OPTIONAL: dict[str, Any] = {
+    "eta_local": None,
+    "duration_s": None,
+    "step": None,
+    "links": {},
+    "items": [],
+    "planned": False,
+    "maintenance": None,
+}
 LINKS = ("ack", "on_site")
 
 
@@ -334,7 +345,29 @@ def _variants(stage: Stage) -> list[dict[str, Any]]:
         sample_context(stage, "water_supply", optional=False),
         sample_context(stage, "water_supply"),
         sample_context(stage, "pump_fault", optional=False),
+        *([maintenance_sample()] if stage == Stage.RESIDENTS_NOTICE else []),
     ]
+
+
+def maintenance_sample() -> dict[str, Any]:
+    """A planned maintenance window's advance notice, as gateway/respond/policy.py owes it: no incident."""
+    return {
+        "site": {"id": "sample", "name": "阳光花园", "timezone": "Asia/Shanghai", "hotline": "400-800-1234"},
+        "planned": True,
+        "maintenance": {
+            "id": "pump-swap",
+            "start": 1772416800.0,
+            "end": 1772427600.0,
+            "start_local": "2026-03-02T10:00:00+08:00",
+            "end_local": "2026-03-02T13:00:00+08:00",
+            "categories": ["water_supply"],
+            "note": "更换二次供水水泵",
+        },
+        "buildings": [{"id": "B1", "name": "1号楼"}],
+        "advice": "water",
+        "now_local": "2026-03-01T10:00:00+08:00",
+        "audience": "residents:B1",
+    }
 
 
 # ---------------------------------------------------------------------------------------------- rendering
