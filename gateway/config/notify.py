@@ -10,6 +10,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
@@ -141,6 +142,52 @@ class MaintenanceWindow(Strict):
         return self
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Links(Strict):
+    """The signed, expiring links of the dispatch message ('acknowledge', 'on site')."""
+
+    base_url: str | None = Field(
+        default=None,
+        description="the gateway's address as staff phones reach it, e.g. https://gw.example.org; the links "
+        "are <base_url>/ack/<token> and <base_url>/on-site/<token>; unset: no links can be made",
+    )
+    ttl: Duration = Field(default=86400.0, gt=0, description="how long a link stays valid after it is sent")
+    secret_env: str = Field(
+        default="MW_LINK_SECRET",
+        pattern=_ENV_NAME.pattern,
+        description="environment variable holding the signing secret (at least 32 characters); unset: a "
+        "secret is generated once into <state_dir>/link-secret",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        parts = urlsplit(v)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+            bad_port = False
+        except ValueError:
+            bad_port = True
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or bad_port
+            or parts.username is not None
+            or parts.query
+            or parts.fragment
+            or any(c.isspace() for c in v)
+        ):
+            raise ValueError(
+                f"expected an http:// or https:// address without user, query or fragment, e.g. "
+                f"https://gw.example.org, got {v!r}"
+            )
+        return v.rstrip("/")
+
+
 class NotifyConfig(Strict):
     """Notices to residents, staff and utilities; who gets what and when."""
 
@@ -176,6 +223,11 @@ class NotifyConfig(Strict):
         default_factory=list,
         description="planned maintenance windows: no outage notice for what they cut, an advance notice "
         "to residents instead",
+    )
+    links: Links = Field(
+        default_factory=Links,
+        description="the 'acknowledge' and 'on site' links of the dispatch message: address, lifetime, "
+        "secret",
     )
 
     @model_validator(mode="after")
