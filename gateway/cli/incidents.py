@@ -33,21 +33,32 @@ def url_for(site: Site | None) -> str:
     return f"http://{host}:{http.port}"
 
 
-def fetch(base: str, state: str, limit: int = 1000, timeout: float = 5.0) -> dict[str, Any]:
-    url = f"{base.rstrip('/')}/api/incidents?state={state}&limit={limit}"
+def daemon_get(base: str, path: str, timeout: float = 5.0, not_found: str | None = None) -> Any:
+    """GET a JSON path of the running daemon's API; DaemonUnreachable says what went wrong (`not_found`
+    for a 404 when the caller knows what that means)."""
+    url = f"{base.rstrip('/')}{path}"
     hint = "is `meterwatch run SITE.yaml` running there, with http enabled?"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            body = json.loads(resp.read())
+            return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
+        if exc.code == 404 and not_found is not None:
+            raise DaemonUnreachable(not_found) from None
         raise DaemonUnreachable(f"{url}: the daemon answered HTTP {exc.code} {exc.reason}; {hint}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DaemonUnreachable(f"cannot reach the daemon at {base}: {reason}; {hint}") from None
     except json.JSONDecodeError:
         raise DaemonUnreachable(f"{url}: the answer is not JSON; {hint}") from None
+
+
+def fetch(base: str, state: str, limit: int = 1000, timeout: float = 5.0) -> dict[str, Any]:
+    path = f"/api/incidents?state={state}&limit={limit}"
+    body = daemon_get(base, path, timeout)
     if not isinstance(body, dict) or not isinstance(body.get("incidents"), list):
-        raise DaemonUnreachable(f"{url}: the answer has no incidents list; is that a meterwatch daemon?")
+        raise DaemonUnreachable(
+            f"{base}{path}: the answer has no incidents list; is that a meterwatch daemon?"
+        )
     return body
 
 

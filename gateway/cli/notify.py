@@ -10,10 +10,7 @@ or building, a template that fails, the daemon unreachable) are one line each on
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +19,7 @@ from typing import Any, NoReturn
 import typer
 
 from gateway.cli.common import SiteArg, load_or_exit
-from gateway.cli.incidents import DaemonUnreachable, url_for
+from gateway.cli.incidents import DaemonUnreachable, daemon_get, url_for
 from gateway.config import Site, effective_rules
 from gateway.config.devices import Role
 from gateway.core.timefmt import local_iso
@@ -159,22 +156,10 @@ def record_context(record: Mapping[str, Any], site: Site, now: float, **extra: A
 
 def fetch_incident(base: str, incident_id: int, timeout: float = 5.0) -> dict[str, Any]:
     """GET /api/incidents/{id} of the running daemon; DaemonUnreachable says what went wrong."""
-    url = f"{base.rstrip('/')}/api/incidents/{incident_id}"
-    hint = "is `meterwatch run SITE.yaml` running there, with http enabled?"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            body = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            raise DaemonUnreachable(f"the daemon at {base} has no incident {incident_id}") from None
-        raise DaemonUnreachable(f"{url}: the daemon answered HTTP {exc.code} {exc.reason}; {hint}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DaemonUnreachable(f"cannot reach the daemon at {base}: {reason}; {hint}") from None
-    except json.JSONDecodeError:
-        raise DaemonUnreachable(f"{url}: the answer is not JSON; {hint}") from None
+    path = f"/api/incidents/{incident_id}"
+    body = daemon_get(base, path, timeout, not_found=f"the daemon at {base} has no incident {incident_id}")
     if not isinstance(body, dict):
-        raise DaemonUnreachable(f"{url}: the answer is not an incident; is that a meterwatch daemon?")
+        raise DaemonUnreachable(f"{base}{path}: the answer is not an incident; is that a meterwatch daemon?")
     return body
 
 
