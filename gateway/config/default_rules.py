@@ -2,18 +2,29 @@
 
 The defaults work for the shipped profiles (quantity names voltage_l1..l3, current_l1, power_total,
 pressure in bar, flow in m3/h). A `rules:` list is merged into the defaults by id: an entry with a
-default's id replaces it (`enabled: false` drops it), other entries add.
+default's id changes only the fields it gives (`merge_override`, applied by the loader before the entry is
+validated; `enabled: false` drops the rule), other entries add.
 """
 
 from __future__ import annotations
+
+import copy
+from typing import Any
 
 from pydantic import TypeAdapter
 
 from gateway.config.rules import OUTAGE_AUDIENCES, RuleSpec
 
+# Each default rule's fields as written below (by id): an override is merged over these, not over the
+# validated model, so a field a validator derives from others (a polyphase rule's pct from its check) is
+# derived again from the merged fields.
+_WRITTEN: dict[str, dict[str, object]] = {}
+
 
 def _r(**kw: object) -> RuleSpec:
-    return TypeAdapter(RuleSpec).validate_python(kw)
+    rule = TypeAdapter(RuleSpec).validate_python(kw)
+    _WRITTEN[rule.id] = copy.deepcopy(kw)
+    return rule
 
 
 DEFAULT_RULES: list[RuleSpec] = [
@@ -174,8 +185,43 @@ DEFAULT_RULES: list[RuleSpec] = [
 ]
 
 
+def default_entry(rule_id: object) -> dict[str, Any] | None:
+    """The default rule `rule_id` as a `rules:` entry (YAML keys, `for` not `for_`); None: no such default."""
+    for rule in DEFAULT_RULES:
+        if rule.id == rule_id:
+            written = _WRITTEN.get(rule.id)
+            if written is None:  # not built by _r: its set fields are the nearest thing to "as written"
+                return rule.model_dump(by_alias=True, exclude_unset=True)
+            return copy.deepcopy(written)
+    return None
+
+
+class KindMismatch(ValueError):
+    """An override entry whose `kind` is not its default rule's."""
+
+
+def merge_override(entry: object) -> dict[str, Any] | None:
+    """An entry of a site's `rules:` with a default rule's id, merged over that default: the entry's keys
+    replace the default's (a mapping such as `match` is replaced whole, `null` unsets an optional field),
+    every other key is the default's. None when the entry is not a mapping with a default rule's id (it is
+    a rule of its own). Raises KindMismatch when the entry gives a kind that is not the default's."""
+    if not isinstance(entry, dict):
+        return None
+    default = default_entry(entry.get("id"))
+    if default is None:
+        return None
+    if "kind" in entry and entry["kind"] != default["kind"]:
+        raise KindMismatch(
+            f"kind {entry['kind']!r} is not the kind of the default rule {default['id']} "
+            f"({default['kind']}): leave `kind` out to change only the fields given, or give a new rule "
+            "a new id"
+        )
+    return {**default, **entry}
+
+
 def effective_rules(configured: list[RuleSpec] | None) -> list[RuleSpec]:
-    """Defaults merged with the site's rules by id (see the module docstring); disabled rules removed."""
+    """Defaults merged with the site's rules by id: a site rule with a default's id takes its place (the
+    loader has already merged such an entry over the default, see merge_override); disabled rules removed."""
     by_id: dict[str, RuleSpec] = {r.id: r for r in DEFAULT_RULES}
     for r in configured or []:
         by_id[r.id] = r

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.config.default_rules import DEFAULT_RULES, KindMismatch, default_entry, merge_override
 from gateway.config.devices import Device
 from gateway.config.errors import ConfigError, ConfigIssue
 from gateway.config.modbus import Line
@@ -55,9 +57,67 @@ def _pydantic_message(err: Any) -> str:
     if err["type"] == "missing":
         return "required field is missing"
     inp = err.get("input")
-    if err["type"] not in ("missing",) and not isinstance(inp, dict | list) and inp is not None:
+    if not isinstance(inp, dict | list) and inp is not None and not msg.endswith(f"got {inp!r}"):
         msg += f", got {inp!r}"
     return msg
+
+
+def _describe(err: Any, overrides: dict[int, str]) -> tuple[Loc, str]:
+    """Where a pydantic error is and what it means, in the site file's words. `overrides`: index in
+    `rules:` -> id of the default rule that entry was merged over."""
+    loc = _strip_union_tags(tuple(err["loc"]))
+    if err["type"] in ("union_tag_not_found", "union_tag_invalid") and loc[:1] == ("rules",):
+        return _rule_kind_problem(loc, err.get("input"))
+    msg = _pydantic_message(err)
+    if len(loc) == 2 and loc[0] == "rules" and loc[1] in overrides:
+        # a check across fields, some of which the entry may not have written
+        msg += (
+            f" (this entry changes the default rule {overrides[loc[1]]}: the fields it leaves out are the "
+            "default's; `null` unsets one)"
+        )
+    return loc, msg
+
+
+def _rule_kind_problem(loc: Loc, entry: object) -> tuple[Loc, str]:
+    """A `rules:` entry with no kind or one that is not a rule kind (pydantic's discriminator errors)."""
+    kinds = ", ".join(RULE_KINDS)
+    kind = entry.get("kind") if isinstance(entry, dict) else None
+    if kind is not None:
+        return (*loc, "kind"), f"unknown rule kind {kind!r}; expected one of {kinds}"
+    msg = f"`kind` is {'empty' if isinstance(entry, dict) and 'kind' in entry else 'missing'}: "
+    msg += f"expected one of {kinds}"
+    rule_id = entry.get("id") if isinstance(entry, dict) else None
+    close = get_close_matches(rule_id, _DEFAULT_IDS, n=1) if isinstance(rule_id, str) else []
+    if close:
+        msg += f" (no default rule has id {rule_id!r}: did you mean {close[0]}?)"
+    else:
+        msg += " (a new rule needs one; an entry with a default rule's id may leave it out)"
+    return loc, msg
+
+
+def _merge_defaults(data: dict[str, Any]) -> tuple[dict[str, Any], dict[int, str], list[tuple[Loc, str]]]:
+    """`data` with every `rules:` entry that has a default rule's id merged over that default (the entry
+    changes only the fields it gives), before pydantic sees the union of rule kinds; the indices merged
+    (-> default id); and the entries whose kind is not their default's (those entries are the default
+    unchanged, so that their other keys raise no follow-on errors)."""
+    entries = data.get("rules")
+    if not isinstance(entries, list):
+        return data, {}, []
+    merged: list[Any] = []
+    overrides: dict[int, str] = {}
+    problems: list[tuple[Loc, str]] = []
+    for i, entry in enumerate(entries):
+        try:
+            rule = merge_override(entry)
+        except KindMismatch as exc:
+            problems.append((("rules", i, "kind"), str(exc)))
+            rule = default_entry(entry["id"])
+        if rule is None:
+            merged.append(entry)
+        else:
+            merged.append(rule)
+            overrides[i] = str(rule["id"])
+    return {**data, "rules": merged}, overrides, problems
 
 
 def load_site(path: str | Path, env: dict[str, str] | None = None) -> Site:
@@ -72,12 +132,14 @@ def load_site(path: str | Path, env: dict[str, str] | None = None) -> Site:
         raise ConfigError(
             [*issues, ConfigIssue(p, 1, (), "expected a mapping with site, buildings, devices")]
         )
+    data, overrides, problems = _merge_defaults(src.data)
+    issues.extend(ConfigIssue(p, src.line_of(loc), loc, msg) for loc, msg in problems)
     try:
-        cfg = SiteConfig.model_validate(src.data)
+        cfg = SiteConfig.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = _strip_union_tags(tuple(err["loc"]))
-            issues.append(ConfigIssue(p, src.line_of(loc), loc, _pydantic_message(err)))
+            loc, msg = _describe(err, overrides)
+            issues.append(ConfigIssue(p, src.line_of(loc), loc, msg))
         raise ConfigError(issues) from None
     profiles = dict(builtin_profiles())
     if cfg.profiles_dir is not None:
@@ -101,6 +163,7 @@ def _strip_union_tags(loc: Loc) -> Loc:
 
 
 _UNION_TAGS = frozenset({"str", "int", "float", *RULE_KINDS})
+_DEFAULT_IDS = [r.id for r in DEFAULT_RULES]
 
 
 def json_schema() -> dict[str, Any]:

@@ -25,7 +25,8 @@ _RuleId = Field(
     pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
     min_length=1,
     max_length=64,
-    description="rule id, e.g. water.low_pressure; a default rule's id replaces that rule",
+    description="rule id, e.g. water.low_pressure; an entry with a default rule's id changes only the "
+    "fields it gives (kind may be left out; enabled: false drops the rule)",
 )
 
 _Category = Field(
