@@ -50,7 +50,8 @@ TABLE_HEAD = ["| field | type | default | meaning |", "|---|---|---|---|"]
 RULE_MODELS: tuple[type[RuleBase], ...] = typing.get_args(typing.get_args(RuleSpec)[0])
 RULES_INTRO = (
     "Each entry of `rules:` is a mapping with a `kind`. Every kind takes the fields of the first table; "
-    "`kind` decides the others, in the table of that kind."
+    "`kind` decides the others, in the table of that kind. An entry with a default rule's id changes only "
+    "the fields it gives and may leave out `kind` (and whatever the tables mark required)."
 )
 
 
