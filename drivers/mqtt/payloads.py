@@ -4,6 +4,10 @@ Pure functions. A decoder returns the quantities it could read plus the problems
 of a multi-value payload costs that field, not the whole message (the Sample is then marked
 `decode_error`). Quantity names are the common ones of the device profiles (voltage_l1, current_l1,
 power_total, energy_import in kWh, ...).
+
+Bounds (the router applies the size, value and per-device ones): JSON deeper than MAX_DEPTH is refused
+(too_deep), phase arrays keep their first MAX_PHASES elements (too_many_phases), and a quantity name must
+match QUANTITY_NAME and not be reserved (`quality` is the sink's own field).
 """
 
 from __future__ import annotations
@@ -23,9 +27,31 @@ from drivers.mqtt.errors import (
     MissingField,
     NotANumber,
     NotFinite,
+    TooDeep,
+    TooManyPhases,
     UnknownQuantity,
 )
+from drivers.mqtt.errors import short as _short
 from gateway.config.fieldpath import parse_steps
+
+# Defaults of the bounds (the site file's mqtt section can change the first three).
+MAX_PAYLOAD = 65536  # bytes; a larger payload is dropped before any parsing
+MAX_VALUES = 64  # readings kept from one message
+MAX_QUANTITIES = 64  # distinct quantities one device may have
+MAX_DEPTH = 16  # JSON nesting (objects and arrays)
+MAX_PHASES = 3  # elements kept from a phase array (Tasmota ENERGY lists)
+
+QUANTITY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+RESERVED_QUANTITIES = frozenset({"quality"})  # the sink writes the Sample's quality as a field of this name
+
+
+def quantity_problem(name: str) -> str | None:
+    """Why `name` cannot be a quantity (from a payload key or a topic level), or None when it can."""
+    if QUANTITY_NAME.fullmatch(name) is None:
+        return f"{_short(name)} is not a quantity name ([a-z][a-z0-9_]{{0,63}})"
+    if name in RESERVED_QUANTITIES:
+        return f"{name!r} is reserved"
+    return None
 
 
 @dataclass
@@ -86,7 +112,10 @@ def to_float(raw: object, where: str) -> float:
     if isinstance(raw, bool):
         return 1.0 if raw else 0.0
     if isinstance(raw, int | float):
-        value = float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:  # an integer literal of hundreds of digits
+            raise NotFinite(f"{where} is {_short(raw)}, expected a finite number") from None
     elif isinstance(raw, str):
         try:
             value = float(raw.strip())
@@ -99,15 +128,47 @@ def to_float(raw: object, where: str) -> float:
     return value
 
 
-def parse_json(payload: bytes) -> Any:
+def parse_json(payload: bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """The JSON document, nested at most `max_depth` objects/arrays deep (TooDeep otherwise)."""
     try:
-        return json.loads(payload)
+        # What json.loads(bytes) does (UTF-8, or UTF-16/32 by their BOM or zero bytes), kept as text for the
+        # depth check.
+        text = payload.decode(json.detect_encoding(payload), "surrogatepass")
+        doc = json.loads(text)
+    except RecursionError:  # the parser recurses per level: thousands of [ exhaust the stack
+        raise TooDeep(f"JSON nested deeper than {max_depth} levels: {_short(payload)}") from None
     except UnicodeDecodeError:
         raise MalformedJson(f"payload is not UTF-8 text: {_short(payload)}") from None
     except json.JSONDecodeError as exc:
         raise MalformedJson(
             f"malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {_short(payload)}"
         ) from None
+    except ValueError as exc:  # e.g. an integer literal over Python's 4300-digit limit
+        raise MalformedJson(f"malformed JSON ({_short(str(exc), 80)}): {_short(payload)}") from None
+    # No more brackets than the limit (inside strings or not): it cannot nest deeper.
+    if text.count("[") + text.count("{") > max_depth and _nested_deeper(text, max_depth):
+        raise TooDeep(f"JSON nested deeper than {max_depth} levels: {_short(payload)}")
+    return doc
+
+
+# On text json.loads accepted: its strings (to skip), anything but brackets, and innermost bracket pairs.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")
+
+
+def _nested_deeper(text: str, limit: int) -> bool:
+    """Whether valid JSON `text` nests objects/arrays more than `limit` deep.
+
+    No recursion and no walk over the parsed objects (tens of milliseconds for 64 KB of `[[]]`): a few
+    regular-expression passes in C, each removing one level of innermost bracket pairs.
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(limit):
+        brackets = _INNERMOST.sub("", brackets)
+        if not brackets:
+            return False
+    return True
 
 
 # Epoch values above this are milliseconds: 1e11 seconds is the year 5138, 1e11 ms is 1973.
@@ -131,14 +192,11 @@ def parse_timestamp(raw: object, tz: tzinfo, where: str) -> float:
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=tz)
             return dt.timestamp()
+    if isinstance(raw, int) and raw.bit_length() > 64:  # no epoch; and math.isfinite overflows on huge ints
+        raise BadTimestamp(f"{where} is {_short(raw)}, {expected}")
     if isinstance(raw, int | float) and math.isfinite(raw) and raw >= 0:
         return float(raw) / 1000.0 if raw > _MS_THRESHOLD else float(raw)
     raise BadTimestamp(f"{where} is {_short(raw)}, {expected}")
-
-
-def _short(raw: object, limit: int = 60) -> str:
-    text = repr(raw)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -180,7 +238,7 @@ def decode_fields(doc: object, fields: Mapping[str, FieldPath]) -> Decoded:
     for key, raw in doc.items():
         # Without explicit fields, text and nested values are metadata, not readings.
         if isinstance(raw, int | float) and not isinstance(raw, bool):
-            out.put(str(key), raw, f"field {key!r}")
+            out.put(str(key), raw, f"field {_short(key)}")
     if not out.values and not out.problems:
         out.problems.append(MissingField("the JSON object has no numeric field"))
     return out
@@ -218,6 +276,12 @@ def decode_tasmota(doc: object) -> Decoded:
             out.put(single, raw, where)
             continue
         before = len(out.problems)
+        if len(raw) > MAX_PHASES:
+            # Phases beyond l3 are no quantity of any profile; without them a sum would be wrong.
+            out.problems.append(
+                TooManyPhases(f"{where} has {len(raw)} phases, expected at most {MAX_PHASES}; kept the first")
+            )
+            raw = raw[:MAX_PHASES]
         for i, item in enumerate(raw, start=1):
             out.put(phase.format(i), item, f"{where}[{i - 1}]")
         phases = [
@@ -244,9 +308,9 @@ _SHELLY_GEN1: dict[str, tuple[str, float]] = {
 
 def decode_shelly_gen1(kind: str, channel: str, payload: bytes) -> Decoded:
     if kind not in _SHELLY_GEN1:
-        raise UnknownQuantity(f"Shelly emeter value {kind!r} is not one of {', '.join(_SHELLY_GEN1)}")
+        raise UnknownQuantity(f"Shelly emeter value {_short(kind)} is not one of {', '.join(_SHELLY_GEN1)}")
     if channel not in ("0", "1", "2"):
-        raise UnknownQuantity(f"Shelly emeter channel {channel!r} is not 0, 1 or 2")
+        raise UnknownQuantity(f"Shelly emeter channel {_short(channel)} is not 0, 1 or 2")
     pattern, scale = _SHELLY_GEN1[kind]
     out = decode_number(payload, pattern.format(int(channel) + 1))
     if scale != 1.0:

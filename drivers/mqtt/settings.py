@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from drivers.mqtt.payloads import FieldPath, parse_path
+from drivers.mqtt.payloads import (
+    MAX_DEPTH,
+    MAX_PAYLOAD,
+    MAX_QUANTITIES,
+    MAX_VALUES,
+    FieldPath,
+    parse_path,
+)
 from gateway.config.mqtt import Format, subscription_problems
 from gateway.config.topics import TopicTemplate, parse_template
 
@@ -65,6 +72,12 @@ class MqttSettings:
     # QoS 0 messages waiting for the bus beyond this are dropped and counted (QoS>0 ones are bounded by
     # receive_maximum and never dropped: they stay unacknowledged until the bus takes them).
     inbox_limit: int = 50_000
+    # Bounds of one message (drivers/mqtt/router.py): payload bytes (larger ones are dropped unread),
+    # readings kept per message, distinct quantities per device, JSON nesting.
+    max_payload: int = MAX_PAYLOAD
+    max_values: int = MAX_VALUES
+    max_quantities: int = MAX_QUANTITIES
+    max_depth: int = MAX_DEPTH
     source: str = "mqtt"
 
     @property

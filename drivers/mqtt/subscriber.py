@@ -7,7 +7,9 @@ Delivery contract (at least once, across reconnects and restarts):
   crash before that makes the broker deliver it again;
 - reconnect with a back-off capped at `reconnect_max`, resubscribe on every connect, and a watchdog that
   reconnects a link that claims to be up but has carried nothing for `silence_timeout`;
-- a bad message is counted by cause, logged once per cause, acknowledged and skipped.
+- a bad message is counted by cause, logged once per cause, acknowledged and skipped; a payload over
+  max_payload is cut to max_payload + 1 bytes on arrival and dropped unread (see drivers/mqtt/router.py for
+  the other bounds), so no message can hold the event loop for long.
 
 Threads: paho callbacks only copy the message and post it with `loop.call_soon_threadsafe`; decoding,
 stats, logging and bus publishing all happen on the event loop, one message at a time, in arrival order.
@@ -32,6 +34,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from drivers.mqtt.errors import short
 from drivers.mqtt.router import Router
 from drivers.mqtt.settings import MqttSettings
 from gateway.core.bus import Bus
@@ -45,7 +48,8 @@ log = logging.getLogger("meterwatch.mqtt")
 @dataclass(frozen=True, slots=True)
 class _Inbound:
     topic: str
-    payload: bytes
+    payload: bytes  # at most max_payload + 1 bytes: a larger one is cut on arrival and dropped unread
+    size: int  # the payload's length as received
     qos: int
     mid: int
     retain: bool
@@ -87,7 +91,15 @@ class MqttSubscriber:
         self.bus = bus
         self.stats = stats or MqttStats(source=settings.source)
         self.clock = clock
-        self.router = Router(settings.subscriptions, settings.devices, ZoneInfo(settings.timezone))
+        self.router = Router(
+            settings.subscriptions,
+            settings.devices,
+            ZoneInfo(settings.timezone),
+            max_payload=settings.max_payload,
+            max_values=settings.max_values,
+            max_quantities=settings.max_quantities,
+            max_depth=settings.max_depth,
+        )
         self.once = OnceLog(log)
         self.acked = 0  # QoS>0 messages acknowledged to the broker (for tests and benches)
         self.watchdog_reconnects = 0
@@ -297,10 +309,15 @@ class MqttSubscriber:
                 topic = msg.topic
             except UnicodeDecodeError:
                 topic = "<topic is not UTF-8>"
+            payload = msg.payload
+            size = len(payload)
+            if size > self.settings.max_payload:  # only the length matters: keep no megabytes queued
+                payload = payload[: self.settings.max_payload + 1]
             self._post(
                 _Inbound(
                     topic=topic,
-                    payload=bytes(msg.payload),
+                    payload=bytes(payload),
+                    size=size,
                     qos=msg.qos,
                     mid=msg.mid,
                     retain=bool(msg.retain),
@@ -351,7 +368,9 @@ class MqttSubscriber:
             except Exception:
                 # A bug must not stop the source; the message is acknowledged so it cannot jam the session.
                 self.stats.decode_errors["internal"] += 1
-                if self.once.warn(("internal",), "mqtt message on %r could not be handled", item.topic):
+                if self.once.warn(
+                    ("internal",), "mqtt message on %s could not be handled", short(item.topic, 200)
+                ):
                     log.exception("mqtt internal error")
                 self._ack(client, item)
 
@@ -364,10 +383,14 @@ class MqttSubscriber:
             self._published_unacked.discard(item.mid)
             self._ack(client, item)
             return
-        routed = self.router.route(item.topic, item.payload, item.received, retained=item.retain)
-        where = routed.subscription.template.text if routed.subscription else item.topic
+        routed = self.router.route(
+            item.topic, item.payload, item.received, retained=item.retain, size=item.size
+        )
+        # Keyed by subscription, never by topic: distinct topics must not grow the log or its memory.
+        where = routed.subscription.template.text if routed.subscription else "<no subscription>"
+        topic = short(item.topic, 200)
         for p in routed.problems:
-            self._problem(p.cause, where, "mqtt %s on %r: %s", p.cause, item.topic, p.message)
+            self._problem(p.cause, where, "mqtt %s on %s: %s", p.cause, topic, p.message)
         if routed.sample is not None:
             await self.bus.publish(routed.sample)
         self._ack(client, item)
