@@ -59,6 +59,9 @@ def mqtt_settings(site: Site) -> MqttSettings | None:
         reconnect_max=float(cfg.reconnect_max),
         clean_start=cfg.clean_start,
         silence_timeout=float(cfg.silence_timeout),
+        max_payload=cfg.max_payload,
+        max_values=cfg.max_values,
+        max_quantities=cfg.max_quantities,
         timezone=site.config.site.timezone,
     )
 

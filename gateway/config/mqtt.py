@@ -76,6 +76,26 @@ class MqttConfig(Strict):
     )
     clean_start: bool = Field(default=False, description="False keeps a persistent session across restarts")
     silence_timeout: Duration = Field(default=120.0, gt=0, description="reconnect when connected but silent")
+    max_payload: int = Field(
+        default=65536,
+        ge=64,
+        le=16 * 1024 * 1024,
+        description="largest payload read, in bytes; a larger message is counted (too_large) and "
+        "skipped unread",
+    )
+    max_values: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="readings kept from one message; the rest are counted (too_many_values) and dropped",
+    )
+    max_quantities: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="distinct quantities one device may have; new ones beyond are counted "
+        "(too_many_quantities) and dropped",
+    )
     subscriptions: list[MqttSubscription] = Field(
         default_factory=list, description="the topics read, and how each payload becomes readings"
     )
