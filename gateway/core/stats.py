@@ -71,6 +71,8 @@ class MqttStats:
     connected: bool = False
     reconnects: int = 0
     messages: int = 0
-    # cause -> count; causes: "json", "nan", "unknown_device", "unknown_topic", "no_value", "type"
+    # cause -> count (drivers/mqtt/errors.py): whole messages ("json", "unknown_device", "unknown_topic",
+    # "too_large", "too_deep") and dropped fields ("nan", "no_value", "type", "bad_quantity",
+    # "too_many_values", "too_many_phases", "too_many_quantities")
     decode_errors: Counter[str] = field(default_factory=Counter)
     last_message: float | None = None

@@ -248,7 +248,8 @@ class GatewayCollector(Collector):
         msgs = _counter("meterwatch_mqtt_messages", "MQTT messages received", "source")
         dec = _counter(
             "meterwatch_mqtt_decode_errors",
-            "MQTT messages skipped, by cause (json, nan, unknown_device, unknown_topic, ...)",
+            "MQTT decode problems, by cause: a message skipped (json, unknown_device, unknown_topic, "
+            "too_large, too_deep, ...) or a field dropped (nan, bad_quantity, too_many_values, ...)",
             "source",
             "cause",
         )
