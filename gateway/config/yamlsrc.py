@@ -82,9 +82,17 @@ def load(path: Path, env: dict[str, str] | None = None) -> LoadedYaml:
             f"the file is larger than {MAX_BYTES // 1024 // 1024} MiB (passed on this line); "
             "a site file is a few KB",
         )
-    text = raw.decode("utf-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise YamlSyntaxError(path, line, f"not UTF-8 text (byte 0x{raw[exc.start]:02x})") from None
     text = text.replace("\r\n", "\n").replace("\r", "\n")  # as read_text's universal newlines
-    loader = _GuardedLoader(text)
+    try:
+        loader = _GuardedLoader(text)
+    except yaml.reader.ReaderError as exc:  # a control character; PyYAML checks the whole text first
+        line = text[: exc.position].count("\n") + 1
+        raise YamlSyntaxError(path, line, f"control character #x{exc.character:02x} is not allowed") from None
     try:
         node = loader.get_single_node()
     except _Refused as exc:
@@ -177,9 +185,14 @@ def _convert(node: yaml.Node, loc: Loc, out: LoadedYaml, env: dict[str, str]) ->
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.SafeLoader(  # construct the key as YAML would (ints stay ints, etc.)
-                ""
-            ).construct_object(key_node, deep=True)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise YamlSyntaxError(
+                    out.path,
+                    key_node.start_mark.line + 1,
+                    "a key must be a plain value, not a list or mapping",
+                )
+            merge = key_node.tag == "tag:yaml.org,2002:merge"  # SafeLoader cannot construct it
+            key = "<<" if merge else _scalar(key_node, out.path)  # as YAML would (ints stay ints, etc.)
             if key == "<<":
                 raise YamlSyntaxError(
                     out.path, key_node.start_mark.line + 1, "YAML merge keys are not supported"
@@ -190,10 +203,22 @@ def _convert(node: yaml.Node, loc: Loc, out: LoadedYaml, env: dict[str, str]) ->
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_convert(child, (*loc, i), out, env) for i, child in enumerate(node.value)]
-    value = yaml.SafeLoader("").construct_object(node, deep=True)
+    value = _scalar(node, out.path)
     if isinstance(value, str) and "${" in value:
         value = _substitute(value, loc, out, env)
     return value
+
+
+def _scalar(node: yaml.Node, path: Path) -> Any:
+    """The value of a scalar as SafeLoader constructs it; a value its tag cannot take (`!!int abc`, an int
+    of 5,000 digits, `!!python/name:...`) is a file:line error rather than a traceback."""
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+        text = str(node.value)
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise YamlSyntaxError(path, node.start_mark.line + 1, f"cannot read {shown!r} as {tag}") from None
 
 
 def _substitute(value: str, loc: Loc, out: LoadedYaml, env: dict[str, str]) -> str:

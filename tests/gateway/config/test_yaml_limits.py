@@ -24,9 +24,9 @@ PEAK_LIMIT = 4 * MiB  # what refusing any of these may allocate (the alias bomb 
 @pytest.fixture(autouse=True)
 def address_space_cap() -> Iterator[None]:
     """Without the limits a bomb grows until the machine runs out of memory; cap this process's address
-    space at 512 MiB above what it uses now, so that turns into a MemoryError (a failure), then restore."""
+    space at 256 MiB above what it uses now, so that turns into a MemoryError (a failure), then restore."""
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = _vm_size() + 512 * MiB
+    cap = _vm_size() + 256 * MiB
     if hard != resource.RLIM_INFINITY:
         cap = min(cap, hard)
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
@@ -255,3 +255,35 @@ def test_meterwatch_check_prints_one_file_line_error_and_exits_1(
     assert issue.startswith(f"{bomb}:{line}: {message}")
     assert count == f"1 problem(s) in {bomb}"
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        pytest.param(b'site: {id: s1}\nname: "caf\xe9"\n', 2, "not UTF-8 text (byte 0xe9)", id="latin-1"),
+        pytest.param(
+            b"site: {id: s1}\n[1]: 2\n", 2, "a key must be a plain value, not a list or mapping", id="key"
+        ),
+        pytest.param(b"site: {id: s1}\nport: !!int abc\n", 2, "cannot read 'abc' as !!int", id="int"),
+        pytest.param(
+            b"x:\n  n: " + b"9" * 5000 + b"\n", 2, "cannot read '" + "9" * 40 + "...' as !!int", id="digits"
+        ),
+        pytest.param(b'name: "a\x01b"\n', 1, "control character #x01 is not allowed", id="control"),
+        pytest.param(b"at: 2001-02-30\n", 1, "cannot read '2001-02-30' as !!timestamp", id="date"),
+        pytest.param(
+            b"x: !!python/name:os.system ls\n",
+            1,
+            "cannot read 'ls' as !!python/name:os.system",
+            id="python-tag",
+        ),
+        pytest.param(b"base: &b {a: 1}\nx:\n  <<: *b\n", 3, "YAML merge keys are not supported", id="merge"),
+    ],
+)
+def test_a_value_yaml_cannot_make_is_one_file_line_error(
+    tmp_path: Path, text: bytes, line: int, message: str
+) -> None:
+    f = tmp_path / "odd.yaml"
+    f.write_bytes(text)
+    with pytest.raises(YamlSyntaxError) as info:
+        yamlsrc.load(f, {})
+    assert (info.value.path, info.value.line, info.value.message) == (f, line, message)
