@@ -7,8 +7,9 @@ Hostile or broken input is refused with one file:line error instead of exhaustin
 Python stack. The limits are far above what a site, scenario or replay-mapping file needs (the example
 compound, 11 devices, is 4 KB, 360 values and 6 levels deep, scalars counted):
 - MAX_BYTES, 1 MiB: the file is read only that far (a FIFO or /dev/zero cannot stall the load).
-- MAX_DEPTH, 64 levels of collections, aliases expanded: PyYAML's composer (3 Python frames a level) and
-  `_convert` (2) recurse, so 50,000 nested brackets overflowed the stack; checked before each descent.
+- MAX_DEPTH, 64 levels (the root and scalars count), aliases expanded: PyYAML's composer (3 Python
+  frames a level) and `_convert` (2) recurse, so 50,000 nested brackets overflowed the stack; checked
+  before each descent.
 - MAX_ALIAS_VALUES, 10,000 values reached through aliases: an alias is expanded into a full copy when
   converted, so nine levels of nine aliases ("billion laughs", 3.6 KB) mean 9**9 values. A site file
   uses aliases to share a few small blocks (a `match:` of 3-5 values, a few dozen times), i.e. hundreds.
