@@ -25,6 +25,7 @@ _BELOW_APP = frozenset(
         "gateway.incidents",
         "gateway.respond",
         "gateway.observe",
+        "gateway.web",
         "drivers",
         "rules",
     }
@@ -42,6 +43,17 @@ ALLOWED: dict[str, frozenset[str]] = {
         {"gateway.core", "gateway.config", "gateway.sink", "gateway.incidents", "gateway.respond", "rules"}
     ),
     "gateway.tools": frozenset({"gateway.core", "gateway.config", "gateway.sink"}),
+    # the HTTP edge of the respond side: the API, the console and the public pages
+    "gateway.web": frozenset(
+        {
+            "gateway.core",
+            "gateway.config",
+            "gateway.incidents",
+            "gateway.respond",
+            "gateway.observe",
+            "rules",
+        }
+    ),
     # the daemon's wiring: every part, never the command line or the simulators
     "gateway.app": _BELOW_APP,
     # only the command line reaches the simulators (the demo, `meterwatch simulate`)

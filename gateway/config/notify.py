@@ -30,6 +30,7 @@ AUDIENCES = (
 )
 _AUDIENCE = re.compile(r"^(staff|oncall|backup|supervisor|manager|utility:water|utility:power|residents)$")
 _RESIDENTS_OF = re.compile(r"^residents:[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PERSON = re.compile(r"^person:[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 Language = Literal["zh", "en"]
@@ -37,9 +38,12 @@ Language = Literal["zh", "en"]
 
 def audience_problem(text: str) -> str | None:
     """What is wrong with an audience name, or None."""
-    if _AUDIENCE.match(text) or _RESIDENTS_OF.match(text):
+    if _AUDIENCE.match(text) or _RESIDENTS_OF.match(text) or _PERSON.match(text):
         return None
-    return f"unknown audience {text!r}; expected one of {', '.join(AUDIENCES)} or residents:<building id>"
+    return (
+        f"unknown audience {text!r}; expected one of {', '.join(AUDIENCES)}, residents:<building id> "
+        "or person:<oncall.people id>"
+    )
 
 
 class Channel(Strict):
@@ -53,7 +57,8 @@ class Channel(Strict):
     audiences: list[str] = Field(
         min_length=1,
         description="who this channel reaches: staff, oncall, backup, supervisor, manager, utility:water, "
-        "utility:power, residents or residents:<building id>",
+        "utility:power, residents, residents:<building id>, or person:<id> (one person of oncall.people: "
+        "gets what is sent to a role while that person holds it)",
     )
     language: Language = Field(default="zh", description="language of the messages: zh (Chinese) or en")
     per_minute: int = Field(

@@ -14,6 +14,7 @@ from gateway.config.incidents import IncidentsConfig
 from gateway.config.modbus import Line
 from gateway.config.mqtt import MqttConfig
 from gateway.config.notify import NotifyConfig
+from gateway.config.oncall import OncallConfig
 from gateway.config.rules import RuleSpec
 from gateway.config.site import Building, SiteInfo
 from gateway.config.store import InfluxConfig, SpoolConfig
@@ -45,4 +46,8 @@ class SiteConfig(Strict):
     incidents: IncidentsConfig = Field(default_factory=IncidentsConfig, description="the incident store")
     notify: NotifyConfig = Field(
         default_factory=NotifyConfig, description="notices to residents, staff and utilities (apprise)"
+    )
+    oncall: OncallConfig = Field(
+        default_factory=OncallConfig,
+        description="the emergency team: on-call roster, dispatch and the escalation chain",
     )

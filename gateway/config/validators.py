@@ -87,11 +87,18 @@ def cross_check(cfg: SiteConfig, src: LoadedYaml, profiles: dict[str, Profile]) 
     for i, sub in enumerate(cfg.mqtt.subscriptions if cfg.mqtt else []):
         if sub.device is not None and sub.device not in mqtt_devices:
             add(("mqtt", "subscriptions", i, "device"), f"{sub.device!r} is not a device with source: mqtt")
+    people = {p.id for p in cfg.oncall.people}
     for i, ch in enumerate(cfg.notify.channels):
         for j, audience in enumerate(ch.audiences):
             building = audience.partition(":")[2] if audience.startswith("residents:") else None
             if building is not None and building not in buildings:
                 add(("notify", "channels", i, "audiences", j), f"unknown building {building!r}")
+            person = audience.partition(":")[2] if audience.startswith("person:") else None
+            if person is not None and person not in people:
+                add(
+                    ("notify", "channels", i, "audiences", j),
+                    f"unknown person {person!r}; expected one of oncall.people[].id",
+                )
         if (problem := apprise_url_problem(ch.url.get_secret_value())) is not None:
             add(("notify", "channels", i, "url"), problem)
     return issues
