@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from gateway.cli.desk import register as register_desk
 from gateway.cli.incidents import incidents
 from gateway.cli.notify import notify
 from gateway.cli.probe import probe
@@ -22,6 +23,7 @@ app = typer.Typer(
 for command in (check, plan, probe, schema, run, simulate, replay, incidents):
     app.command()(command)
 app.add_typer(notify, name="notify")
+register_desk(app)  # staff actions through the daemon's write API: open, ack, on-site, ..., oncall
 
 
 def main() -> None:
