@@ -25,12 +25,34 @@ oldest rows go one by one with all tokens but one per target group, and the rest
 digest message (Stage.DIGEST, context {"items": [{"title", "body"}, ...]}, at most `digest_max` items;
 more wait for the next token). A target group is the rows owed to the same targets (a retry owed only to
 the targets that failed is never merged with a notice owed to all of them, so a digest never repeats a
-notice to a target that has it). Each merged row is recorded as sent (or not) through the digest.
+notice to a target that has it). Each merged row is recorded as sent (or not) through the digest, with
+the detail "digest of N".
+
+Quiet hours' morning digest. The policy holds non-urgent notices during quiet hours: such a row is due at
+the quiet hours' end and its context has `held_until_local`. The held rows due at once on a channel go as
+ONE digest per target group (same template; at most `digest_max` each, more make a second digest), one
+token each, recorded per row with the detail "quiet-hours digest of N"; rows that were never held go one
+by one as above. A digest whose target failed leaves its rows owed to that target only, due together
+again: the retry is again one digest, to that target only. A held row alone goes as a message of its own.
+
+Idempotency key on the wire. Every message to a json://, form:// or xml:// target (and their s-forms)
+carries the HTTP header `X-Meterwatch-Key: <the outbox row's key>` (incident:3/staff_open/staff/staff;
+a digest lists the keys of its rows, ", " separated; characters outside letters, digits and -._~:/@=+
+are percent-encoded); an e-mail (mailto://, mailtos://) carries it as a header of the mail. It is what
+those URLs' `+Header=value` argument does, set on the service for the one call. A resend (a retry, or a
+restart after a crash) carries the same key, so a receiver that dedupes by it can make a repeat
+harmless. Robots and other schemes (wecombot://, wechat://, dingtalk://, feishu://, lark://, an SMS
+gateway plugin, ...) have no way to carry a header of ours: a repeat reaches their people as a second
+message.
 
 Exactly once is what the outbox gives between the incident and the row; between apprise and the record of
-its result there is a window (a crash after apprise returned and before the record committed) in which a
-notice can go twice. A result is recorded right after its send; one the outbox refuses (locked, disk full)
-is kept and recorded again before anything else is sent, so the row does not go out again meanwhile.
+its result there is a window in which a notice can go twice: from the moment the request reaches the
+target to the moment its result is committed (a crash while the target has not answered yet, or after
+apprise returned and before the record). The row is then still owed and goes again after the restart, to
+every target it was owed to; at most the one message in flight per channel is repeated (a worker sends
+one message at a time), never a row that was merely due. A result is recorded right after its send; one
+the outbox refuses (locked, disk full) is kept and recorded again before anything else is sent, so the
+row does not go out again meanwhile.
 
 Stopping: the thread checks a stop event between messages, and apprise's gap between two sends to the
 same service is waited out here, on that event, before apprise is called (so apprise's own sleep is ~0).
@@ -48,12 +70,18 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import apprise
+from apprise.plugins.custom_form import NotifyForm
+from apprise.plugins.custom_json import NotifyJSON
+from apprise.plugins.custom_xml import NotifyXML
+from apprise.plugins.email import NotifyEmail
 from apprise.utils.parse import parse_urls
 
 from gateway.config.notify import Channel, NotifyConfig
@@ -67,6 +95,17 @@ Render = Callable[[Stage, str, dict[str, Any]], tuple[str, str]]
 
 DETAIL_MAX = 300  # characters of apprise's own log lines kept in a Delivery's detail
 GONE = "no longer in the channel's URL"
+
+# The header that carries the outbox rows' idempotency keys to targets that can take a header.
+KEY_HEADER = "X-Meterwatch-Key"
+# apprise's services whose URLs take `+Header=value` arguments: json(s)://, form(s)://, xml(s)://, and
+# mailto(s):// (an e-mail header). Each keeps those headers in its `headers` dict and sends them with
+# every request (every e-mail).
+KEYED_SERVICES: tuple[type, ...] = (NotifyJSON, NotifyForm, NotifyXML, NotifyEmail)
+# Characters a key keeps as they are in the header (besides letters, digits and -._~): what the outbox's
+# keys are made of (incident:3/staff_open/residents:B1/b1-residents). Anything else is percent-encoded, so
+# a key can never break the header (a comma, a line break, a character outside ASCII).
+_KEY_SAFE = ":/@=+"
 
 T = TypeVar("T")
 
@@ -148,11 +187,50 @@ def plan_messages(
     return [[items[i] for i in m] for _, m in out]
 
 
+def held_units(
+    items: Sequence[T], held: Callable[[T], bool], group: Callable[[T], Hashable], digest_max: int
+) -> list[list[T]]:
+    """The due `items` (oldest first) as units of sending: the held items of one group together, in
+    chunks of at most `digest_max` (each chunk one digest), every other item alone. Units are ordered by
+    their oldest item. plan_messages then spends one token per unit while the tokens last."""
+    size = max(digest_max, 1)
+    units: list[list[T]] = []
+    open_unit: dict[Hashable, list[T]] = {}  # the held unit of each group still taking items
+    for it in items:
+        if not held(it):
+            units.append([it])
+            continue
+        g = group(it)
+        unit = open_unit.get(g)
+        if unit is None or len(unit) >= size:
+            unit = open_unit[g] = []
+            units.append(unit)
+        unit.append(it)
+    return units
+
+
+def key_header(keys: Sequence[str]) -> str:
+    """The X-Meterwatch-Key value of a message carrying the outbox rows `keys`: each key percent-encoded
+    outside letters, digits and -._~:/@=+, joined by ", " (HTTP's list syntax: a digest carries all)."""
+    return ", ".join(quote(k, safe=_KEY_SAFE, errors="backslashreplace") for k in keys)
+
+
+def is_held(row: OutboxRow) -> bool:
+    """Whether quiet hours held the notice (the policy marks it with the local time it was held until)."""
+    return isinstance(row.context, dict) and bool(row.context.get("held_until_local"))
+
+
+def carries_key(service: Any) -> bool:
+    """Whether an apprise service can take the key header: json/form/xml, e-mail (robots cannot)."""
+    return isinstance(service, KEYED_SERVICES) and isinstance(getattr(service, "headers", None), dict)
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     name: str  # privacy form, the name the outbox and the delivery log keep
     tag: str  # our tag on its apprise service: notify(tag=[...]) reaches only these
     service: Any  # the apprise NotifyBase (its throttle clock is read before a send)
+    keyed: bool = False  # it takes the X-Meterwatch-Key header (carries_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +276,28 @@ def _detail(entries: Any) -> str:
 def target_name(service: Any) -> str:
     """apprise's privacy form of a service's URL without the query (options, never targets or secrets)."""
     return str(service.url(privacy=True)).split("?", 1)[0]
+
+
+@contextmanager
+def _key_header(targets: Sequence[_Target], keys: Sequence[str]) -> Iterator[None]:
+    """Put the X-Meterwatch-Key header on the keyed targets' services for one notify() call, as their
+    `+X-Meterwatch-Key=...` URL argument would, and take it off after: the services are this worker's own
+    (one thread), so no other message sees it. A header of the same name in the URL is put back after."""
+    keyed = [t for t in targets if t.keyed]
+    value = key_header(keys)
+    saved: list[tuple[dict[str, Any], str | None]] = []
+    for t in keyed:
+        headers: dict[str, Any] = t.service.headers
+        saved.append((headers, headers.get(KEY_HEADER)))
+        headers[KEY_HEADER] = value
+    try:
+        yield
+    finally:
+        for headers, before in saved:
+            if before is None:
+                headers.pop(KEY_HEADER, None)
+            else:
+                headers[KEY_HEADER] = before
 
 
 class ChannelWorker:
@@ -261,7 +361,7 @@ class ChannelWorker:
             seen[name] += 1
             if seen[name] > 1:
                 name = f"{name} #{seen[name]}"
-            targets.append(_Target(name, tag, service))
+            targets.append(_Target(name, tag, service, carries_key(service)))
         self.stats.targets = len(targets)
         return targets
 
@@ -327,15 +427,22 @@ class ChannelWorker:
                 ready.append(item)
         if not ready:
             return 0.0 if handled else self.poll_interval
-        plan = plan_messages(
-            ready, lambda r: tuple(t.tag for t in r.targets), self._bucket.available(), self.digest_max
-        )
+
+        def group(r: _Ready) -> Hashable:
+            return tuple(t.tag for t in r.targets)
+
+        # Notices quiet hours held come due together at their end: one unit (one digest) per target group.
+        units = held_units(ready, lambda r: is_held(r.row), group, self.digest_max)
+        plan = plan_messages(units, lambda u: group(u[0]), self._bucket.available(), self.digest_max)
         if not plan:
             return min(self.poll_interval, max(self._bucket.eta(), 0.01))
         for message in plan:
             if self._stop.is_set():
                 break
-            self._send(message)
+            # Units merged by the rate limit may hold more rows than a digest takes: the rest wait.
+            items = [r for unit in message for r in unit][: max(self.digest_max, 1)]
+            morning = len(message) == 1 and len(items) > 1  # one held unit, not a rate-limit merge
+            self._send(items, note=f"quiet-hours digest of {len(items)}" if morning else "")
         return 0.0
 
     def _prepare(self, row: OutboxRow, now: float) -> _Ready | None:
@@ -374,15 +481,16 @@ class ChannelWorker:
             return None
         return _Ready(row, targets, gone, title, body)
 
-    def _send(self, items: list[_Ready]) -> None:
+    def _send(self, items: list[_Ready], note: str = "") -> None:
+        """One message: `items` alone (one) or as a digest (several, all owed to the same targets)."""
         targets = items[0].targets
-        note = ""
         if len(items) == 1:
             title, body = items[0].title, items[0].body
+            note = ""
         else:
             title, body = self._digest(items)
-            note = f"digest of {len(items)}"
-        outcomes = self._notify(targets, title, body)
+            note = note or f"digest of {len(items)}"
+        outcomes = self._notify(targets, title, body, [it.row.key for it in items])
         if outcomes is None:  # stopped while waiting for apprise's throttle: nothing sent, nothing recorded
             return
         self._bucket.take()
@@ -453,14 +561,17 @@ class ChannelWorker:
                 wait = max(wait, rate - (now - last).total_seconds())
         return wait
 
-    def _notify(self, targets: Sequence[_Target], title: str, body: str) -> dict[str, _Outcome] | None:
+    def _notify(
+        self, targets: Sequence[_Target], title: str, body: str, keys: Sequence[str]
+    ) -> dict[str, _Outcome] | None:
         wait = self._throttle_wait(targets)
         if wait > 0 and self._stop.wait(wait):
             return None
         try:
-            result = self._apprise.notify(
-                body=body, title=title, tag=[t.tag for t in targets], timeout=self.send_timeout
-            )
+            with _key_header(targets, keys):
+                result = self._apprise.notify(
+                    body=body, title=title, tag=[t.tag for t in targets], timeout=self.send_timeout
+                )
         except Exception as e:
             log.exception("channel %s: apprise raised", self.channel)
             why = f"apprise raised {type(e).__name__}: {e}"[:DETAIL_MAX]

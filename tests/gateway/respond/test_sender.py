@@ -15,13 +15,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import apprise
 import pytest
 from pydantic import SecretStr
 
 from gateway.config.notify import Channel, NotifyConfig
+from gateway.respond.messages import Messages, sample_context
 from gateway.respond.model import Delivery, DeliveryStatus, NoticeState, Stage
 from gateway.respond.outbox_api import Outbox, OutboxRow
-from gateway.respond.sender import GONE, ChannelWorker, Sender, plan_messages
+from gateway.respond.sender import (
+    GONE,
+    KEY_HEADER,
+    ChannelWorker,
+    Render,
+    Sender,
+    carries_key,
+    held_units,
+    key_header,
+    plan_messages,
+)
 from tests.fixtures.receiver import Receiver
 from tests.fixtures.smtp import SmtpServer
 
@@ -57,19 +69,27 @@ class MemoryOutbox:
         stage: Stage = Stage.STAFF_OPEN,
         context: dict[str, Any] | None = None,
         failed_targets: list[str] | None = None,
+        held_until: str | None = None,
+        due_at: float | None = None,
+        language: str = "en",
+        key: str | None = None,
     ) -> str:
+        """A row owed to `channel`; `held_until` marks it held by quiet hours, as the policy does."""
         with self._cond:
             self._seq += 1
-            key = f"incident:{self._seq}/{stage}/staff/{channel}"
+            key = key or f"incident:{self._seq}/{stage}/staff/{channel}"
+            ctx = dict(context) if context is not None else {"title": title, "body": body}
+            if held_until is not None:
+                ctx["held_until_local"] = held_until
             self.rows[key] = OutboxRow(
                 key=key,
                 incident_id=self._seq,
                 stage=stage,
                 channel=channel,
                 audience="staff",
-                language="en",
-                context=context if context is not None else {"title": title, "body": body},
-                due_at=1000.0 + self._seq,  # long due, oldest first
+                language=language,
+                context=ctx,
+                due_at=1000.0 + self._seq if due_at is None else due_at,  # long due, oldest first
                 failed_targets=failed_targets,
             )
             self.states[key] = NoticeState.PARTIAL if failed_targets else NoticeState.PENDING
@@ -156,7 +176,7 @@ def senders() -> Iterator[Callable[..., Sender]]:
     """Make a Sender (started); every one is stopped at teardown."""
     made: list[Sender] = []
 
-    def make(config: NotifyConfig, box: Outbox, **options: Any) -> Sender:
+    def make(config: NotifyConfig, box: Outbox, render: Render = render, **options: Any) -> Sender:
         s = Sender(config, box, render, **{**FAST, **options})
         made.append(s)
         s.start()
@@ -181,6 +201,7 @@ def test_a_row_goes_to_json_once_and_is_sent(
     (req,) = receiver.wait_for(1, "/hook")
     assert req.json()["title"] == "power outage: building 3"
     assert req.json()["message"] == "since 08:02"
+    assert req.header("X-Meterwatch-Key") == first == "incident:1/staff_open/staff/ops"
 
     (rec,) = outbox.records_of(first)
     target = f"json://127.0.0.1:{receiver.port}/hook"
@@ -218,6 +239,8 @@ def test_only_the_failed_target_is_retried_with_a_growing_capped_backoff(
     outbox.wait_state(key, NoticeState.SENT)
 
     assert good.count("/a") == 1  # never sent twice to the target that had it
+    # every attempt at either target carries the row's key: a receiver can tell a retry from news
+    assert {tuple(r.keys) for r in good.requests("/a") + bad.requests("/b")} == {(key,)}
     a, b = f"json://127.0.0.1:{good.port}/a", f"json://127.0.0.1:{bad.port}/b"
     recs = outbox.records_of(key)
     assert len(recs) == bad.count("/b") >= 6
@@ -290,6 +313,7 @@ def test_mailto_reaches_the_smtp_server_with_the_title_as_subject(
     assert mail.subject == "停电：3号楼"
     assert "since 08:02, hotline 12345" in mail.text()
     assert mail.rcpt_tos == ["ops@example.org"] and mail.mail_from == "gw@example.org"
+    assert mail.message["X-Meterwatch-Key"] == key  # an e-mail header: mailto:// takes +Header= too
     outbox.wait_state(key, NoticeState.SENT)
     (rec,) = outbox.records_of(key)
     (d,) = rec.deliveries
@@ -453,3 +477,181 @@ def test_target_names_are_private_and_unique() -> None:
     assert len(names) == len(set(names)) == 3
     assert names[1] == f"{names[0]} #2"
     assert not any("secret" in n or "other" in n or "ABCDEFGH" in n for n in names)
+
+
+# ---- the idempotency key on the wire -------------------------------------------------------------------
+
+
+def test_json_form_and_xml_carry_the_row_key_for_the_one_call(
+    receiver: Receiver, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    url = ", ".join(
+        [
+            receiver.url("json", "/j") + "?+X-Site=demo",  # a header of the site's own stays
+            receiver.url("form", "/f"),
+            receiver.url("xml", "/x") + "?+X-Meterwatch-Key=static",  # ours wins while we send
+        ]
+    )
+    first = outbox.add("ops", "power outage")
+    second = outbox.add("ops", "water")
+    sender = senders(notify(channel("ops", url)), outbox)
+    outbox.wait_state([first, second], NoticeState.SENT)
+    for path in ("/j", "/f", "/x"):
+        assert [r.header(KEY_HEADER) for r in receiver.requests(path)] == [first, second], path
+    assert {r.header("X-Site") for r in receiver.requests("/j")} == {"demo"}
+    assert b"title=power+outage" in receiver.requests("/f")[0].body  # a form and an XML post, not JSON
+    assert receiver.requests("/x")[0].body.lstrip().startswith(b"<?xml")
+    # The services keep what their URLs said, not the last message's key.
+    services = [t.service for t in sender.workers["ops"].targets]
+    assert [s.headers.get(KEY_HEADER) for s in services] == [None, None, "static"]
+    assert services[0].headers == {"X-Site": "demo"}
+
+
+def test_a_key_that_could_break_a_header_is_percent_encoded_and_decodes_back(
+    receiver: Receiver, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    odd = "incident:7/staff_open/residents:楼 B, east\r\nX-Evil: 1/ops"
+    key = outbox.add("ops", "power outage", key=odd)
+    senders(notify(channel("ops", receiver.url("json", "/hook"))), outbox)
+    outbox.wait_state(key, NoticeState.SENT)
+    (req,) = receiver.requests("/hook")
+    assert req.header("X-Evil") is None
+    value = req.header(KEY_HEADER)
+    assert value is not None and value.isascii() and "," not in value and " " not in value
+    assert req.keys == [odd]
+    assert key_header(["incident:1/staff_open/staff/ops", "incident:2/flapping/staff/ops"]) == (
+        "incident:1/staff_open/staff/ops, incident:2/flapping/staff/ops"
+    )
+
+
+def test_robots_cannot_carry_the_key_json_form_xml_and_mail_can() -> None:
+    for url in ("wecombot://ABCDEFGHIJ", "dingtalk://abcdefghij", "feishu://abcdefghij"):
+        service = apprise.Apprise.instantiate(url)
+        assert service is not None and not carries_key(service), url
+    for url in ("json://h/x", "jsons://h/x", "form://h/x", "xml://h/x", "mailto://u:p@example.org"):
+        service = apprise.Apprise.instantiate(url)
+        assert service is not None and carries_key(service), url
+
+
+# ---- quiet hours' morning digest -----------------------------------------------------------------------
+
+HELD = "2026-03-02T07:00:00+08:00"  # the policy's context["held_until_local"]: the quiet hours' end
+MORNING = 5000.0  # the due_at of every row quiet hours held (long past for the worker's clock)
+
+
+def test_held_units() -> None:
+    items = [("h", 0), ("n", 0), ("h", 0), ("h", 1), ("h", 0), ("n", 1)]
+
+    def held(it: tuple[str, int]) -> bool:
+        return it[0] == "h"
+
+    def group(it: tuple[str, int]) -> int:
+        return it[1]
+
+    by_index = list(range(len(items)))
+    units = held_units(by_index, lambda i: held(items[i]), lambda i: group(items[i]), 50)
+    assert units == [[0, 2, 4], [1], [3], [5]]  # held of a group together, at their oldest; others alone
+    units = held_units(by_index, lambda i: held(items[i]), lambda i: group(items[i]), 2)
+    assert units == [[0, 2], [1], [3], [4], [5]]  # at most digest_max held in one
+    assert held_units([], held, group, 50) == []
+
+
+def test_notices_held_by_quiet_hours_go_as_one_digest_the_others_alone(
+    receiver: Receiver, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    held = [outbox.add("ops", f"held {i}", f"text {i}", held_until=HELD, due_at=MORNING) for i in range(3)]
+    alone = [outbox.add("ops", f"urgent {i}", f"now {i}", due_at=MORNING) for i in range(2)]
+    sender = senders(notify(channel("ops", receiver.url("json", "/hook"))), outbox)
+    outbox.wait_state(held + alone, NoticeState.SENT)
+
+    messages = receiver.requests("/hook")
+    assert len(messages) == 3
+    (digest,) = [m for m in messages if len(m.keys) > 1]
+    assert digest.keys == held  # one message, every held notice's key
+    assert digest.json()["title"] == "3 notices"
+    assert digest.json()["message"].splitlines() == [f"held {i}: text {i}" for i in range(3)]
+    assert sorted(m.json()["title"] for m in messages if m is not digest) == ["urgent 0", "urgent 1"]
+    assert sorted(k for m in messages if m is not digest for k in m.keys) == alone
+    for k in held:  # each held row recorded once, as sent through the digest
+        (rec,) = outbox.records_of(k)
+        assert rec.state == NoticeState.SENT
+        assert [(d.status, d.detail) for d in rec.deliveries] == [
+            (DeliveryStatus.SUCCESS, "quiet-hours digest of 3")
+        ]
+    for k in alone:
+        (rec,) = outbox.records_of(k)
+        assert [d.detail for d in rec.deliveries] == [""]
+    stats = sender.stats()["ops"]
+    assert (stats.messages, stats.digests, stats.digested_rows) == (3, 1, 3)
+
+
+def test_the_morning_digest_is_the_digest_template_in_the_channels_language(
+    receiver: Receiver, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    messages = Messages()
+
+    def real(stage: Stage, language: str, context: dict[str, Any]) -> tuple[str, str]:
+        r = messages.render(stage, language, context)
+        return r.title, r.body
+
+    stages = [Stage.RESIDENTS_UPDATE, Stage.ALL_CLEAR, Stage.RESOLVED]
+    held = [
+        outbox.add(
+            "ops", "", stage=st, context=sample_context(st), held_until=HELD, due_at=MORNING, language="zh"
+        )
+        for st in stages
+    ]
+    ops = Channel(
+        name="ops", url=SecretStr(receiver.url("json", "/hook")), audiences=["staff"], language="zh"
+    )
+    senders(notify(ops), outbox, render=real)
+    outbox.wait_state(held, NoticeState.SENT)
+    (msg,) = receiver.requests("/hook")
+    assert msg.json()["title"] == "通知汇总（3条）"
+    body = msg.json()["message"]
+    for n, st in enumerate(stages, 1):  # each notice as its own template says it, numbered
+        one = messages.render(st, "zh", sample_context(st))
+        assert f"{n}. {one.title}" in body and one.body in body
+
+
+def test_a_target_the_morning_digest_failed_at_gets_it_again_and_only_it(
+    receiver_factory: Callable[[], Receiver], outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    good, bad = receiver_factory(), receiver_factory()
+    bad.fail("/b")
+    held = [outbox.add("ops", f"held {i}", held_until=HELD, due_at=MORNING) for i in range(3)]
+    url = f"{good.url('json', '/a')}, {bad.url('json', '/b')}"
+    senders(notify(channel("ops", url), retry_max=0.2), outbox)
+    bad.wait_for(3, "/b")  # the digest failed three times at the bad target
+    bad.heal("/b")
+    outbox.wait_state(held, NoticeState.SENT)
+
+    (to_good,) = good.requests("/a")  # the good target had the digest once, never again
+    assert to_good.keys == held and to_good.json()["title"] == "3 notices"
+    retries = bad.requests("/b")
+    assert len(retries) >= 4
+    assert all(r.keys == held and r.json()["title"] == "3 notices" for r in retries)  # one digest each time
+    a, b = f"json://127.0.0.1:{good.port}/a", f"json://127.0.0.1:{bad.port}/b"
+    for k in held:
+        recs = outbox.records_of(k)
+        assert len(recs) == len(retries)
+        assert {d.target for d in recs[0].deliveries} == {a, b}
+        assert all([d.target for d in r.deliveries] == [b] for r in recs[1:])
+        assert [r.state for r in recs] == [NoticeState.PARTIAL] * (len(recs) - 1) + [NoticeState.SENT]
+        assert all(d.detail.startswith("quiet-hours digest of 3") for r in recs for d in r.deliveries)
+
+
+def test_the_rate_limit_counts_a_morning_digest_as_one_message(
+    receiver: Receiver, outbox: MemoryOutbox, senders: Callable[..., Sender]
+) -> None:
+    held = [outbox.add("ops", f"held {i}", held_until=HELD, due_at=MORNING) for i in range(3)]
+    alone = [outbox.add("ops", f"urgent {i}", due_at=MORNING + 1) for i in range(3)]
+    sender = senders(notify(channel("ops", receiver.url("json", "/hook"), per_minute=2)), outbox)
+    outbox.wait_state(held + alone, NoticeState.SENT)
+    # Two tokens: the held digest (oldest) and one rate-limit digest of the rest, each row once.
+    messages = receiver.requests("/hook")
+    assert [m.keys for m in messages] == [held, alone]
+    assert [outbox.records_of(k)[0].deliveries[0].detail for k in held + alone] == [
+        "quiet-hours digest of 3"
+    ] * 3 + ["digest of 3"] * 3
+    assert sender.stats()["ops"].digests == 2
