@@ -26,6 +26,16 @@ bench: bootstrap
 	$(PY) bench/rules.py
 	$(PY) bench/demo_start.py
 
+# Opt-in, not part of `bench`: the respond side's figures. Power cut -> first staff notice over NOTIFY_RUNS
+# cuts, PROM_RUNS of them also through Prometheus + Alertmanager (about a minute each: PROM_RUNS=20 takes
+# ~25 min), then the outbox's throughput with 100 buildings out at once (seconds).
+NOTIFY_RUNS ?= 20
+PROM_RUNS ?= 5
+.PHONY: bench-notify
+bench-notify: bootstrap
+	$(PY) bench/notify_latency.py --runs $(NOTIFY_RUNS) --prom-runs $(PROM_RUNS)
+	$(PY) bench/outbox_throughput.py
+
 # Opt-in, not part of `bench`: runs for minutes (MINUTES=60 make soak for a longer look at memory growth).
 MINUTES ?= 6
 soak: bootstrap
