@@ -140,6 +140,8 @@ class Correlator:
         """Take back an incident from the store after a restart, with what its state implied."""
         self.incidents[inc.id] = inc
         self.reserve_ids(inc.id + 1)
+        if inc.manual:  # no alert shows it: it is not the correlator's to resolve, merge or reopen
+            return
         if inc.is_open:
             self.open_by_key[inc.key] = inc.id
             scope_kind, _, ref = inc.scope.partition(":")
@@ -155,6 +157,30 @@ class Correlator:
         inc = self.incidents.pop(incident_id, None)
         if inc is not None and self.resolved_by_key.get(inc.key) == incident_id:
             del self.resolved_by_key[inc.key]
+
+    def open_manual(self, proto: Incident, now: float) -> list[IncidentChange]:
+        """Open an incident staff reported (`proto` gives what it is; its id and times are set here). No
+        alert shows it, so the correlator's runs leave it alone: it is under no key they look up."""
+        inc = proto
+        inc.id, inc.key = self.next_id, f"manual/{self.next_id}"
+        inc.manual, inc.state = True, IncidentState.FIRING
+        inc.opened_at = inc.first_evidence_at = inc.updated_at = now
+        self.next_id += 1
+        self.incidents[inc.id] = inc
+        return [IncidentChange(now, inc.id, IncidentEvent.OPENED, True, inc.title)]
+
+    def resolve_manual(self, incident_id: int, now: float, detail: str) -> list[IncidentChange]:
+        """Staff resolve an incident they opened. KeyError: no such incident here; ValueError: it is not a
+        manual one (the meters say when those end) or not open."""
+        inc = self.incidents[incident_id]
+        if not inc.manual:
+            raise ValueError(
+                f"incident {incident_id} was detected by the meters: it resolves when they clear"
+            )
+        if not inc.is_open:
+            raise ValueError(f"incident {incident_id} is {inc.state}, not open")
+        inc.state, inc.resolved_at, inc.updated_at = IncidentState.RESOLVED, now, now
+        return [IncidentChange(now, inc.id, IncidentEvent.RESOLVED, True, detail)]
 
     # ---------------------------------------------------------------------------------------------------
     def hold_deadline(self) -> float | None:

@@ -104,6 +104,14 @@ class Engine:
             and (inc.resolved_at if inc.resolved_at is not None else inc.updated_at) < horizon
         ]
 
+    def open_manual(self, proto: Incident, now: float) -> list[Transition]:
+        """Open an incident staff reported (see Correlator.open_manual)."""
+        return list(self.corr.open_manual(proto, now))
+
+    def resolve_manual(self, incident_id: int, now: float, detail: str) -> list[Transition]:
+        """Resolve an incident staff opened (KeyError, ValueError: see Correlator.resolve_manual)."""
+        return list(self.corr.resolve_manual(incident_id, now, detail))
+
     def forget_incident(self, incident_id: int) -> None:
         """Drop a settled incident from memory (the live daemon, once its store holds it: otherwise every
         incident ever opened would stay here). A replay keeps them all, to report them."""

@@ -47,6 +47,17 @@ class IncidentEvent(StrEnum):
     RESOLVED = "resolved"
     REOPENED = "reopened"
     GATEWAY_DOWN = "gateway_down"  # written by the store on a start: the gateway was down meanwhile
+    # the response, recorded by the respond side (gateway/respond): who was called, who answered, what
+    # staff said; the meters' events above never use these
+    DISPATCHED = "dispatched"  # the on-call team was sent (escalation step 0)
+    ESCALATED = "escalated"  # nobody acknowledged: the next step of the chain called its roles
+    ACKNOWLEDGED = "acknowledged"
+    ON_SITE = "on_site"
+    RETRIGGERED = "retriggered"  # acknowledged but nobody on site within ack_timeout: the chain restarts
+    TARGET_MISSED = "target_missed"  # the response target passed with nobody acknowledging
+    NOTE = "note"
+    ETA = "eta"  # staff set (or cleared) the expected restoration
+    CAUSE = "cause"
 
 
 class AlertKey(str):
@@ -181,6 +192,10 @@ class Incident:
     symptoms: dict[str, list[str]] = field(default_factory=dict)  # device -> rules seen on it
     # why it was classified as it is (an outage, a communication fault, ...), in words, newest last
     evidence: list[str] = field(default_factory=list)
+    # opened by staff (a hotline report: fire, a complaint, ...), not by alerts: the correlator neither
+    # resolves nor merges it; staff resolve it
+    manual: bool = False
+    buildings: list[str] = field(default_factory=list)  # a manual incident's buildings (empty: the site)
 
     @property
     def is_open(self) -> bool:
@@ -198,7 +213,7 @@ class Incident:
             "reopen_count": self.reopen_count, "merged_into": self.merged_into,
             "absorbed": list(self.absorbed), "alerts": [str(k) for k in self.alerts],
             "symptoms": {k: list(v) for k, v in self.symptoms.items()},
-            "evidence": list(self.evidence),
+            "evidence": list(self.evidence), "manual": self.manual, "buildings": list(self.buildings),
         }  # fmt: skip
 
     @staticmethod
@@ -223,6 +238,8 @@ class Incident:
         inc.alerts = [AlertKey.parse(str(x)) for x in d.get("alerts") or []]  # type: ignore[attr-defined]
         inc.symptoms = {str(k): list(v) for k, v in (d.get("symptoms") or {}).items()}  # type: ignore[attr-defined]
         inc.evidence = [str(x) for x in d.get("evidence") or []]  # type: ignore[attr-defined]
+        inc.manual = bool(d.get("manual"))
+        inc.buildings = [str(x) for x in d.get("buildings") or []]  # type: ignore[attr-defined]
         return inc
 
 

@@ -15,7 +15,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.app import detect, modbus, mqtt, store
+from gateway.app import detect, modbus, mqtt, store, web
 from gateway.app.component import Component
 from gateway.app.services import Services
 from gateway.config import Site
@@ -42,25 +42,25 @@ def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
     bus = Bus()
     presence = store.build_presence(site, bus)
     sink = store.build_sink(site, bus, state)
-    incidents, detector, router, responder = detect.build(site, bus, state)
+    detection = detect.build(site, bus, state)
     lines = modbus.build(site, bus)
     subscriber = mqtt.build(site, bus)
     services = Services(
         presence=presence,
         readiness=Readiness(sink),
         sink=sink,
-        incidents=incidents,
-        responder=responder,
+        incidents=detection.manager,
+        responder=detection.responder,
+        desk=detection.desk,
         lines=lines,
         mqtt=subscriber,
-        routers=[router],
+        routers=web.build(site, detection, presence),
     )
     components: list[Component] = [presence]
     if sink is not None:
         components.append(sink)
-    components.append(detector)
-    if responder is not None:
-        components.append(responder)
+    components.append(detection.detector)
+    components.append(detection.responder)
     components.extend(lines)
     if subscriber is not None:
         components.append(subscriber)

@@ -14,6 +14,7 @@ from gateway.observe.health import Readiness
 from gateway.observe.http import HttpServer
 from gateway.observe.metrics import Exported
 from gateway.observe.presence import DevicePresence
+from gateway.respond.desk import DaemonDesk
 from gateway.respond.responder import Responder
 from gateway.sink.forwarder import Forwarder
 
@@ -25,6 +26,7 @@ class Services:
     sink: Forwarder | None = None
     incidents: IncidentManager | None = None
     responder: Responder | None = None
+    desk: DaemonDesk | None = None
     lines: list[LineActor] = field(default_factory=list)
     mqtt: MqttSubscriber | None = None
     routers: list[APIRouter] = field(default_factory=list)

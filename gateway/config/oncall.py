@@ -8,6 +8,7 @@ that moment (one person's SMS or WeCom app account).
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Annotated, Literal
 
@@ -22,6 +23,9 @@ Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Role = Literal["oncall", "backup", "supervisor", "manager"]
 ROLES: tuple[Role, ...] = ("oncall", "backup", "supervisor", "manager")
+
+
+_DISPATCHED: tuple[Severity, ...] = ("critical", "major")
 
 
 class Person(Strict):
@@ -78,7 +82,7 @@ class OncallConfig(Strict):
     supervisor: str | None = Field(default=None, description="person id of the supervisor")
     manager: str | None = Field(default=None, description="person id of the manager")
     dispatch_severities: list[Severity] = Field(
-        default_factory=lambda: ["critical", "major"],
+        default_factory=lambda: list(_DISPATCHED),
         description="incidents of these severities dispatch the on-call team (manual incidents always do)",
     )
     escalation: list[Step] = Field(
@@ -112,7 +116,9 @@ class OncallConfig(Strict):
             for role in ("oncall", "backup"):
                 who = getattr(s, role)
                 if who is not None and who not in known:
-                    problems.append(f"shifts[{n}].{role}: unknown person {who!r}; expected one of people[].id")
+                    problems.append(
+                        f"shifts[{n}].{role}: unknown person {who!r}; expected one of people[].id"
+                    )
         for role in ("supervisor", "manager"):
             who = getattr(self, role)
             if who is not None and who not in known:
@@ -120,7 +126,7 @@ class OncallConfig(Strict):
         afters = [s.after for s in self.escalation]
         if afters[0] != 0:
             problems.append("escalation[0].after: the first step is the dispatch itself, expected 0")
-        if any(b < a for a, b in zip(afters, afters[1:], strict=False)):
+        if any(b < a for a, b in itertools.pairwise(afters)):
             problems.append("escalation: the steps' `after` must not decrease")
         if problems:
             raise ValueError("; ".join(problems))

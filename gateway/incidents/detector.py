@@ -9,10 +9,10 @@ event loop keeps polling meanwhile; the engine is not touched until the write is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from gateway.core.bus import Subscription
 from gateway.incidents.manager import IncidentManager
@@ -22,6 +22,13 @@ log = logging.getLogger("meterwatch.incidents")
 
 MAX_EVENTS_PER_ROUND = 2000  # bounds the time between ticks when the queue is deep
 RETRY_MAX = 30.0
+
+T = TypeVar("T")
+
+
+class NotStored(Exception):
+    """A call was applied but the incident store could not take the round: it stays in memory and is
+    retried with the next rounds, so the caller should not repeat it."""
 
 
 class Detector:
@@ -48,6 +55,18 @@ class Detector:
         self.rounds = 0
         self._retry_at = 0.0
         self._backoff = 1.0
+        # staff's actions (gateway/respond/desk.py), applied between rounds, answered once committed
+        self._calls: list[tuple[Callable[[float], Any], asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+
+    async def call(self, fn: Callable[[float], T]) -> T:
+        """Run `fn(now)` in the next round, where the engine may be changed, and return its result once the
+        round is committed (NotStored when the store failed it). `fn` must change nothing when it raises:
+        its exception is the caller's answer."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.append((fn, fut))
+        self._wake.set()
+        return await fut
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -59,6 +78,10 @@ class Detector:
                 self.mgr.feed(ev)
             now = self.clock()
             self.mgr.tick(now)
+            for _, fut in self._calls:
+                if not fut.done():
+                    fut.set_exception(NotStored("the daemon is stopping"))
+            self._calls = []
             await self._write(now, force=True)
             try:
                 self.mgr.store.stop(self.clock())
@@ -70,9 +93,9 @@ class Detector:
         wake = self.mgr.engine.next_wakeup()
         due = now + self.tick_every if wake is None else min(wake, now + self.tick_every)
         event = self.sub.get_nowait()
-        if event is None and due > now:
-            with contextlib.suppress(TimeoutError):
-                event = await asyncio.wait_for(self.sub.get(), timeout=due - now)
+        if event is None and due > now and not self._calls:
+            self._wake.clear()
+            event = await self.sub.get_until(self._wake, timeout=due - now)
         if event is not None:
             self.mgr.feed(event)
             for _ in range(MAX_EVENTS_PER_ROUND):
@@ -83,10 +106,32 @@ class Detector:
         now = self.clock()
         if now >= due:
             self.mgr.tick(now)
-        await self._write(now)
+        answered = self._run_calls(now)
+        stored = await self._write(now)
+        for fut, result in answered:
+            if fut.done():  # the caller went away (its request was cancelled)
+                continue
+            if stored:
+                fut.set_result(result)
+            else:
+                fut.set_exception(NotStored("the incident store cannot write now; kept and retried"))
         self.rounds += 1
 
-    async def _write(self, now: float, force: bool = False) -> None:
+    def _run_calls(self, now: float) -> list[tuple[asyncio.Future[Any], Any]]:
+        calls, self._calls = self._calls, []
+        answered: list[tuple[asyncio.Future[Any], Any]] = []
+        for fn, fut in calls:
+            try:
+                result = fn(now)
+            except Exception as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+                continue
+            answered.append((fut, result))
+        return answered
+
+    async def _write(self, now: float, force: bool = False) -> bool:
+        """Write the round; False when the store failed it (kept in memory and retried)."""
         batch = self.mgr.take_batch(now)
         if self.on_batch is not None:
             try:
@@ -96,7 +141,8 @@ class Detector:
         if not batch or (not force and now < self._retry_at):
             if batch:
                 self.mgr.failed(batch)  # still waiting to retry: keep accumulating
-            return
+                return False
+            return True
         try:
             await asyncio.to_thread(self.mgr.store.write, batch)
         except Exception as exc:
@@ -110,9 +156,10 @@ class Detector:
                     "fields": {"error": str(exc), "failures": self.write_failures, "retry_in": self._backoff}
                 },
             )
-            return
+            return False
         self._backoff = 1.0
         self._retry_at = 0.0
         self.mgr.committed(batch)
         if self.on_commit is not None and batch.writers:
             self.on_commit()
+        return True

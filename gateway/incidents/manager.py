@@ -128,6 +128,18 @@ class IncidentManager:
         self._absorb(out)
         return out
 
+    # ---- staff's own steps (between rounds, from the desk) -----------------------------------------------
+    def open_manual(self, proto: Incident, now: float) -> Incident:
+        """Open an incident staff reported; it goes into the next batch like a detected one."""
+        out = self.engine.open_manual(proto, now)
+        self._absorb(out)
+        return self.engine.incidents[proto.id]
+
+    def resolve_manual(self, incident_id: int, now: float, detail: str) -> None:
+        """Resolve a manual incident. KeyError: the engine does not hold it; ValueError: not manual or not
+        open (nothing changes then)."""
+        self._absorb(self.engine.resolve_manual(incident_id, now, detail))
+
     def _absorb(self, transitions: Sequence[Transition]) -> None:
         for t in transitions:
             if isinstance(t, AlertChange):
@@ -136,9 +148,9 @@ class IncidentManager:
             elif isinstance(t, IncidentChange):
                 self._batch.timeline.append(t)
                 self._incident_ids.add(t.incident)
-                self._log(t)
+                self.log_change(t)
 
-    def _log(self, t: IncidentChange) -> None:
+    def log_change(self, t: IncidentChange) -> None:
         inc = self.engine.incidents.get(t.incident)
         fields: dict[str, object] = {"id": t.incident, "event": t.event}
         if inc is not None:

@@ -25,7 +25,10 @@ ADVICE = {
 
 
 def buildings_of(inc: Incident, site: Site) -> list[str]:
-    """The buildings an incident touches: its scope's building, or those of its symptom devices."""
+    """The buildings an incident touches: a manual incident's own list, its scope's building, or those of
+    its symptom devices."""
+    if inc.buildings:
+        return sorted(inc.buildings)
     scope_kind, _, ref = inc.scope.partition(":")
     if scope_kind == "building":
         return [ref]

@@ -80,9 +80,11 @@ class Notices:
 
     owed: list[Owed] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    # response steps for the incident timeline (gateway/respond/dispatch.py: dispatched, acknowledged, ...)
+    timeline: list[IncidentChange] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.owed or self.cancelled)
+        return bool(self.owed or self.cancelled or self.timeline)
 
 
 @dataclass(slots=True)
