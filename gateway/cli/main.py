@@ -8,6 +8,7 @@ from gateway.cli.desk import register as register_desk
 from gateway.cli.incidents import incidents
 from gateway.cli.notify import notify
 from gateway.cli.probe import probe
+from gateway.cli.qr import qr
 from gateway.cli.replay import replay
 from gateway.cli.run import run
 from gateway.cli.simulate import simulate
@@ -23,6 +24,7 @@ app = typer.Typer(
 for command in (check, plan, probe, schema, run, simulate, replay, incidents):
     app.command()(command)
 app.add_typer(notify, name="notify")
+app.command()(qr)  # the QR code of a building's public page (gateway/cli/qr.py)
 register_desk(app)  # staff actions through the daemon's write API: open, ack, on-site, ..., oncall
 
 
