@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
 
 import typer
 
@@ -22,10 +23,12 @@ from gateway.cli.common import SiteArg, load_or_exit
 from gateway.cli.incidents import DaemonUnreachable, daemon_get, url_for
 from gateway.config import Site, effective_rules
 from gateway.config.devices import Role
+from gateway.config.oncall import Role as OncallRole
 from gateway.core.timefmt import local_iso
 from gateway.respond.context import ADVICE, incident_context
 from gateway.respond.messages import LANGUAGES, Messages, Rendered, TemplateProblem
 from gateway.respond.model import Stage
+from gateway.respond.roster import Roster
 from rules.model import Incident, IncidentState
 
 notify = typer.Typer(
@@ -180,9 +183,21 @@ def stage_context(
         extra["duration_s"] = inc.resolved_at - inc.opened_at
     if stage == Stage.ESCALATION:
         extra["step"] = 1
+    if stage in (Stage.DISPATCH, Stage.ESCALATION, Stage.TARGET_MISSED):
+        extra["team"] = preview_team(site, now, ["backup"] if stage == Stage.ESCALATION else ["oncall"])
     if example and stage in (Stage.DISPATCH, Stage.ESCALATION):
         extra["links"] = {"ack": f"{base}/ack/EXAMPLE", "on_site": f"{base}/on-site/EXAMPLE"}
     return incident_context(inc, site, now, **extra)
+
+
+def preview_team(site: Site, now: float, roles: list[OncallRole]) -> list[dict[str, str]]:
+    """Who the roster would call now for `roles` (names and phones as the message shows them)."""
+    roster = Roster(site.config.oncall, ZoneInfo(site.config.site.timezone))
+    team = []
+    for role in roles:
+        p = roster.person(roster.holder(role, now))
+        team.append({"role": role, "name": p.name if p else "", "phone": p.phone if p else ""})
+    return team
 
 
 def render_all(

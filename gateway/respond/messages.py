@@ -28,6 +28,9 @@ What a template may read
         duration_s  how long the outage lasted, in seconds (all_clear, resolved), or None
         step        the escalation step (escalation), or None
         links       {"ack": url or None, "on_site": url or None} (dispatch, escalation)
+        team        who is called (dispatch, escalation, target_missed): a list of {"role", "name",
+                    "phone"}, role one of oncall, backup, supervisor, manager; name empty when the roster
+                    names nobody for the role
         items       the notices a digest merges: a list of {"title", "body"} (digest: its only key)
     Any other name a template uses that the context lacks is an error (StrictUndefined).
 
@@ -85,6 +88,7 @@ OPTIONAL: dict[str, Any] = {
     "items": [],
     "planned": False,
     "maintenance": None,
+    "team": [],
 }
 LINKS = ("ack", "on_site")
 
@@ -333,6 +337,11 @@ def sample_context(
                 "ack": "https://gw.example/ack/t0k3n",
                 "on_site": "https://gw.example/on-site/t0k3n",
             }
+        if stage in (Stage.DISPATCH, Stage.ESCALATION, Stage.TARGET_MISSED):
+            ctx["team"] = [
+                {"role": "oncall", "name": "王工", "phone": "13800000001"},
+                {"role": "backup", "name": "", "phone": ""},
+            ]
     return ctx
 
 
