@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from typer.core import TyperGroup
 
-from gateway.cli.common import load_or_exit
-from gateway.cli.incidents import url_for
+from gateway.config import yamlsrc
+from gateway.config.http import HttpConfig
 
+DEFAULT_URL = "http://127.0.0.1:9464"  # http's defaults
 TOKEN_ENV = "MW_TOKEN"
 TIMEOUT = 15.0  # seconds: an action waits for the next detection round and its commit
 HINT_DAEMON = "is `meterwatch run SITE.yaml` running there, with http enabled?"
@@ -35,6 +37,49 @@ HINT_TOKEN = f"give one of the site file's http.tokens with --token or the {TOKE
 
 class ApiError(Exception):
     """What the daemon's API refused or why it could not be asked, in one line for a person."""
+
+
+# -- where the daemon listens ----------------------------------------------------------------------------
+class _Address(BaseModel):
+    """The part of the `http:` section a client needs (HttpConfig's defaults; the rest is the daemon's)."""
+
+    model_config = ConfigDict(extra="ignore")
+    host: str = HttpConfig.model_fields["host"].default
+    port: int = Field(default=HttpConfig.model_fields["port"].default, ge=0, le=65535)
+    enabled: bool = True
+
+
+def address_of(site_file: Path) -> str:
+    """The API base URL a site file's `http:` section gives, read without the rest of the file: a member
+    of staff need not hold the daemon's secrets (tokens, channel URLs as ${ENV}) to reach it. Raises
+    ApiError naming file:line when the section cannot give one."""
+    try:
+        loaded = yamlsrc.load(site_file)
+    except yamlsrc.YamlSyntaxError as exc:
+        raise ApiError(str(exc)) from None
+    data = loaded.data if isinstance(loaded.data, dict) else {}
+    http = data.get("http") or {}
+    where = f"{site_file}:{loaded.line_of(('http',)) or 1}"
+    unset = [i.message for i in loaded.issues if tuple(i.loc[:2]) in (("http", "host"), ("http", "port"))]
+    if unset:
+        raise ApiError(f"{where}: {unset[0]}")
+    if not isinstance(http, dict):
+        raise ApiError(f"{where}: http: expected a mapping such as {{host: 127.0.0.1, port: 9464}}")
+    try:
+        address = _Address.model_validate(http)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ApiError(f"{where}: http.{field}: {first['msg']}; expected the daemon's address") from None
+    if not address.enabled:
+        raise ApiError(f"{where}: http.enabled is false: that daemon serves no API")
+    # as `meterwatch incidents` (gateway/cli/incidents.py, url_for): a wildcard address means this machine
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address.host, address.host)
+    if ":" in host:
+        host = f"[{host}]"
+    if address.port == 0:
+        raise ApiError(f"{where}: http.port is 0 (a free port picked at start): give --url")
+    return f"http://{host}:{address.port}"
 
 
 # -- talking to the daemon -------------------------------------------------------------------------------
@@ -124,7 +169,15 @@ class Call:
         if not token or not token.strip():
             self.fail(f"no token: {HINT_TOKEN}")
         self.token = token.strip()
-        self.base = url or url_for(load_or_exit(site_file) if site_file is not None else None)
+        if url is not None:
+            self.base = url
+        elif site_file is not None:
+            try:
+                self.base = address_of(site_file)
+            except ApiError as exc:
+                self.fail(str(exc))
+        else:
+            self.base = DEFAULT_URL
 
     def fail(self, message: str) -> NoReturn:
         typer.echo(f"meterwatch {self.command}: {message}", err=True)
