@@ -37,7 +37,7 @@ from starlette.types import Message
 
 from gateway.config import Site
 from gateway.config.base import Id
-from gateway.config.notify import LocalDateTime, MaintenanceWindow
+from gateway.config.notify import MAINTENANCE_CATEGORIES, LocalDateTime, MaintenanceWindow
 from gateway.config.rules import Severity
 from gateway.core.timefmt import local_iso
 from gateway.respond.desk_api import (
@@ -59,6 +59,7 @@ MAX_TEXT = 2000
 MAX_CAUSE = 500
 MAX_BUILDINGS = 200
 MAX_HOUSEHOLDS = 1_000_000
+MAX_CATEGORIES = 20
 
 _CODES = ", ".join(f"{c} ({what})" for c, what in EVENT_CODES.items())
 
@@ -119,7 +120,14 @@ class EtaIn(Body):
 
 
 class CauseIn(Body):
-    cause: str = Field(max_length=MAX_CAUSE, description="what caused it, in words; empty clears it")
+    cause: str = Field(min_length=1, max_length=MAX_CAUSE, description="what caused it, in words")
+
+    @field_validator("cause")
+    @classmethod
+    def _cause(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the cause is empty; expected it in words")
+        return v
 
 
 class ResolveIn(Body):
@@ -131,6 +139,12 @@ class MaintenanceIn(MaintenanceWindow):
 
     buildings: list[BuildingId] = Field(
         default_factory=list, max_length=MAX_BUILDINGS, description="building ids; empty: every building"
+    )
+    categories: list[Annotated[str, Id]] = Field(
+        default_factory=lambda: list(MAINTENANCE_CATEGORIES),
+        min_length=1,
+        max_length=MAX_CATEGORIES,
+        description="incident categories the works explain; default power_outage and water_supply",
     )
     note: str = Field(default="", max_length=MAX_TEXT, description="what the works are, in words")
 

@@ -177,6 +177,7 @@ BAD_BODIES: list[tuple[str, str, bytes, list[str]]] = [
         b'{"cause": "' + b"c" * 501 + b'"}',
         ["cause: too long, 501 characters; at most 500"],
     ),
+    ("blank cause", "/api/incidents/1/cause", b'{"cause": "  "}', ["cause: the cause is empty"]),
     ("resolve extra", "/api/incidents/1/resolve", b'{"note": "x", "force": true}', ["force: unknown field"]),
     (
         "window ends first",
