@@ -180,7 +180,9 @@ def test_maintenance_add(live: DeskSite) -> None:
     assert first.stdout.strip() == (
         "maintenance window b2-cable declared: 2030-03-01T09:00 to 2030-03-01T17:00, B2"
     )
-    refused(invoke(*add), "b2-cable")
+    assert invoke(*add).stdout == first.stdout  # a retry is the same window
+    moved = [*add[:-2], "--note", "cable works, second part"]
+    refused(invoke(*moved), "maintenance window 'b2-cable' exists already")
     refused(
         invoke(
             "maintenance",

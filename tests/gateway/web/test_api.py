@@ -358,7 +358,7 @@ def test_resolving_a_detected_incident_is_409(live: DeskSite, api: Api) -> None:
 
 
 # -- maintenance and on-call -----------------------------------------------------------------------------
-def test_a_maintenance_window_is_declared_once(api: Api) -> None:
+def test_a_maintenance_window_is_declared_once_and_its_id_kept(api: Api) -> None:
     window = {
         "id": "b1-pump",
         "start": "2030-05-10T09:00",
@@ -368,7 +368,10 @@ def test_a_maintenance_window_is_declared_once(api: Api) -> None:
     }
     created = api.ok("POST", "/api/maintenance", window, status=201)
     assert created == {"id": "b1-pump", "start": "2030-05-10T09:00", "end": "2030-05-10T12:00"}
-    status, answer = api.call("POST", "/api/maintenance", window)
+    # the same request again (a retry) is the same window: answered alike, nothing declared twice
+    assert api.ok("POST", "/api/maintenance", window, status=201) == created
+    # another window under that id is refused
+    status, answer = api.call("POST", "/api/maintenance", {**window, "end": "2030-05-10T13:00"})
     assert status == 409, answer
     assert "b1-pump" in error_of(answer)
 
