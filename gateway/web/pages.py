@@ -96,7 +96,7 @@ WORDS: dict[str, dict[str, str]] = {
         "not_dispatched": "未派单（该级别不派单）",
         "dispatched": "已派单 {t}",
         "target_left": "响应计时 {e} / 目标 {target}，剩余 {left}",
-        "target_met": "{d}内确认（目标 {target}）",
+        "target_met": "确认用时 {d}（目标 {target}）",
         "target_missed": "超过 {target} 响应目标",
         "called": "已通知：{who}",
         "acked": "已确认：{who}，{t}",
@@ -179,7 +179,7 @@ WORDS: dict[str, dict[str, str]] = {
         "water_out": "停水中",
         "recovering": "已恢复，正在确认稳定",
         "not_monitored": "未监测",
-        "out_since": "自 {t} 起（已{d}）",
+        "out_since": "自 {t} 起 · 已持续 {d}",
         "affected": "约{n}户受影响",
         "team_on_site": "抢修人员已到场",
         "team_acked": "抢修人员已接单，正在赶往现场",
@@ -215,7 +215,7 @@ WORDS: dict[str, dict[str, str]] = {
         "not_dispatched": "not dispatched (its severity is not)",
         "dispatched": "dispatched {t}",
         "target_left": "response clock {e} of the {target} target, {left} left",
-        "target_met": "acknowledged within {d} (target {target})",
+        "target_met": "time to acknowledge: {d} (target {target})",
         "target_missed": "the {target} response target was missed",
         "called": "called: {who}",
         "acked": "acknowledged: {who}, {t}",
@@ -296,7 +296,7 @@ WORDS: dict[str, dict[str, str]] = {
         "water_out": "Water off",
         "recovering": "Back on, checking it stays on",
         "not_monitored": "not monitored",
-        "out_since": "since {t} ({d})",
+        "out_since": "since {t} · for {d}",
         "affected": "about {n} households affected",
         "team_on_site": "The repair team is on site",
         "team_acked": "The repair team has the job and is on its way",
@@ -648,14 +648,16 @@ class Pages:
             for b, rows in by_building.items()
         ]
 
-    def oncall(self, now: float) -> list[tuple[str, PersonView | None]]:
+    def oncall(self, now: float) -> tuple[list[tuple[str, PersonView | None]], bool]:
+        """Who holds each role now, and whether an override (not the weekly roster) decides on-call."""
         view: OncallView = self.desk.oncall(now)
-        return [
+        roles = [
             ("oncall", view.oncall),
             ("backup", view.backup),
             ("supervisor", view.supervisor),
             ("manager", view.manager),
         ]
+        return roles, view.override
 
     def who_of(self, request: Request) -> str | None:
         """The token name the request's cookie (or header) proves, or None."""
@@ -752,14 +754,15 @@ def make_router(
             )
         done_key = DONE_KEYS.get(request.query_params.get("done", ""), "")
         done_id = request.query_params.get("id", "")
+        oncall, override = pages.oncall(now)
         return pages.render(
             request,
             "console.html",
             who=who,
             incidents=rows,
             devices=pages.devices(now),
-            oncall=pages.oncall(now),
-            oncall_override=desk.oncall(now).override,
+            oncall=oncall,
+            oncall_override=override,
             refresh=CONSOLE_REFRESH,
             done=WORDS[pick_lang(request)][done_key].format(id=done_id) if done_key and done_id else "",
             local_input=lambda ts: datetime.fromtimestamp(ts, pages.zone).strftime("%Y-%m-%dT%H:%M"),
