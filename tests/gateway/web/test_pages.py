@@ -58,7 +58,8 @@ TOKEN_ENV = "MW_PAGES_TEST_TOKEN"
 TOKEN = "pages-desk-token-3f9a27c1"
 SECRET = "pages-test-link-secret-0123456789abcdef"  # MW_LINK_SECRET: the test can sign links too
 
-# The dispatch goes to the on-call's channel at once, the backup's 3 s later, the supervisor's 14 s later.
+# The dispatch goes to the on-call's channel at once, the backup's 3 s later, the supervisor's 20 s later
+# (time enough for chromium to open the ack link in between, on a busy machine too).
 ROSTER = """
 oncall:
   people:
@@ -70,7 +71,7 @@ oncall:
   escalation:
     - {after: 0s, notify: [oncall]}
     - {after: 3s, notify: [backup]}
-    - {after: 14s, notify: [supervisor]}
+    - {after: 20s, notify: [supervisor]}
   repeat_every: 0s
 notify:
   hotline: "400-800-1234"
@@ -80,7 +81,7 @@ notify:
     - {name: backup, url: "RECEIVER/backup", audiences: [backup]}
     - {name: supervisor, url: "RECEIVER/supervisor", audiences: [supervisor]}
 """
-SUPERVISOR_STEP = 14.0
+SUPERVISOR_STEP = 20.0
 
 # Chromium's own background connections are refused by a closed network: never start them.
 FLAGS = (
