@@ -33,7 +33,7 @@ from gateway.respond.model import Delivery, NoticeState, Stage
 class OutboxRow:
     """One notice owed to one channel."""
 
-    key: str  # unique: "<owed key>/<channel>"
+    key: str  # unique: "<owed key>/<channel>"; sent as X-Meterwatch-Key where a target can take it
     incident_id: int
     stage: Stage
     channel: str

@@ -38,12 +38,12 @@ again: the retry is again one digest, to that target only. A held row alone goes
 Idempotency key on the wire. Every message to a json://, form:// or xml:// target (and their s-forms)
 carries the HTTP header `X-Meterwatch-Key: <the outbox row's key>` (incident:3/staff_open/staff/staff;
 a digest lists the keys of its rows, ", " separated; characters outside letters, digits and -._~:/@=+
-are percent-encoded); an e-mail (mailto://, mailtos://) carries it as a header of the mail. It is what
-those URLs' `+Header=value` argument does, set on the service for the one call. A resend (a retry, or a
-restart after a crash) carries the same key, so a receiver that dedupes by it can make a repeat
-harmless. Robots and other schemes (wecombot://, wechat://, dingtalk://, feishu://, lark://, an SMS
-gateway plugin, ...) have no way to carry a header of ours: a repeat reaches their people as a second
-message.
+are percent-encoded; a list longer than KEY_HEADER_MAX is sent as `sha256:<hex>` of it); an e-mail
+(mailto://, mailtos://) carries it as a header of the mail. It is what those URLs' `+Header=value`
+argument does, set on the service for the one call. A resend (a retry, or a restart after a crash)
+carries the same key, so a receiver that dedupes by it can make a repeat harmless. Robots and other
+schemes (wecombot://, wechat://, dingtalk://, feishu://, lark://, an SMS gateway plugin, ...) have no way
+to carry a header of ours: a repeat reaches their people as a second message.
 
 Exactly once is what the outbox gives between the incident and the row; between apprise and the record of
 its result there is a window in which a notice can go twice: from the moment the request reaches the
@@ -66,6 +66,7 @@ raises the staff incident). A template error is not the channel's failure.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -106,6 +107,9 @@ KEYED_SERVICES: tuple[type, ...] = (NotifyJSON, NotifyForm, NotifyXML, NotifyEma
 # keys are made of (incident:3/staff_open/residents:B1/b1-residents). Anything else is percent-encoded, so
 # a key can never break the header (a comma, a line break, a character outside ASCII).
 _KEY_SAFE = ":/@=+"
+# Servers cap a header line (nginx 8 KB by default, some proxies 4 KB): a longer one would be refused
+# with an error and the message retried for ever. 50 keys of ~60 characters fit.
+KEY_HEADER_MAX = 3000
 
 T = TypeVar("T")
 
@@ -211,8 +215,13 @@ def held_units(
 
 def key_header(keys: Sequence[str]) -> str:
     """The X-Meterwatch-Key value of a message carrying the outbox rows `keys`: each key percent-encoded
-    outside letters, digits and -._~:/@=+, joined by ", " (HTTP's list syntax: a digest carries all)."""
-    return ", ".join(quote(k, safe=_KEY_SAFE, errors="backslashreplace") for k in keys)
+    outside letters, digits and -._~:/@=+, joined by ", " (HTTP's list syntax: a digest carries all).
+    Past KEY_HEADER_MAX characters (a digest of many long keys) the value is `sha256:<32 hex>` of that
+    list instead: still the same for a resend of the same message, and no server refuses the header."""
+    value = ", ".join(quote(k, safe=_KEY_SAFE, errors="backslashreplace") for k in keys)
+    if len(value) <= KEY_HEADER_MAX:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode("ascii")).hexdigest()[:32]
 
 
 def is_held(row: OutboxRow) -> bool:

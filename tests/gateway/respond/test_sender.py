@@ -26,6 +26,7 @@ from gateway.respond.outbox_api import Outbox, OutboxRow
 from gateway.respond.sender import (
     GONE,
     KEY_HEADER,
+    KEY_HEADER_MAX,
     ChannelWorker,
     Render,
     Sender,
@@ -522,6 +523,14 @@ def test_a_key_that_could_break_a_header_is_percent_encoded_and_decodes_back(
     assert key_header(["incident:1/staff_open/staff/ops", "incident:2/flapping/staff/ops"]) == (
         "incident:1/staff_open/staff/ops, incident:2/flapping/staff/ops"
     )
+    # A digest of many long keys: one short value, the same for the same rows, another for others.
+    long = [
+        f"maintenance:{'w' * 64}/residents_notice/residents:{'b' * 60}{i:04d}/{'c' * 64}" for i in range(50)
+    ]
+    value = key_header(long)
+    assert value.startswith("sha256:") and len(value) == 7 + 32
+    assert key_header(list(long)) == value != key_header(long[1:])
+    assert len(key_header(long[:10])) <= KEY_HEADER_MAX and key_header(long[:10]).count(", ") == 9
 
 
 def test_robots_cannot_carry_the_key_json_form_xml_and_mail_can() -> None:
