@@ -61,6 +61,7 @@ PUBLIC_REFRESH = 30  # seconds; the building page has nothing to type into
 COOKIE_AGE = 30 * 86400  # a duty phone stays logged in for a month, or until "log out"
 TIMELINE_SHOWN = 40  # newest entries of an incident's timeline on the console
 NOTE_MAX = 2000  # characters of a console note
+FORM_MAX = 64 * 1024  # bytes of a posted form (a note is the longest field)
 OPEN_LIMIT = 500  # open incidents read for one page
 
 # HTTP status of a link that does not stand: a bad link is the client's error; an expired one is gone.
@@ -481,11 +482,14 @@ def parse_local(value: str, tz: str) -> float:
 
 
 async def form_fields(request: Request) -> dict[str, str]:
-    """An urlencoded form body (the pages' forms post nothing else); the first value of each field."""
-    body = await request.body()
-    if len(body) > 64 * 1024:
-        raise HTTPException(status_code=413, detail="form too large")
-    parsed = urllib.parse.parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    """An urlencoded form body (the pages' forms post nothing else); the first value of each field.
+    Read up to FORM_MAX bytes: a bigger body is refused before it is all in memory."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_MAX:
+            raise HTTPException(status_code=413, detail=f"form larger than {FORM_MAX} bytes")
+    parsed = urllib.parse.parse_qs(bytes(body).decode("utf-8", errors="replace"), keep_blank_values=True)
     return {k: v[0] for k, v in parsed.items()}
 
 
