@@ -18,6 +18,8 @@ from gateway.incidents.replay import incident_record
 from gateway.incidents.store import StoreReader, TimelineEntry
 from rules.model import Incident
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id cannot exist
+
 
 class IncidentOut(BaseModel):
     id: int
@@ -82,11 +84,15 @@ def make_router(reader: StoreReader, site_id: str, tz: str) -> APIRouter:
         return IncidentList(site=site_id, timezone=tz, state=state, incidents=[out(i) for i in incs])
 
     @router.get("/{incident_id}", response_model=IncidentDetail)
-    async def get_incident(incident_id: int) -> IncidentDetail:
-        inc = await asyncio.to_thread(reader.incident, incident_id)
+    async def get_incident(incident_id: str) -> IncidentDetail:
+        # any text that is no possible id is a plain 404 (not FastAPI's 422, not SQLite's overflow)
+        digits = incident_id.isascii() and incident_id.isdigit() and len(incident_id) <= 19
+        if not digits or not 1 <= int(incident_id) <= MAX_ID:
+            raise HTTPException(status_code=404, detail=f"no incident {incident_id[:40]!r}")
+        inc = await asyncio.to_thread(reader.incident, int(incident_id))
         if inc is None:
             raise HTTPException(status_code=404, detail=f"no incident {incident_id}")
-        timeline = await asyncio.to_thread(reader.timeline, incident_id)
+        timeline = await asyncio.to_thread(reader.timeline, int(incident_id))
         return IncidentDetail(**out(inc).model_dump(), timeline=[entry(e) for e in timeline])
 
     return router

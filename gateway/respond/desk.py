@@ -140,13 +140,16 @@ class DaemonDesk:
             if not self.responder.dispatcher.holds(incident_id):
                 raise KeyError(incident_id)
             if eta is not None and eta <= now:
-                raise ValueError(f"the expected restoration {local_iso(eta, tz)} is not in the future")
+                raise _BadInput(f"eta: {local_iso(eta, tz)} is not in the future; expected a later time")
             notices = self.responder.policy.set_eta(incident_id, eta, now)
             self.responder.add(notices)
             label = None if eta is None else local_iso(eta, tz)
             self.responder.add(self.responder.dispatcher.record_eta(incident_id, who, label, now))
 
-        await self._run(act)
+        try:
+            await self._run(act)
+        except _BadInput as exc:
+            raise DeskError(400, str(exc)) from None
         return self._view(incident_id)
 
     async def set_cause(self, incident_id: int, who: str, cause: str) -> ResponseView:

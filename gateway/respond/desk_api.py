@@ -27,8 +27,9 @@ EVENT_CODES: dict[str, str] = {
 
 class DeskError(Exception):
     """An action refused, with the HTTP status that says why: 400 bad input, 404 no such incident or
-    building, 409 not possible in the incident's state (resolving a detected incident, acting on a resolved
-    one), 503 the incident store cannot take it now (retry later)."""
+    building, 409 not possible in the incident's state (resolving a detected incident, acknowledging a
+    resolved one; a note or the cause may still be added to it for the record), 503 the incident store
+    cannot take it now (retry later)."""
 
     def __init__(self, status: Literal[400, 404, 409, 503], message: str) -> None:
         super().__init__(message)

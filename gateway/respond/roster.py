@@ -68,14 +68,19 @@ class Roster:
             return self.cfg.supervisor
         if role == "manager":
             return self.cfg.manager
+        local = datetime.fromtimestamp(t, self.tz)
+        shift = next((s for s in self.cfg.shifts if _covers(s, local)), None)
         o = self._override(t)
         if o is not None:
             if role == "oncall":
                 return o.oncall
             if o.backup is not None:
                 return o.backup
-        local = datetime.fromtimestamp(t, self.tz)
-        shift = next((s for s in self.cfg.shifts if _covers(s, local)), None)
+            # the override's person cannot be their own backup: the one they replace backs them up
+            backup = shift.backup if shift is not None else None
+            if backup == o.oncall:
+                backup = shift.oncall if shift is not None and shift.oncall != o.oncall else None
+            return backup
         if shift is None:
             return None
         return shift.oncall if role == "oncall" else shift.backup

@@ -211,7 +211,8 @@ def test_the_filters_say_times_durations_and_names_as_people_do() -> None:
 def test_the_sample_context_has_the_keys_incident_context_gives(site: Site) -> None:
     real = context(site, Stage.RESIDENTS_NOTICE, "power_outage")
     sample = sample_context(Stage.RESIDENTS_NOTICE)
-    # items belong to the digest, links and team to dispatch, planned/maintenance to a maintenance window's notice
+    # items belong to the digest, links and team to dispatch, planned/maintenance to a maintenance
+    # window's notice
     assert set(sample) == set(real) | set(OPTIONAL) - {"items", "links", "planned", "maintenance", "team"}
     assert set(sample["incident"]) == set(real["incident"])
     assert set(sample["site"]) == set(real["site"])
