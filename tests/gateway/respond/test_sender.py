@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import apprise
@@ -20,8 +21,10 @@ import pytest
 from pydantic import SecretStr
 
 from gateway.config.notify import Channel, NotifyConfig
+from gateway.respond import outbox as outbox_sql
 from gateway.respond.messages import Messages, sample_context
-from gateway.respond.model import Delivery, DeliveryStatus, NoticeState, Stage
+from gateway.respond.model import Delivery, DeliveryStatus, NoticeState, Owed, Stage
+from gateway.respond.outbox import SqliteOutbox
 from gateway.respond.outbox_api import Outbox, OutboxRow
 from gateway.respond.sender import (
     GONE,
@@ -37,6 +40,7 @@ from gateway.respond.sender import (
 )
 from tests.fixtures.receiver import Receiver
 from tests.fixtures.smtp import SmtpServer
+from tests.helpers import wait_until
 
 FAST = {"poll_interval": 0.05, "retry_base": 0.05}
 
@@ -664,3 +668,73 @@ def test_the_rate_limit_counts_a_morning_digest_as_one_message(
         "quiet-hours digest of 3"
     ] * 3 + ["digest of 3"] * 3
     assert sender.stats()["ops"].digests == 2
+
+
+def test_the_morning_digest_through_the_sqlite_outbox_and_its_delivery_log(
+    tmp_path: Path, receiver: Receiver, senders: Callable[..., Sender]
+) -> None:
+    # Rows as the policy owes them in quiet hours (held_until_local, due at the quiet hours' end), written
+    # by the outbox's own enqueue into SQLite; one notice that was never held is due at the same time.
+    messages = Messages()
+
+    def real(stage: Stage, language: str, context: dict[str, Any]) -> tuple[str, str]:
+        r = messages.render(stage, language, context)
+        return r.title, r.body
+
+    ch = Channel(
+        name="desk",
+        url=SecretStr(receiver.url("json", "/desk")),
+        audiences=["staff", "residents"],
+        language="en",
+    )
+    morning = time.time() - 60
+
+    def owed(i: int, stage: Stage, audience: str, held: bool) -> Owed:
+        ctx = sample_context(stage)
+        if held:
+            ctx["held_until_local"] = HELD
+        return Owed(f"incident:{i}/{stage}/{audience}", i, stage, audience, morning, ctx)
+
+    notices = [
+        owed(1, Stage.RESIDENTS_UPDATE, "residents:B1", True),
+        owed(2, Stage.ALL_CLEAR, "residents:B2", True),
+        owed(3, Stage.RESOLVED, "staff", True),
+        owed(4, Stage.STAFF_OPEN, "staff", False),
+    ]
+    path = tmp_path / "incidents.sqlite"
+    db = sqlite3.connect(path)
+    with db:
+        outbox_sql.create(db)
+        assert outbox_sql.enqueue(db, notices, [ch], morning) == 4
+    db.close()
+    box = SqliteOutbox(path)
+    try:
+        senders(notify(ch), box, render=real)
+        got = receiver.wait_for(2, "/desk")
+        digest, alone = sorted(got, key=lambda r: -len(r.keys))
+        held_keys = [
+            "incident:1/residents_update/residents/desk",
+            "incident:2/all_clear/residents/desk",
+            "incident:3/resolved/staff/desk",
+        ]
+        assert sorted(digest.keys) == held_keys and digest.json()["title"] == "3 notices"
+        assert alone.keys == ["incident:4/staff_open/staff/desk"]
+        target = f"json://127.0.0.1:{receiver.port}/desk"
+
+        def logged() -> list[tuple[str, str, str, int]]:
+            return sorted(
+                (d.notice_key, d.status.value, d.detail, d.attempts)
+                for i in range(1, 5)
+                for d in box.deliveries(i)
+            )
+
+        wait_until(lambda: len(logged()) == 4, what="four rows in the delivery log")
+        assert logged() == sorted(
+            [(k, "success", "quiet-hours digest of 3", 1) for k in held_keys]
+            + [("incident:4/staff_open/staff/desk", "success", "", 1)]
+        )
+        assert {d.target for i in range(1, 5) for d in box.deliveries(i)} == {target}
+        assert box.depth()[0] == 0  # every row sent
+    finally:
+        box.close()
+    assert receiver.count("/desk") == 2
