@@ -196,6 +196,7 @@ class Incident:
     # resolves nor merges it; staff resolve it
     manual: bool = False
     buildings: list[str] = field(default_factory=list)  # a manual incident's buildings (empty: the site)
+    drill: bool = False  # a drill (meterwatch drill): every message says so; reported apart
 
     @property
     def is_open(self) -> bool:
@@ -214,6 +215,7 @@ class Incident:
             "absorbed": list(self.absorbed), "alerts": [str(k) for k in self.alerts],
             "symptoms": {k: list(v) for k, v in self.symptoms.items()},
             "evidence": list(self.evidence), "manual": self.manual, "buildings": list(self.buildings),
+            "drill": self.drill,
         }  # fmt: skip
 
     @staticmethod
@@ -239,6 +241,7 @@ class Incident:
         inc.symptoms = {str(k): list(v) for k, v in (d.get("symptoms") or {}).items()}  # type: ignore[attr-defined]
         inc.evidence = [str(x) for x in d.get("evidence") or []]  # type: ignore[attr-defined]
         inc.manual = bool(d.get("manual"))
+        inc.drill = bool(d.get("drill"))
         inc.buildings = [str(x) for x in d.get("buildings") or []]  # type: ignore[attr-defined]
         return inc
 
