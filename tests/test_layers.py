@@ -26,6 +26,7 @@ _BELOW_APP = frozenset(
         "gateway.respond",
         "gateway.observe",
         "gateway.web",
+        "gateway.review",
         "drivers",
         "rules",
     }
@@ -43,6 +44,10 @@ ALLOWED: dict[str, frozenset[str]] = {
         {"gateway.core", "gateway.config", "gateway.sink", "gateway.incidents", "gateway.respond", "rules"}
     ),
     "gateway.tools": frozenset({"gateway.core", "gateway.config", "gateway.sink"}),
+    # reports and the monthly review: read the incident store, never the time-series database
+    "gateway.review": frozenset(
+        {"gateway.core", "gateway.config", "gateway.incidents", "gateway.respond", "rules"}
+    ),
     # the HTTP edge of the respond side: the API, the console and the public pages
     "gateway.web": frozenset(
         {
@@ -50,6 +55,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "gateway.config",
             "gateway.incidents",
             "gateway.respond",
+            "gateway.review",
             "gateway.observe",
             "rules",
         }

@@ -15,6 +15,7 @@ from gateway.config.modbus import Line
 from gateway.config.mqtt import MqttConfig
 from gateway.config.notify import NotifyConfig
 from gateway.config.oncall import OncallConfig
+from gateway.config.review import ReviewConfig
 from gateway.config.rules import RuleSpec
 from gateway.config.site import Building, SiteInfo
 from gateway.config.store import InfluxConfig, SpoolConfig
@@ -50,4 +51,8 @@ class SiteConfig(Strict):
     oncall: OncallConfig = Field(
         default_factory=OncallConfig,
         description="the emergency team: on-call roster, dispatch and the escalation chain",
+    )
+    review: ReviewConfig = Field(
+        default_factory=ReviewConfig,
+        description="the targets incident reports and the monthly review measure against; retention",
     )
