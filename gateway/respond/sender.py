@@ -28,12 +28,13 @@ the targets that failed is never merged with a notice owed to all of them, so a 
 notice to a target that has it). Each merged row is recorded as sent (or not) through the digest, with
 the detail "digest of N".
 
-Quiet hours' morning digest. The policy holds non-urgent notices during quiet hours: such a row is due at
-the quiet hours' end and its context has `held_until_local`. The held rows due at once on a channel go as
-ONE digest per target group (same template; at most `digest_max` each, more make a second digest), one
-token each, recorded per row with the detail "quiet-hours digest of N"; rows that were never held go one
-by one as above. A digest whose target failed leaves its rows owed to that target only, due together
-again: the retry is again one digest, to that target only. A held row alone goes as a message of its own.
+Quiet hours' morning digest. The policy holds non-urgent notices during quiet hours: such a row is due at the
+quiet hours' end and its context has `held_until_local`. The held rows a channel finds due when it looks (they
+come due together, at the same end) go as ONE digest per target group (same template; at most `digest_max`
+each, more make a second digest), one token each, recorded per row with the detail "quiet-hours digest of N";
+rows that were never held go one by one as above. A digest whose target failed leaves its rows owed to that
+target only, due together again: the retry is again one digest, to that target only. A held row alone goes as
+a message of its own.
 
 Idempotency key on the wire. Every message to a json://, form:// or xml:// target (and their s-forms)
 carries the HTTP header `X-Meterwatch-Key: <the outbox row's key>` (incident:3/staff_open/staff/staff;
@@ -45,14 +46,14 @@ carries the same key, so a receiver that dedupes by it can make a repeat harmles
 schemes (wecombot://, wechat://, dingtalk://, feishu://, lark://, an SMS gateway plugin, ...) have no way
 to carry a header of ours: a repeat reaches their people as a second message.
 
-Exactly once is what the outbox gives between the incident and the row; between apprise and the record of
-its result there is a window in which a notice can go twice: from the moment the request reaches the
-target to the moment its result is committed (a crash while the target has not answered yet, or after
-apprise returned and before the record). The row is then still owed and goes again after the restart, to
-every target it was owed to; at most the one message in flight per channel is repeated (a worker sends
-one message at a time), never a row that was merely due. A result is recorded right after its send; one
-the outbox refuses (locked, disk full) is kept and recorded again before anything else is sent, so the
-row does not go out again meanwhile.
+Exactly once is what the outbox gives between the incident and the row; between apprise and the record of its
+result there is a window in which a notice can go twice: from the moment the request reaches the target to the
+moment its result is committed (a crash while the target has not answered yet, or after apprise returned and
+before the record; also a stop whose process exits before the answer came). The row is then still owed and
+goes again after the restart, to every target it was owed to; at most the one message in flight per channel is
+repeated (a worker sends one message at a time), never a row that was merely due. A result is recorded right
+after its send; one the outbox refuses (locked, disk full) is kept and recorded again before anything else is
+sent, so the row does not go out again meanwhile.
 
 Stopping: the thread checks a stop event between messages, and apprise's gap between two sends to the
 same service is waited out here, on that event, before apprise is called (so apprise's own sleep is ~0).
