@@ -641,6 +641,8 @@ class NoticePolicy:
             "advice": next((ADVICE[c] for c in w.spec.categories if c in ADVICE), None),
             "now_local": local_iso(t, self.tz),
         }
+        if due > t:  # held by quiet hours: it goes in the morning digest with the others held
+            ctx["held_until_local"] = local_iso(due, self.tz)
         for b in buildings:
             aud = f"residents:{b}"
             key = maintenance_key(w.spec.id, Stage.RESIDENTS_NOTICE, aud)
