@@ -80,6 +80,7 @@ def incident_context(inc: Incident, site: Site, now: float, **extra: Any) -> dic
             "resolved_local": local_iso(inc.resolved_at, tz) if inc.resolved_at is not None else None,
             "symptoms": len(inc.symptoms),
             "evidence": list(inc.evidence),
+            "drill": inc.drill,  # messages.render marks a drill's every message
         },
         "buildings": [{"id": b, "name": names.get(b, b)} for b in buildings],
         "advice": ADVICE.get(inc.category),

@@ -1,15 +1,17 @@
-"""The signed, expiring links of the dispatch message: 'acknowledge' and 'on site'.
+"""The signed, expiring links: the dispatch message's 'acknowledge' and 'on site', and the residents'
+all-clear's one-tap rating ('vote').
 
 Pure: no I/O except `load_secret`, which reads (or creates once) the secret in the state dir.
 
 Token format (version 1): base64url without '=' padding of
 
     version   1 byte   = 1
-    action    1 byte   1 = ack, 2 = on_site
+    action    1 byte   1 = ack, 2 = on_site, 3 = vote
     incident  8 bytes  unsigned big-endian
     expires   8 bytes  unsigned big-endian, epoch seconds (whole)
     who_len   1 byte   1..64
-    who       who_len bytes, ASCII letters, digits, '-', '_', '.'
+    who       who_len bytes, ASCII letters, digits, '-', '_', '.': the person called (ack, on_site),
+              or the audience told (vote: a building id, or "residents")
     mac       32 bytes HMAC-SHA256(secret, every byte above)
 
 The alphabet is A-Z a-z 0-9 '-' '_': the token is one URL path segment as it is, never quoted. A token
@@ -47,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-Action = Literal["ack", "on_site"]
+Action = Literal["ack", "on_site", "vote"]
 Reason = Literal["malformed", "forged", "expired", "wrong_action"]
 
 VERSION = 1
@@ -56,9 +58,11 @@ SECRET_FILE = "link-secret"
 MIN_SECRET = 32  # characters of the environment variable; bytes of a secret handed to LinkSigner
 WHO_MAX = 64
 
-_ACTION_CODE: dict[str, int] = {"ack": 1, "on_site": 2}
-_CODE_ACTION: dict[int, Action] = {1: "ack", 2: "on_site"}
-_PATH: dict[str, str] = {"ack": "ack", "on_site": "on-site"}
+_ACTION_CODE: dict[str, int] = {"ack": 1, "on_site": 2, "vote": 3}
+_CODE_ACTION: dict[int, Action] = {1: "ack", 2: "on_site", 3: "vote"}
+_PATH: dict[str, str] = {"ack": "ack", "on_site": "on-site", "vote": "r"}
+# the page of each action as an error message names it
+_PAGE: dict[str, str] = {"ack": "ack", "on_site": "on-site", "vote": "rating (/r/)"}
 _HEAD = struct.Struct(">BBQQB")  # version, action, incident, expires, who_len
 _MAC = hashlib.sha256().digest_size
 _U64 = 2**64
@@ -107,7 +111,7 @@ def _malformed(why: str) -> LinkError:
 
 
 class LinkSigner:
-    """Makes and checks the tokens of the dispatch links with one secret."""
+    """Makes and checks the tokens of the links (dispatch and rating) with one secret."""
 
     def __init__(self, secret: bytes, clock: Callable[[], float] = time.time) -> None:
         if not isinstance(secret, bytes) or len(secret) < MIN_SECRET:
@@ -157,7 +161,7 @@ class LinkSigner:
         if not _WHO.fullmatch(who):
             raise _malformed("bad person id")
         if got != action:
-            raise LinkError("wrong_action", f"link is for the {_PATH[got]} page, not {_PATH[action]}")
+            raise LinkError("wrong_action", f"link is for the {_PAGE[got]} page, not {_PAGE[action]}")
         now = self._clock()
         if now >= expires:
             raise LinkError(
@@ -195,7 +199,8 @@ class LinkSigner:
 
 
 def link_url(base_url: str, action: Action, token: str) -> str:
-    """The page of `action` for `token` under the gateway's address: <base>/ack/<t> or <base>/on-site/<t>."""
+    """The page of `action` for `token` under the gateway's address: <base>/ack/<t>, <base>/on-site/<t> or
+    <base>/r/<t> (the rating page)."""
     _check_action(action)
     return f"{base_url.rstrip('/')}/{_PATH[action]}/{token}"
 

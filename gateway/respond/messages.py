@@ -27,12 +27,20 @@ What a template may read
                     start_local, end_local, categories, note (and a residents_notice has no `incident`)
         duration_s  how long the outage lasted, in seconds (all_clear, resolved), or None
         step        the escalation step (escalation), or None
-        links       {"ack": url or None, "on_site": url or None} (dispatch, escalation)
+        links       {"ack": url or None, "on_site": url or None, "vote": url or None}: the dispatch links
+                    (dispatch, escalation) and the residents' one-tap rating page (all_clear)
         team        who is called (dispatch, escalation, target_missed): a list of {"role", "name",
                     "phone"}, role one of oncall, backup, supervisor, manager; name empty when the roster
                     names nobody for the role
         items       the notices a digest merges: a list of {"title", "body"} (digest: its only key)
+    `incident.drill` is always there too (False unless the incident is a drill).
     Any other name a template uses that the context lacks is an error (StrictUndefined).
+
+Drills
+    A drill's messages (`incident.drill` true; a digest whose every item is one) are marked by `render`
+    itself, whatever the template says, so a site's own templates cannot forget it: the title starts with
+    【演练】 / [DRILL] and the body with a line saying it is a drill (DRILL_MARK, DRILL_LINE). A title or
+    body that already starts with the mark is left as it is.
 
 Filters (in the template's language)
     time      a local ISO time (or Unix seconds) -> "3月2日 10:05" / "2 Mar 10:05"
@@ -90,7 +98,14 @@ OPTIONAL: dict[str, Any] = {
     "maintenance": None,
     "team": [],
 }
-LINKS = ("ack", "on_site")
+LINKS = ("ack", "on_site", "vote")
+
+# The first words of every message of a drill, title and body (see "Drills" above).
+DRILL_MARK: dict[str, str] = {"zh": "【演练】", "en": "[DRILL]"}
+DRILL_LINE: dict[str, str] = {
+    "zh": "【演练】这是一次应急演练，不是真实事件。",
+    "en": "[DRILL] This is a drill, not a real incident.",
+}
 
 
 class TemplateProblem(Exception):
@@ -320,6 +335,7 @@ def sample_context(
             "first_evidence_local": "2026-03-02T10:04:35+08:00",
             "resolved_local": "2026-03-02T12:20:00+08:00" if resolved else None,
             "symptoms": 2,
+            "drill": False,
             "evidence": SAMPLE_EVIDENCE.get(advice or "", ["sensor B1-pressure reads the same value"])
             if optional
             else [],
@@ -337,6 +353,8 @@ def sample_context(
                 "ack": "https://gw.example/ack/t0k3n",
                 "on_site": "https://gw.example/on-site/t0k3n",
             }
+        if stage == Stage.ALL_CLEAR:
+            ctx["links"] = {"vote": "https://gw.example/r/t0k3n"}
         if stage in (Stage.DISPATCH, Stage.ESCALATION, Stage.TARGET_MISSED):
             ctx["team"] = [
                 {"role": "oncall", "name": "王工", "phone": "13800000001"},
@@ -354,8 +372,16 @@ def _variants(stage: Stage) -> list[dict[str, Any]]:
         sample_context(stage, "water_supply", optional=False),
         sample_context(stage, "water_supply"),
         sample_context(stage, "pump_fault", optional=False),
+        drill_sample(stage),
         *([maintenance_sample()] if stage == Stage.RESIDENTS_NOTICE else []),
     ]
+
+
+def drill_sample(stage: Stage | str) -> dict[str, Any]:
+    """A drill's context (`meterwatch drill`): a sample power cut with incident.drill true."""
+    ctx = sample_context(stage, "power_outage")
+    ctx["incident"] = {**ctx["incident"], "drill": True, "title": "drill: power outage"}
+    return ctx
 
 
 def maintenance_sample() -> dict[str, Any]:
@@ -390,7 +416,38 @@ def with_defaults(context: Mapping[str, Any]) -> dict[str, Any]:
             ctx[key] = default.copy() if isinstance(default, dict | list) else default
     links = ctx["links"] if isinstance(ctx["links"], Mapping) else {}
     ctx["links"] = {**dict.fromkeys(LINKS), **links}
+    incident = ctx.get("incident")
+    if isinstance(incident, Mapping) and "drill" not in incident:  # a context owed before drills existed
+        ctx["incident"] = {**incident, "drill": False}
     return ctx
+
+
+def is_drill(stage: Stage, language: str, context: Mapping[str, Any]) -> bool:
+    """Whether a message is a drill's: its incident is one, or (a digest) every item is a marked one. A
+    digest mixing real notices with a drill's is not marked as a whole: its real notices must not read as
+    a drill; the drill's items carry their own mark."""
+    if stage == Stage.DIGEST:
+        items = context.get("items")
+        mark = DRILL_MARK[language]
+        return (
+            isinstance(items, list)
+            and bool(items)
+            and all(isinstance(i, Mapping) and str(i.get("title", "")).startswith(mark) for i in items)
+        )
+    incident = context.get("incident")
+    return isinstance(incident, Mapping) and incident.get("drill") is True
+
+
+def mark_drill(rendered: Rendered, language: str) -> Rendered:
+    """A drill's message: the mark first in the title, the drill line first in the body (once)."""
+    mark = DRILL_MARK[language]
+    title = rendered.title
+    if not title.startswith(mark):
+        title = f"{mark}{title}" if language == "zh" else f"{mark} {title}"
+    body = rendered.body
+    if not body.startswith(mark):
+        body = f"{DRILL_LINE[language]}\n{body}"
+    return Rendered(title, body)
 
 
 def _where(exc: BaseException) -> tuple[str | None, int | None]:
@@ -495,7 +552,9 @@ class Messages:
         except Exception as exc:  # anything a template can do wrong: the daemon must keep running
             where, line = _where(exc)
             raise TemplateProblem(_message(exc), where or path, line) from None
-        return split_title(text, path)
+        rendered = split_title(text, path)
+        # here rather than in the templates: a site's own template cannot leave a drill unmarked
+        return mark_drill(rendered, language) if is_drill(stage, language, context) else rendered
 
     def check(self) -> list[str]:
         """Every problem of the override folder as "path:line: message": files that are not templates of a
