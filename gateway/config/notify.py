@@ -159,6 +159,11 @@ class Links(Strict):
         "are <base_url>/ack/<token> and <base_url>/on-site/<token>; unset: no links can be made",
     )
     ttl: Duration = Field(default=86400.0, gt=0, description="how long a link stays valid after it is sent")
+    vote_ttl: Duration = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="how long the rating link of the residents' all-clear (<base_url>/r/<token>) stays valid",
+    )
     secret_env: str = Field(
         default="MW_LINK_SECRET",
         pattern=_ENV_NAME.pattern,
