@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from gateway.cli.desk import register as register_desk
+from gateway.cli.drill import drill
 from gateway.cli.incidents import incidents
 from gateway.cli.notify import notify
 from gateway.cli.probe import probe
@@ -26,6 +27,7 @@ for command in (check, plan, probe, schema, run, simulate, replay, incidents):
 app.add_typer(notify, name="notify")
 app.command()(qr)  # the QR code of a building's public page (gateway/cli/qr.py)
 register_desk(app)  # staff actions through the daemon's write API: open, ack, on-site, ..., oncall
+app.command()(drill)  # a drill through the real notice and dispatch chain (gateway/cli/drill.py)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ class IncidentOut(BaseModel):
     evidence: list[str] = Field(
         default_factory=list, description="why it was classified as it is, in words (an outage, a fault)"
     )
+    drill: bool = Field(default=False, description="a drill (meterwatch drill), not a real incident")
 
 
 class TimelineOut(BaseModel):
@@ -69,7 +70,7 @@ def make_router(reader: StoreReader, site_id: str, tz: str) -> APIRouter:
     router = APIRouter(prefix="/api/incidents", tags=["incidents"])
 
     def out(inc: Incident) -> IncidentOut:
-        return IncidentOut.model_validate(incident_record(inc, tz))
+        return IncidentOut.model_validate({**incident_record(inc, tz), "drill": inc.drill})
 
     def entry(e: TimelineEntry) -> TimelineOut:
         at = local_iso(e.ts, tz)

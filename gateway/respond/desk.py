@@ -19,8 +19,10 @@ from gateway.core.timefmt import local_iso
 from gateway.incidents.detector import NotStored
 from gateway.incidents.manager import IncidentManager
 from gateway.respond.desk_api import (
+    DRILL_SCENARIOS,
     EVENT_CODES,
     DeskError,
+    DrillRequest,
     ManualIncident,
     OncallOverride,
     OncallView,
@@ -104,6 +106,41 @@ class DaemonDesk:
             inc = self.manager.open_manual(proto, now)
             if report.note.strip():
                 self.responder.note_after_opening(inc.id, who, report.note.strip(), now)
+            return inc.id
+
+        return await self._run(act)
+
+    async def open_drill(self, drill: DrillRequest, who: str) -> int:
+        scenario = DRILL_SCENARIOS.get(drill.scenario)
+        if scenario is None:
+            names = ", ".join(DRILL_SCENARIOS)
+            raise DeskError(
+                400, f"scenario: unknown drill scenario {drill.scenario[:40]!r}; expected one of {names}"
+            )
+        unknown = [b for b in drill.buildings if b not in self._buildings]
+        if unknown:
+            known = ", ".join(self._buildings)
+            raise DeskError(400, f"unknown building(s) {', '.join(unknown)}; this site has {known}")
+        buildings = sorted(set(drill.buildings))
+        chosen = buildings or list(self._buildings)
+        households = sum(self._buildings[b].households or 0 for b in chosen)
+        scope = f"building:{buildings[0]}" if len(buildings) == 1 else "site"
+        # residents only when the site says drills include them, and only of a supply outage (the policy
+        # tells residents of the categories with a confirmation delay); never the utility
+        residents = scenario.supply and self.site.config.review.drills_notify_residents
+        audiences = ["staff", "residents"] if residents else ["staff"]
+        evidence = [f"drill started by {who} (scenario {drill.scenario}, event code {scenario.code})"]
+
+        def act(now: float) -> int:
+            proto = Incident(
+                id=0, key="", category=scenario.category, scope=scope, title=scenario.title,
+                severity=scenario.severity, event_code=scenario.code, audiences=audiences,
+                households=households, state=IncidentState.FIRING, opened_at=now, first_evidence_at=now,
+                updated_at=now, evidence=evidence, buildings=buildings if len(buildings) > 1 else [],
+                drill=True,
+            )  # fmt: skip
+            inc = self.manager.open_manual(proto, now)
+            log.info("drill opened", extra={"fields": {"id": inc.id, "scenario": drill.scenario, "by": who}})
             return inc.id
 
         return await self._run(act)

@@ -25,6 +25,42 @@ EVENT_CODES: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class DrillScenario:
+    """What a drill (`meterwatch drill SCENARIO`) pretends happened: an incident of this category and
+    event code, dispatched like a real one; a `supply` one may also go to residents
+    (review.drills_notify_residents)."""
+
+    category: str
+    code: str  # EVENT_CODES key
+    severity: str
+    title: str  # the incident's title; the messages add the drill mark themselves
+    supply: bool  # a water or power outage: residents are told of it when drills include them
+
+
+# scenario name -> what it opens (meterwatch drill --help lists these, a 400 names them)
+DRILL_SCENARIOS: dict[str, DrillScenario] = {
+    "power_outage": DrillScenario("power_outage", "003", "critical", "drill: power outage", True),
+    "water_supply": DrillScenario("water_supply", "003", "critical", "drill: water supply cut", True),
+    "water_burst": DrillScenario("water_burst", "003", "critical", "drill: burst water main", True),
+    "fire": DrillScenario("fire", "002", "critical", "drill: fire", False),
+    "personal_safety": DrillScenario(
+        "personal_safety", "001", "critical", "drill: personal safety (e.g. someone trapped in a lift)", False
+    ),
+    "equipment_failure": DrillScenario(
+        "equipment_failure", "003", "major", "drill: equipment failure", False
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DrillRequest:
+    """A drill to run: a scenario of DRILL_SCENARIOS in some buildings (empty: the whole site)."""
+
+    scenario: str
+    buildings: list[str] = field(default_factory=list)
+
+
 class DeskError(Exception):
     """An action refused, with the HTTP status that says why: 400 bad input, 404 no such incident or
     building, 409 not possible in the incident's state (resolving a detected incident, acknowledging a
@@ -108,6 +144,11 @@ class OncallOverride:
 class Desk(Protocol):
     async def open_incident(self, report: ManualIncident, who: str) -> int:
         """Open a manual incident; its id. DeskError 400 for an unknown code or building."""
+        ...
+
+    async def open_drill(self, drill: DrillRequest, who: str) -> int:
+        """Open a drill incident (drill=True) that goes through the real notice and dispatch chain, every
+        message marked; its id. DeskError 400 for an unknown scenario or building."""
         ...
 
     async def acknowledge(self, incident_id: int, who: str) -> ResponseView:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -32,7 +33,7 @@ from gateway.respond import outbox
 from gateway.respond.dispatch import Dispatcher
 from gateway.respond.links import LinkSigner, link_url, load_secret
 from gateway.respond.messages import Messages
-from gateway.respond.model import Stage
+from gateway.respond.model import Owed, Stage
 from gateway.respond.outbox import SqliteOutbox
 from gateway.respond.policy import NoticePolicy, Notices
 from gateway.respond.roster import Roster
@@ -108,6 +109,29 @@ class Responder:
             for action in ("ack", "on_site")
         }
 
+    def _with_vote(self, owed: Owed) -> Owed:
+        """A residents' all-clear with its one-tap rating link (links.vote), signed for the audience told
+        (`who` = its building, or "residents"); made here, where the signer is, so the policy stays pure.
+        A drill's asks no rating: it would count in the satisfaction of real outages."""
+        links = self.site.config.notify.links
+        if (
+            self.signer is None
+            or links.base_url is None
+            or owed.stage != Stage.ALL_CLEAR
+            or not (owed.audience == "residents" or owed.audience.startswith("residents:"))
+            or (owed.context.get("incident") or {}).get("drill")
+        ):
+            return owed
+        who = owed.audience.partition(":")[2] or "residents"
+        try:
+            token = self.signer.make("vote", owed.incident_id, who, links.vote_ttl)
+        except ValueError:  # an audience no token can name: the all-clear goes without the link
+            log.warning("no rating link for an all-clear", extra={"fields": {"audience": owed.audience}})
+            return owed
+        made = dict(owed.context.get("links") or {})
+        made["vote"] = link_url(links.base_url, "vote", token)
+        return dataclasses.replace(owed, context={**owed.context, "links": made})
+
     def _render(self, stage: Stage, language: str, context: dict[str, Any]) -> tuple[str, str]:
         r = self.messages.render(stage, language, context)
         return r.title, r.body
@@ -146,7 +170,7 @@ class Responder:
             self.dispatcher.tick(now),
         ]
         self._pending, self._opening_notes = [], []
-        owed = [o for p in parts for o in p.owed]
+        owed = [self._with_vote(o) for p in parts for o in p.owed]
         cancelled = [k for p in parts for k in p.cancelled]
         timeline = [c for p in parts for c in p.timeline]
         if not (owed or cancelled or timeline or batch.timeline or self._dirty):

@@ -1,5 +1,6 @@
 """The HTTP write API: what staff do to incidents (open, acknowledge, on site, note, ETA, cause, resolve),
-planned maintenance, and the on-call roster. Every route acts through the daemon's `Desk`.
+drills (POST /api/drills), planned maintenance, and the on-call roster. Every route acts through the
+daemon's `Desk`.
 
 Every route here needs a bearer token (`http.tokens`, gateway/web/auth.py); its name is who acted, as the
 timeline records it. GET routes need one too: the on-call view carries phone numbers and the response view
@@ -41,9 +42,11 @@ from gateway.config.notify import MAINTENANCE_CATEGORIES, LocalDateTime, Mainten
 from gateway.config.rules import Severity
 from gateway.core.timefmt import local_iso
 from gateway.respond.desk_api import (
+    DRILL_SCENARIOS,
     EVENT_CODES,
     Desk,
     DeskError,
+    DrillRequest,
     ManualIncident,
     OncallOverride,
     OncallView,
@@ -98,6 +101,23 @@ class OpenIn(Body):
     def _title(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("a title is needed: what happened, in a few words")
+        return v
+
+
+_SCENARIOS = ", ".join(DRILL_SCENARIOS)
+
+
+class DrillIn(Body):
+    scenario: str = Field(description=f"what the drill pretends happened: {_SCENARIOS}")
+    buildings: list[BuildingId] = Field(
+        default_factory=list, max_length=MAX_BUILDINGS, description="building ids; empty: the whole site"
+    )
+
+    @field_validator("scenario")
+    @classmethod
+    def _scenario(cls, v: str) -> str:
+        if v not in DRILL_SCENARIOS:
+            raise ValueError(f"unknown drill scenario {v[:40]!r}; expected one of {_SCENARIOS}")
         return v
 
 
@@ -159,6 +179,12 @@ class OverrideIn(Body):
 # -- answers ---------------------------------------------------------------------------------------------
 class Created(BaseModel):
     id: int
+
+
+class DrillCreated(BaseModel):
+    id: int
+    scenario: str
+    drill: bool = True
 
 
 class MaintenanceCreated(BaseModel):
@@ -445,6 +471,12 @@ def make_router(desk: Desk, tokens: Tokens, site: Site) -> APIRouter:
             note=body.note,
         )
         return Created(id=await desk.open_incident(report, who))
+
+    @router.post("/api/drills", status_code=201, response_model=DrillCreated)
+    async def open_drill(body: DrillIn, who: str = require) -> DrillCreated:
+        known_buildings(body.buildings, "buildings")
+        drill = DrillRequest(scenario=body.scenario, buildings=list(body.buildings))
+        return DrillCreated(id=await desk.open_drill(drill, who), scenario=body.scenario)
 
     @router.post("/api/incidents/{incident_id}/ack", response_model=ResponseOut)
     async def acknowledge(incident_id: IncidentId, who: str = require) -> ResponseOut:
