@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,10 @@ class Runtime:
 
 def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
     state = state_dir or default_state_dir(site)
-    state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # the state dir holds readings, incidents with residents' buildings, the link secret: owner only
+    with contextlib.suppress(PermissionError):
+        state.chmod(0o700)
     bus = Bus()
     presence = store.build_presence(site, bus)
     sink = store.build_sink(site, bus, state)
@@ -52,6 +56,8 @@ def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
         incidents=detection.manager,
         responder=detection.responder,
         desk=detection.desk,
+        evidence=detection.evidence,
+        retention=detection.retention,
         lines=lines,
         mqtt=subscriber,
         routers=web.build(site, detection, presence),
@@ -61,6 +67,8 @@ def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
         components.append(sink)
     components.append(detection.detector)
     components.append(detection.responder)
+    components.append(detection.evidence)
+    components.append(detection.retention)
     components.extend(lines)
     if subscriber is not None:
         components.append(subscriber)
@@ -108,6 +116,10 @@ async def serve(rt: Runtime, stop: asyncio.Event) -> None:
 
 
 def run_daemon(site: Site, state_dir: Path | None = None, tap: Path | None = None) -> int:
+    # every file the daemon creates (spool, incident store and its WAL, dead letters, the link secret) is
+    # the owner's alone, whatever umask the service was started with
+    os.umask(0o077)
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

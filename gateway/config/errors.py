@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config.yamlsrc import Loc
+from gateway.core import secrets
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,8 @@ class ConfigIssue:
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else f"{self.path}"
         field = format_loc(self.loc)
-        return f"{where}: {field}: {self.message}" if field else f"{where}: {self.message}"
+        text = f"{where}: {field}: {self.message}" if field else f"{where}: {self.message}"
+        return secrets.mask(text)  # a secret in the wrong field is named by its place, never shown
 
 
 class ConfigError(Exception):

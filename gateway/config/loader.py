@@ -150,6 +150,18 @@ def load_site(path: str | Path, env: dict[str, str] | None = None) -> Site:
             except (ValidationError, OSError, ValueError) as exc:
                 issues.append(ConfigIssue(f, None, (), f"invalid profile: {exc}"))
                 continue
+            if prof.name in builtin_profiles() and not prof.replaces_builtin:
+                issues.append(
+                    ConfigIssue(
+                        f,
+                        None,
+                        (),
+                        f"profile {prof.name!r} has the name of a shipped profile and would silently replace "
+                        "it for every device naming it; rename it, or add `replaces_builtin: true` if that "
+                        "is the intent",
+                    )
+                )
+                continue
             profiles[prof.name] = prof
     issues.extend(cross_check(cfg, src, profiles))
     if issues:

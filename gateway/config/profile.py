@@ -184,6 +184,11 @@ class Profile(BaseModel):
         default=125, ge=1, le=125, description="most registers the meter answers in one request"
     )
     points: tuple[Point, ...] = Field(description="the values the meter holds")
+    replaces_builtin: bool = Field(
+        default=False,
+        description="true: this profile (in profiles_dir) deliberately replaces the shipped one of the same "
+        "name; without it a name clash is an error",
+    )
 
     @model_validator(mode="before")
     @classmethod

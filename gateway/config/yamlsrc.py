@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from gateway.core import secrets
+
 Loc = tuple[str | int, ...]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -226,6 +228,7 @@ def _substitute(value: str, loc: Loc, out: LoadedYaml, env: dict[str, str]) -> s
     def repl(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
         if name in env:
+            secrets.register(env[name])  # never printed again: errors and logs mask it
             return env[name]
         if default is not None:
             return default

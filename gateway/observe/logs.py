@@ -6,6 +6,8 @@ import logging
 import sys
 import time
 
+from gateway.core import secrets
+
 
 class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -17,7 +19,7 @@ class LogfmtFormatter(logging.Formatter):
             parts.extend(f"{k}={_quote(str(v))}" for k, v in fields.items())
         if record.exc_info:
             parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
-        return " ".join(parts)
+        return secrets.mask(" ".join(parts))
 
 
 def _quote(value: str) -> str:
