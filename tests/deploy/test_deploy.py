@@ -7,10 +7,12 @@ Docker itself does not run here (no daemon, no compose plugin): the compose stac
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,35 @@ def test_compose_has_the_stack_and_every_mounted_file_exists() -> None:
     token = services["influxdb"]["environment"]["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
     assert services["meterwatch"]["environment"]["INFLUX_TOKEN"] == token
     assert services["grafana"]["environment"]["INFLUX_TOKEN"] == token
+
+
+def test_compose_has_no_well_known_credentials_and_publishes_nothing_beyond_this_host() -> None:
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    for name in ("INFLUX_TOKEN", "INFLUX_PASSWORD", "GRAFANA_PASSWORD"):
+        refs = re.findall(r"\$\{" + name + r"([^}]*)\}", text)
+        assert refs, name
+        # ${X:?message}: compose refuses to start without it; ${X:-default} would be a shared password
+        assert all(r.startswith(":?") for r in refs), f"{name} falls back to a default: {refs}"
+    for svc_name, svc in compose()["services"].items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{svc_name} publishes {port} on every interface"
+
+
+def test_the_simulator_service_runs_without_the_influx_token(tmp_path: Path) -> None:
+    """The compose simulator has no INFLUX_TOKEN: `simulate` must not need what it never uses."""
+    env = {k: v for k, v in os.environ.items() if k != "INFLUX_TOKEN"}
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "simulate", str(DEPLOY / "examples/compound-docker.yaml"),
+         "--duration", "1", "--no-mqtt"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "INFLUX_TOKEN" not in r.stderr
+
+
+def test_dockerfile_installs_the_pinned_versions() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "constraints.txt" in text and re.search(r"pip install .*-c constraints\.txt", text)
 
 
 def test_grafana_datasources_point_at_compose_services() -> None:
@@ -263,6 +294,15 @@ def test_systemd_unit_is_hardened_notify_with_a_watchdog() -> None:
     }.items():
         assert k.get(key) == [want], key
     assert k["ExecStart"][0].endswith("meterwatch run /etc/meterwatch/site.yaml --state-dir %S/meterwatch")
+
+
+def test_systemd_unit_allows_pi_uarts_and_points_at_installed_docs() -> None:
+    unit = (DEPLOY / "systemd/meterwatch.service").read_text()
+    assert "DeviceAllow=char-ttyAMA rw" in unit
+    doc = re.search(r"^Documentation=(\S+)$", unit, flags=re.M)
+    assert doc is not None and doc.group(1) == "file:/usr/share/doc/meterwatch/README.md"
+    # the install steps put the README where the unit says
+    assert "/usr/share/doc/meterwatch/README.md" in (DEPLOY / "README.md").read_text()
 
 
 def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
