@@ -445,7 +445,11 @@ def building_status(
         touching = [
             i
             for i in incidents
-            if i.is_open and ADVICE.get(i.category) == kind and building in buildings_of(i, site)
+            # a drill is no outage: the residents' public page never shows one
+            if i.is_open
+            and not i.drill
+            and ADVICE.get(i.category) == kind
+            and building in buildings_of(i, site)
         ]
         if touching:
             status.monitored = True
