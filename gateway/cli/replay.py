@@ -22,10 +22,13 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help="one JSON line per incident instead of a table"),
     mapping: Path | None = typer.Option(None, help="column mapping of a wide CSV (YAML)"),
     tail: str = typer.Option("0s", help="run the timers on this long past the last row, e.g. 5m"),
+    strict: bool = typer.Option(
+        False, "--strict", help="judge every device of the site, also those the trace never mentions"
+    ),
 ) -> None:
     """Run a recorded trace through the site's rules in virtual time and print the incidents."""
     site = load_or_exit(config)
-    raise typer.Exit(replay_command(trace, site, mapping, tail, as_json))
+    raise typer.Exit(replay_command(trace, site, mapping, tail, as_json, strict))
 
 
 def json_lines(records: list[dict[str, Any]]) -> str:
@@ -62,9 +65,11 @@ def print_table(records: list[dict[str, Any]], title: str) -> None:
             console.print(f"#{r['id']} {r['category']} {r['scope']}: {line}", highlight=False, soft_wrap=True)
 
 
-def replay_command(trace_path: Path, site: Site, mapping_path: Path | None, tail: str, as_json: bool) -> int:
+def replay_command(
+    trace_path: Path, site: Site, mapping_path: Path | None, tail: str, as_json: bool, strict: bool = False
+) -> int:
     """`meterwatch replay`: the exit code; incidents on stdout, every problem on stderr."""
-    from gateway.incidents.replay import incident_record, run_replay
+    from gateway.incidents.replay import incident_record, run_replay, scope_to_trace
     from gateway.incidents.trace import TraceError, load_mapping, read_trace
 
     try:
@@ -83,6 +88,9 @@ def replay_command(trace_path: Path, site: Site, mapping_path: Path | None, tail
     if unknown:
         shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10})" if len(unknown) > 10 else "")
         print(f"{trace_path}: devices not in the site file are ignored: {shown}", file=sys.stderr)
+    site, warnings = scope_to_trace(site, trace.events, strict)
+    for w in warnings:
+        print(f"{trace_path}: {w}", file=sys.stderr)
     result = run_replay(site, trace.events, tail=tail_s)
     records = [incident_record(i, tz) for i in result.incidents()]
     if as_json:

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.config import Site
 from gateway.core.timefmt import local_iso
-from gateway.core.types import Event
+from gateway.core.types import DeviceStatus, Event, Sample
 from gateway.incidents.site_model import build_engine
 from rules.engine import Engine
 from rules.model import Incident, IncidentChange, IncidentState, Transition
@@ -34,6 +34,53 @@ class ReplayResult:
 
     def timeline(self, incident_id: int) -> list[IncidentChange]:
         return [t for t in self.transitions if isinstance(t, IncidentChange) and t.incident == incident_id]
+
+
+def known_quantities(site: Site) -> dict[str, set[str]]:
+    """Device -> the quantities its profile carries, for the devices that have one (an MQTT device without a
+    profile may publish any quantity: nothing can be said of those)."""
+    known: dict[str, set[str]] = {}
+    for d in site.config.devices:
+        prof = site.profiles.get(d.profile) if d.profile else None
+        if prof is not None:
+            known[d.id] = set(prof.quantities)
+    return known
+
+
+def scope_to_trace(site: Site, events: list[Event], strict: bool = False) -> tuple[Site, list[str]]:
+    """The site as far as a recording can judge it, and what the caller should be warned of.
+
+    A device the recording never mentions has no rows at all: the recorder did not capture it, so its
+    silence is no evidence of anything (replaying it would invent an outage). Such devices are left out,
+    unless `strict` (then every device of the site is judged). Quantities a device's profile does not have
+    are named (a typo in a column mapping, e.g. voltge_l1, would otherwise silently feed nothing)."""
+    warnings: list[str] = []
+    mentioned = {e.device for e in events if isinstance(e, Sample | DeviceStatus)}
+    missing = [d.id for d in site.config.devices if d.id not in mentioned]
+    if missing and not strict:
+        shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10})" if len(missing) > 10 else "")
+        warnings.append(
+            f"devices of the site the trace never mentions are left out (their silence proves nothing; "
+            f"--strict judges them too): {shown}"
+        )
+        keep = [d for d in site.config.devices if d.id in mentioned]
+        mains = site.config.gateway
+        if mains.mains is not None and mains.mains.device not in mentioned:
+            mains = mains.model_copy(update={"mains": None})
+        cfg = site.config.model_copy(update={"devices": keep, "gateway": mains})
+        site = Site(config=cfg, path=site.path, profiles=site.profiles)
+    known = known_quantities(site)
+    unknown_set: set[str] = set()
+    for e in events:
+        if isinstance(e, Sample) and e.device in known:
+            unknown_set.update(q for q in e.values if q not in known[e.device])
+    unknown = sorted(unknown_set)
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10})" if len(unknown) > 10 else "")
+        warnings.append(
+            f"quantities their device's profile does not have (typos?), ignored by the rules: {shown}"
+        )
+    return site, warnings
 
 
 def run_replay(
