@@ -370,7 +370,9 @@ def resolve(
 
 
 # -- maintenance -----------------------------------------------------------------------------------------
-maintenance = typer.Typer(no_args_is_help=True, help="Planned maintenance windows: declare one.")
+maintenance = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Planned maintenance windows: declare one."
+)
 
 
 @maintenance.command("add")
@@ -418,7 +420,9 @@ class _ShowByDefault(TyperGroup):
 
 
 oncall = typer.Typer(
-    cls=_ShowByDefault, help="Who is on call now (`show`, the default) and overrides (`set`)."
+    rich_markup_mode=None,
+    cls=_ShowByDefault,
+    help="Who is on call now (`show`, the default) and overrides (`set`).",
 )
 
 

@@ -32,7 +32,9 @@ from gateway.respond.roster import Roster
 from rules.model import Incident, IncidentState
 
 notify = typer.Typer(
-    no_args_is_help=True, help="The notices to residents, staff and utilities: preview their messages."
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="The notices to residents, staff and utilities: preview their messages.",
 )
 
 # The made-up incident: open this long when previewed; the expected restoration this long after it opened.
