@@ -9,7 +9,7 @@ from gateway.app.detect import Detection
 from gateway.config import Site
 from gateway.incidents.api import make_router as incidents_router
 from gateway.observe.presence import DevicePresence
-from gateway.web import api, pages
+from gateway.web import api, pages, votes
 from gateway.web.auth import Tokens
 
 
@@ -22,4 +22,5 @@ def build(site: Site, detection: Detection, presence: DevicePresence) -> list[AP
         incidents_router(reader, info.id, info.timezone),
         api.make_router(desk, tokens, site),
         pages.make_router(desk, tokens, site, reader, presence, detection.responder.signer),
+        votes.make_router(site, reader, detection.responder.signer),  # the all-clear's rating page /r/
     ]
