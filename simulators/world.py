@@ -467,7 +467,13 @@ def _phase_voltage(world: World, st: DeviceState, ph: str, t: float) -> float:
     if sig is not None:
         return sig.at(t)
     d = st.device
-    nominal = d.nominal_voltage if "nominal_voltage" in d.model_fields_set else DEFAULT_PHASE_VOLTAGE
+    site_un = world.site.config.site
+    if d.nominal_voltage is not None:
+        nominal = d.nominal_voltage
+    elif "nominal_voltage" in site_un.model_fields_set:
+        nominal = site_un.nominal_voltage
+    else:
+        nominal = DEFAULT_PHASE_VOLTAGE
     return world._jitter(st, q, t, nominal)
 
 

@@ -18,9 +18,13 @@ def _s(seconds: float) -> str:
 
 
 def _verdict(est: CycleEstimate) -> str:
+    """What the load means: the share of the shortest poll interval a cycle takes when every device answers
+    (typical), and whether a cycle still fits when devices time out (worst case)."""
     if not est.fits:
-        return "CANNOT FIT"
-    return "ok" if est.fits_worst else "ok (worst case overruns)"
+        return "CANNOT FIT: a cycle outlasts the shortest poll interval even when every device answers"
+    if est.fits_worst:
+        return "fits, also when devices time out"
+    return "fits while devices answer; when some time out, cycles overrun and are skipped (see the warning)"
 
 
 def _line_head(line: LineSpec, devices: list[DeviceSpec], est: CycleEstimate) -> str:
@@ -28,7 +32,7 @@ def _line_head(line: LineSpec, devices: list[DeviceSpec], est: CycleEstimate) ->
     return (
         f"line {line.id} ({line.transport} {line.endpoint}): {len(devices)} device(s), "
         f"{est.requests} request(s)/cycle, cycle typical {_s(est.typical)}, worst {_s(est.worst)}, "
-        f"shortest poll interval {interval}, load {est.load:.0%}: {_verdict(est)}"
+        f"shortest poll interval {interval}, load {est.load:.0%} of it: {_verdict(est)}"
     )
 
 

@@ -38,7 +38,9 @@ class Device(Strict):
     powered_by: str | None = Field(
         default=None, description="supply domain powering the device, if not its own"
     )
-    nominal_voltage: float = Field(default=220.0, gt=0, description="phase voltage Un for power rules")
+    nominal_voltage: float | None = Field(
+        default=None, gt=0, description="phase voltage Un for power rules; default site.nominal_voltage"
+    )
     phase: Literal["L1", "L2", "L3"] | None = Field(
         default=None,
         description="the phase of its domain's supply a single-phase device is fed from; a line-powered "

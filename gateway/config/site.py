@@ -16,6 +16,12 @@ class SiteInfo(Strict):
     )
     name: str = Field(default="", description="display name of the site")
     timezone: str = Field(default="UTC", description="IANA time zone of the site, e.g. Asia/Shanghai")
+    nominal_voltage: float = Field(
+        default=220.0,
+        gt=0,
+        description="phase voltage Un of the site's supply (220 in China, 230 in Europe); a device may say "
+        "otherwise",
+    )
 
     @field_validator("timezone")
     @classmethod

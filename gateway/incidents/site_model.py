@@ -32,7 +32,9 @@ def topology_from_site(site: Site) -> Topology:
             line=dev.line,
             line_power=line.powered_by if line else None,
             interval=float(interval),
-            nominal_voltage=dev.nominal_voltage,
+            nominal_voltage=(
+                dev.nominal_voltage if dev.nominal_voltage is not None else cfg.site.nominal_voltage
+            ),
             phase=dev.phase,
             source=dev.source,
         )
