@@ -69,6 +69,7 @@ from bench.rules_live import DaemonThread, all_polled, percentile  # noqa: E402
 from bench.waiting import wait_for  # noqa: E402
 from gateway.config import Site, load_site  # noqa: E402
 from gateway.config.default_rules import DEFAULT_RULES  # noqa: E402
+from gateway.core.durations import parse_duration  # noqa: E402
 from simulators.ports import free_ports  # noqa: E402
 from simulators.runner import SimulatorThread  # noqa: E402
 
@@ -173,7 +174,7 @@ def measure(
         prom_runs = 0
     elif not prom_runs:
         prom_skipped = "--prom-runs 0"
-    interval_s = float(prom_interval.rstrip("s"))
+    interval_s = parse_duration(prom_interval)
     ours: list[float] = []
     theirs: list[float] = []
     sample_title = ""
