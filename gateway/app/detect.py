@@ -1,12 +1,14 @@
 """Live detection and the response to it: the incident store (restoring the engine and writing the downtime
 since the last heartbeat), a blocking bus subscription (samples and statuses are never dropped for the
-rules), the respond side (notices, dispatch, escalation) committed with each round, and the desk staff act
-through.
+rules), the respond side (notices, dispatch, escalation) and the incidents' evidence committed with each
+round, the desk staff act through, and the store's retention.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +16,36 @@ from gateway.app.component import state_file
 from gateway.config import Site
 from gateway.core.bus import Bus
 from gateway.incidents.detector import Detector
+from gateway.incidents.evidence import QUEUE as EVIDENCE_QUEUE
+from gateway.incidents.evidence import EvidenceKeeper
 from gateway.incidents.manager import IncidentManager
-from gateway.incidents.store import IncidentStore
+from gateway.incidents.retention import Retention
+from gateway.incidents.store import Batch, IncidentStore
 from gateway.respond.desk import DaemonDesk
 from gateway.respond.responder import Responder
 
 RULES_QUEUE = 20_000  # events; past this the bus blocks the sources until the engine catches up
+
+log = logging.getLogger("meterwatch.incidents")
+
+Hook = Callable[[Batch, float], None]
+
+
+def each_round(*hooks: Hook) -> Hook:
+    """One detector hook calling each of `hooks` in order: what a round owes is added to its batch. A hook
+    that fails is logged and the others still run (a bug in one part must not cost the others' writes)."""
+
+    def run(batch: Batch, now: float) -> None:
+        for hook in hooks:
+            try:
+                hook(batch, now)
+            except Exception:
+                log.exception(
+                    "a part failed on a round of transitions; detection goes on",
+                    extra={"fields": {"hook": getattr(hook, "__qualname__", repr(hook))}},
+                )
+
+    return run
 
 
 def store_path(site: Site, state_dir: Path) -> Path:
@@ -32,6 +58,8 @@ class Detection:
     detector: Detector
     responder: Responder
     desk: DaemonDesk
+    evidence: EvidenceKeeper
+    retention: Retention
 
 
 def build(site: Site, bus: Bus, state_dir: Path) -> Detection:
@@ -43,7 +71,18 @@ def build(site: Site, bus: Bus, state_dir: Path) -> Detection:
     mgr = IncidentManager.open(site, store, now)
     sub = bus.subscribe("rules", maxsize=RULES_QUEUE, overflow="block")
     responder = Responder(site, mgr, path, state_dir, now)
-    detector = Detector(mgr, sub, on_batch=responder.on_batch, on_commit=responder.on_commit)
+    # best effort: evidence never slows the sources or the rules (what it drops, the bus counts)
+    ev_sub = bus.subscribe("evidence", maxsize=EVIDENCE_QUEUE, overflow="drop_oldest")
+    evidence = EvidenceKeeper(
+        site, site.config.incidents.evidence, ev_sub, lambda: mgr.engine.incidents, store
+    )
+    hooks: list[Hook] = [responder.on_batch, evidence.on_batch]
+    detector = Detector(mgr, sub, on_batch=each_round(*hooks), on_commit=responder.on_commit)
     responder.bind(detector.call)
     desk = DaemonDesk(site, mgr, responder, detector.call)
-    return Detection(mgr, detector, responder, desk)
+
+    def held() -> set[int]:
+        return set(mgr.engine.incidents) | evidence.held_incidents()
+
+    retention = Retention(store, site.config.review.retention, held, detector.call)
+    return Detection(mgr, detector, responder, desk, evidence, retention)

@@ -9,7 +9,9 @@ from fastapi import APIRouter
 from drivers.modbus.line import LineActor
 from drivers.mqtt.subscriber import MqttSubscriber
 from gateway.core.stats import DeviceStats
+from gateway.incidents.evidence import EvidenceKeeper
 from gateway.incidents.manager import IncidentManager
+from gateway.incidents.retention import Retention
 from gateway.observe.health import Readiness
 from gateway.observe.http import HttpServer
 from gateway.observe.metrics import Exported
@@ -27,6 +29,8 @@ class Services:
     incidents: IncidentManager | None = None
     responder: Responder | None = None
     desk: DaemonDesk | None = None
+    evidence: EvidenceKeeper | None = None
+    retention: Retention | None = None
     lines: list[LineActor] = field(default_factory=list)
     mqtt: MqttSubscriber | None = None
     routers: list[APIRouter] = field(default_factory=list)
@@ -52,4 +56,7 @@ class Services:
             presence=self.presence,
             channels={} if self.responder is None else self.responder.sender.stats(),
             outbox=None if self.responder is None else self.responder.outbox,
+            evidence=self.evidence,
+            retention=self.retention,
+            incident_store=None if self.incidents is None else self.incidents.store.path,
         )

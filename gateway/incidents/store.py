@@ -3,7 +3,9 @@
 Tables: `incidents` (one row per incident, its engine state as JSON), `alerts` (alert instances that are not
 inactive), `kinds_state` (state some rule kinds carry, e.g. night-flow streaks), an append-only `timeline`
 per incident (triggers refuse UPDATE and DELETE), an append-only `alert_log`, `downtime` (gaps between the
-last heartbeat and a start) and `meta` (heartbeat, clean stop, schema version).
+last heartbeat and a start), `meta` (heartbeat, clean stop, schema version), and `evidence` (the affected
+devices' readings kept with an incident, gateway/incidents/evidence.py) with `evidence_meta` (how far each
+incident's evidence was thinned to stay within its bound).
 
 Every time is an absolute UTC epoch second, so a restored timer means the same instant it meant before.
 A `Batch` holds whole engine steps and is written in ONE transaction: a step's transitions are never half
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +35,15 @@ from rules.model import (
     IncidentState,
 )
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "1"  # the evidence tables came later: CREATE IF NOT EXISTS adds them to an older store
 
-_SCHEMA = """
+# The timeline's append-only guards, also re-created by `IncidentStore.prune` (the one deliberate deletion).
+TIMELINE_NO_UPDATE = """CREATE TRIGGER IF NOT EXISTS timeline_no_update BEFORE UPDATE ON timeline
+    BEGIN SELECT RAISE(ABORT, 'the timeline is append-only'); END;"""
+TIMELINE_NO_DELETE = """CREATE TRIGGER IF NOT EXISTS timeline_no_delete BEFORE DELETE ON timeline
+    BEGIN SELECT RAISE(ABORT, 'the timeline is append-only'); END;"""
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS incidents(
     id INTEGER PRIMARY KEY,
@@ -57,10 +65,8 @@ CREATE TABLE IF NOT EXISTS timeline(
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS timeline_incident ON timeline(incident_id, seq);
-CREATE TRIGGER IF NOT EXISTS timeline_no_update BEFORE UPDATE ON timeline
-    BEGIN SELECT RAISE(ABORT, 'the timeline is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS timeline_no_delete BEFORE DELETE ON timeline
-    BEGIN SELECT RAISE(ABORT, 'the timeline is append-only'); END;
+{TIMELINE_NO_UPDATE}
+{TIMELINE_NO_DELETE}
 CREATE TABLE IF NOT EXISTS alert_log(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ts REAL NOT NULL,
@@ -78,9 +84,25 @@ CREATE TABLE IF NOT EXISTS downtime(
     down_to REAL NOT NULL,
     clean_stop INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS evidence(
+    incident_id INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    quantity TEXT NOT NULL,
+    ts REAL NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY(incident_id, device, quantity, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS evidence_meta(
+    incident_id INTEGER PRIMARY KEY,
+    spacing REAL,
+    thinned INTEGER NOT NULL
+);
 """
 
 GATEWAY_DOWN = IncidentEvent.GATEWAY_DOWN
+_OPEN_SQL = ", ".join(f"'{s}'" for s in OPEN_STATES)
+PRUNE_CHUNK = 200  # incidents per pruning transaction: the detector waits for the store's lock meanwhile
+_LOG_CHUNK = 5000  # alert log and downtime rows per pruning transaction
 
 
 class StoreError(Exception):
@@ -145,6 +167,64 @@ class Batch:
             or self.kinds_state is not None
             or self.heartbeat is not None
         )
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceInfo:
+    """What an incident's evidence holds: its readings, and the spacing it was thinned to (seconds between the
+    kept readings of one quantity; None while every reading is kept) with how many readings that dropped."""
+
+    points: int
+    spacing: float | None
+    thinned: int
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceWrite:
+    """One round's evidence, a batch writer (Batch.writers): readings added, readings a thinning dropped, and
+    each touched incident's (spacing, thinned). Writing it twice changes nothing (a retried batch)."""
+
+    inserts: list[tuple[int, str, str, float, float]]  # incident, device, quantity, ts, value
+    deletes: list[tuple[int, str, str, float]]  # incident, device, quantity, ts
+    meta: dict[int, tuple[float | None, int]]
+
+    def __call__(self, db: sqlite3.Connection) -> None:
+        db.executemany(
+            "DELETE FROM evidence WHERE incident_id = ? AND device = ? AND quantity = ? AND ts = ?",
+            self.deletes,
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO evidence(incident_id, device, quantity, ts, value) VALUES (?, ?, ?, ?, ?)",
+            self.inserts,
+        )
+        db.executemany(
+            "INSERT INTO evidence_meta(incident_id, spacing, thinned) VALUES (?, ?, ?)"
+            " ON CONFLICT(incident_id) DO UPDATE SET spacing=excluded.spacing, thinned=excluded.thinned",
+            [(i, sp, n) for i, (sp, n) in self.meta.items()],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvidence:
+    """An incident's evidence as the keeper needs it after a restart: the kept instants of each series."""
+
+    times: dict[tuple[str, str], list[float]]  # (device, quantity) -> sorted instants
+    spacing: float | None
+    thinned: int
+
+
+@dataclass(slots=True)
+class Pruned:
+    """What one pruning removed, by table."""
+
+    incidents: int = 0
+    timeline: int = 0
+    evidence: int = 0
+    alert_log: int = 0
+    outbox: int = 0
+    deliveries: int = 0
+    votes: int = 0
+    downtime: int = 0
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -279,6 +359,127 @@ class IncidentStore:
             for write in batch.writers:
                 write(db)
 
+    # ---- evidence after a restart ---------------------------------------------------------------------
+    def stored_evidence(self, incident_ids: Iterable[int]) -> dict[int, StoredEvidence]:
+        """The evidence already stored for these incidents (the keeper goes on from it after a restart)."""
+        out: dict[int, StoredEvidence] = {}
+        with self._lock:
+            for inc_id in incident_ids:
+                times: dict[tuple[str, str], list[float]] = {}
+                for dev, q, ts in self._db.execute(
+                    "SELECT device, quantity, ts FROM evidence WHERE incident_id = ?"
+                    " ORDER BY device, quantity, ts",
+                    (inc_id,),
+                ):
+                    times.setdefault((str(dev), str(q)), []).append(float(ts))
+                row = self._db.execute(
+                    "SELECT spacing, thinned FROM evidence_meta WHERE incident_id = ?", (inc_id,)
+                ).fetchone()
+                spacing = None if row is None or row[0] is None else float(row[0])
+                out[inc_id] = StoredEvidence(times, spacing, 0 if row is None else int(row[1]))
+        return out
+
+    # ---- retention -------------------------------------------------------------------------------------
+    def prune(self, cutoff: float, keep: Collection[int] = ()) -> Pruned:
+        """Delete the incidents that ended (resolved, or merged) before `cutoff` with everything of theirs:
+        timeline, evidence, outbox rows and their deliveries, votes. An open incident is never touched, nor
+        one in `keep` (those the running engine or the evidence keeper still hold: deleting them under it
+        would let its next write bring back a row without its timeline). A merged incident goes with the
+        incident it was merged into. Then the alert log and the downtime older than both the cutoff and the
+        first evidence of every incident left: no report can need them.
+
+        Each chunk of incidents is one transaction, so the detector's rounds (waiting for the store's lock)
+        are held up briefly and a crash leaves whole incidents, never half of one. The file does not shrink
+        (SQLite reuses the freed pages), it stops growing."""
+        doomed = self._prunable(cutoff, set(keep))
+        out = Pruned()
+        ids = sorted(doomed)
+        for start in range(0, len(ids), PRUNE_CHUNK):
+            with self._lock, self._tx() as db:
+                self._prune_chunk(db, ids[start : start + PRUNE_CHUNK], out)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(CAST(json_extract(data, '$.first_evidence_at') AS REAL)) FROM incidents"
+            ).fetchone()
+        horizon = cutoff if row is None or row[0] is None else min(cutoff, float(row[0]))
+        for table, ts_col, attr in (("alert_log", "ts", "alert_log"), ("downtime", "down_to", "downtime")):
+            while True:
+                with self._lock, self._tx() as db:
+                    n = db.execute(
+                        f"DELETE FROM {table} WHERE seq IN"
+                        f" (SELECT seq FROM {table} WHERE {ts_col} < ? LIMIT {_LOG_CHUNK})",
+                        (horizon,),
+                    ).rowcount
+                setattr(out, attr, getattr(out, attr) + n)
+                if n < _LOG_CHUNK:
+                    break
+        return out
+
+    def _prunable(self, cutoff: float, keep: set[int]) -> set[int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, state, json_extract(data, '$.resolved_at'), updated_at,"
+                f" json_extract(data, '$.merged_into') FROM incidents WHERE state NOT IN ({_OPEN_SQL})"
+            ).fetchall()
+            open_ids = {
+                int(i) for (i,) in self._db.execute(f"SELECT id FROM incidents WHERE state IN ({_OPEN_SQL})")
+            }
+        ended: dict[int, float] = {}
+        merged_into: dict[int, int] = {}
+        for inc_id, state, resolved_at, updated_at, into in rows:
+            ended[int(inc_id)] = float(resolved_at if resolved_at is not None else updated_at)
+            if state == str(IncidentState.MERGED) and into is not None:
+                merged_into[int(inc_id)] = int(into)
+        old = {i for i, t in ended.items() if t < cutoff and i not in keep}
+
+        def goes(inc_id: int, depth: int = 0) -> bool:
+            if inc_id not in old:
+                return False
+            root = merged_into.get(inc_id)
+            if root is None or depth > 50:  # not merged (or a chain that loops: judge it by itself)
+                return True
+            if root in open_ids or root in keep:
+                return False
+            return root not in ended or goes(root, depth + 1)
+
+        return {i for i in old if goes(i)}
+
+    @staticmethod
+    def _prune_chunk(db: sqlite3.Connection, ids: list[int], out: Pruned) -> None:
+        marks = ",".join("?" * len(ids))
+        # checked again inside the transaction: whatever reopened meanwhile stays
+        ids = [
+            int(i)
+            for (i,) in db.execute(
+                f"SELECT id FROM incidents WHERE id IN ({marks}) AND state NOT IN ({_OPEN_SQL})", ids
+            )
+        ]
+        if not ids:
+            return
+        marks = ",".join("?" * len(ids))
+        tables = {str(n) for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        # The timeline is append-only (its triggers refuse UPDATE and DELETE) so that nothing rewrites what
+        # happened; retention is the one deliberate exception. The delete guard is dropped and re-created
+        # inside this same write transaction: no other connection can write in between (the transaction
+        # holds SQLite's write lock), and a crash rolls the DROP back with the deletes, so the guard is never
+        # missing outside it.
+        db.execute("DROP TRIGGER IF EXISTS timeline_no_delete")
+        out.timeline += db.execute(f"DELETE FROM timeline WHERE incident_id IN ({marks})", ids).rowcount
+        db.execute(TIMELINE_NO_DELETE)
+        out.evidence += db.execute(f"DELETE FROM evidence WHERE incident_id IN ({marks})", ids).rowcount
+        db.execute(f"DELETE FROM evidence_meta WHERE incident_id IN ({marks})", ids)
+        if "outbox" in tables:
+            if "deliveries" in tables:
+                out.deliveries += db.execute(
+                    "DELETE FROM deliveries WHERE notice_key IN"
+                    f" (SELECT key FROM outbox WHERE incident_id IN ({marks}))",
+                    ids,
+                ).rowcount
+            out.outbox += db.execute(f"DELETE FROM outbox WHERE incident_id IN ({marks})", ids).rowcount
+        if "votes" in tables:
+            out.votes += db.execute(f"DELETE FROM votes WHERE incident_id IN ({marks})", ids).rowcount
+        out.incidents += db.execute(f"DELETE FROM incidents WHERE id IN ({marks})", ids).rowcount
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         self._db.execute("BEGIN IMMEDIATE")
@@ -355,3 +556,29 @@ class StoreReader:
             AlertChange(t, AlertKey.parse(k), r, d, AlertState(o), AlertState(n), v, note)
             for t, k, r, d, o, n, v, note in rows
         ]
+
+    def evidence(self, incident_id: int) -> dict[str, dict[str, list[tuple[float, float]]]]:
+        """The readings kept with an incident: device -> quantity -> [(ts, value)] sorted by time."""
+        out: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        with self._conn() as db:
+            rows = db.execute(
+                "SELECT device, quantity, ts, value FROM evidence WHERE incident_id = ?"
+                " ORDER BY device, quantity, ts",
+                (incident_id,),
+            ).fetchall()
+        for dev, q, ts, value in rows:
+            out.setdefault(str(dev), {}).setdefault(str(q), []).append((float(ts), float(value)))
+        return out
+
+    def evidence_info(self, incident_id: int) -> EvidenceInfo:
+        """How much evidence an incident holds and whether it was thinned to stay within its bound."""
+        with self._conn() as db:
+            (points,) = db.execute(
+                "SELECT COUNT(*) FROM evidence WHERE incident_id = ?", (incident_id,)
+            ).fetchone()
+            row = db.execute(
+                "SELECT spacing, thinned FROM evidence_meta WHERE incident_id = ?", (incident_id,)
+            ).fetchone()
+        if row is None:
+            return EvidenceInfo(int(points), None, 0)
+        return EvidenceInfo(int(points), None if row[0] is None else float(row[0]), int(row[1]))

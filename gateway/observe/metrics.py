@@ -13,6 +13,9 @@ MQTT simply has no such series.
   one series per open incident (value 1, with the building its scope lies in), which Grafana shows as
   annotations. When it holds the detection engine (`engine`, as the IncidentManager does),
   `meterwatch_rule_glitches_total{device, rule}` counts the readings whose trigger the next reading cleared.
+- evidence, retention, incident_store: the evidence keeper (readings stored with incidents, thinned to
+  stay within the bound), the retention's pruning counts, and the incident store's file (its size in bytes,
+  WAL included, read at each scrape).
 - presence: gateway/observe/presence.py, so that `meterwatch_device_up` exists for every device of the
   site, also those no poller keeps stats for, and `meterwatch_device_info{device, <field>="text"} 1`
   (serial number, firmware version; a field named like a fixed label gets an `info_` prefix).
@@ -25,7 +28,8 @@ from __future__ import annotations
 import importlib.metadata
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -41,6 +45,8 @@ from prometheus_client.registry import Collector
 from gateway.config import Site
 from gateway.core.bus import Bus
 from gateway.core.stats import DeviceStats, Histogram, LineStats, MqttStats
+from gateway.incidents.evidence import EvidenceKeeper
+from gateway.incidents.retention import Retention
 from gateway.observe.presence import DevicePresence
 from gateway.respond.model import DeliveryStatus, NoticeState
 from gateway.respond.sender import ChannelStats
@@ -116,6 +122,9 @@ class Exported:
     presence: DevicePresence | None = None
     channels: Mapping[str, ChannelStats] = field(default_factory=dict)  # the notify channels' workers
     outbox: OutboxDepth | None = None
+    evidence: EvidenceKeeper | None = None
+    retention: Retention | None = None
+    incident_store: Path | None = None  # the SQLite file
 
 
 class GatewayCollector(Collector):
@@ -136,6 +145,7 @@ class GatewayCollector(Collector):
         yield from self._incidents()
         yield from self._notify(now)
         yield from self._glitches()
+        yield from self._store()
 
     def _info(self) -> Iterator[Metric]:
         info = InfoMetricFamily("meterwatch_build", "meterwatch version and site")
@@ -439,6 +449,66 @@ class GatewayCollector(Collector):
         for (device, rule), n in sorted(dict(engine.glitches).items()):
             fam.add_metric([device, rule], n)
         yield fam
+
+    def _store(self) -> Iterator[Metric]:
+        """The incident store's size, its retention and the evidence kept with incidents."""
+        path = self.exported.incident_store
+        if path is not None:
+            size = 0
+            for part in (path, path.with_name(path.name + "-wal")):
+                try:
+                    size += part.stat().st_size
+                except OSError:  # no WAL right after a checkpoint, or the file is not there yet
+                    continue
+            yield _one_gauge(
+                "meterwatch_incident_store_bytes",
+                "size of the incident store (SQLite file and its WAL)",
+                size,
+            )
+        ret = self.exported.retention
+        if ret is not None:
+            yield _one_counter(
+                "meterwatch_incidents_pruned",
+                "resolved incidents deleted past review.retention, with everything of theirs",
+                ret.pruned.incidents,
+            )
+            rows = _counter(
+                "meterwatch_incident_store_pruned_rows", "rows deleted by the retention, by table", "table"
+            )
+            for table, n in asdict(ret.pruned).items():
+                rows.add_metric([table], n)
+            yield rows
+            yield _one_counter(
+                "meterwatch_incident_store_prune_failures", "prunings that failed (tried again)", ret.failures
+            )
+            if ret.last_run is not None:
+                yield _one_gauge(
+                    "meterwatch_incident_store_last_prune_timestamp_seconds",
+                    "when the retention last pruned the incident store",
+                    ret.last_run,
+                )
+        ev = self.exported.evidence
+        if ev is not None:
+            yield _one_counter(
+                "meterwatch_evidence_points",
+                "readings stored with incidents as their evidence",
+                ev.points_stored,
+            )
+            yield _one_counter(
+                "meterwatch_evidence_thinned_points",
+                "readings not kept (or dropped later) to hold an incident's evidence within max_points",
+                ev.points_thinned,
+            )
+            yield _one_gauge(
+                "meterwatch_evidence_incidents",
+                "incidents whose evidence is being collected",
+                len(ev.tracked),
+            )
+            yield _one_gauge(
+                "meterwatch_evidence_ring_readings",
+                "readings held in memory for the evidence of incidents yet to open",
+                ev.ring_readings(),
+            )
 
     def _building_of(self, scope: str) -> str:
         """The one building a scope (building:, domain:, device:, line:) lies in; "" for site or mixed."""
