@@ -10,7 +10,7 @@ Definitions (the reports and the monthly review say them in words too):
 - dispatched / acknowledged / on site: the first such step of the timeline. The response is in time when
   acknowledged within `oncall.target` (30 min) of the dispatch; on site is reported beside it.
 - restored: the incident resolved; the outage lasted from the first evidence to then; household-minutes
-  are the households affected times those minutes (supply outages only).
+  are the households affected times those minutes (supply outages only; a drill cuts nobody's supply).
 """
 
 from __future__ import annotations
@@ -121,7 +121,9 @@ def measure(rec: IncidentRecord, site: Site) -> Measures:
         supply=supply,
         outage=outage,
         duration_s=duration,
-        household_minutes=households * duration / 60.0 if supply and duration is not None else 0.0,
+        household_minutes=(
+            households * duration / 60.0 if supply and duration is not None and not inc.drill else 0.0
+        ),
         informed_at=informed_at,
         inform_s=inform_s,
         informed_in_time=in_time,
