@@ -9,7 +9,8 @@ from gateway.app.detect import Detection
 from gateway.config import Site
 from gateway.incidents.api import make_router as incidents_router
 from gateway.observe.presence import DevicePresence
-from gateway.web import api, pages, votes
+from gateway.review.data import ReviewReader
+from gateway.web import api, pages, reports, votes
 from gateway.web.auth import Tokens
 
 
@@ -23,4 +24,5 @@ def build(site: Site, detection: Detection, presence: DevicePresence) -> list[AP
         api.make_router(desk, tokens, site),
         pages.make_router(desk, tokens, site, reader, presence, detection.responder.signer),
         votes.make_router(site, reader, detection.responder.signer),  # the all-clear's rating page /r/
+        reports.make_router(site, tokens, ReviewReader(reader.path), reader),  # incident and month reports
     ]

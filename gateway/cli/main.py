@@ -11,6 +11,7 @@ from gateway.cli.notify import notify
 from gateway.cli.probe import probe
 from gateway.cli.qr import qr
 from gateway.cli.replay import replay
+from gateway.cli.report import report
 from gateway.cli.run import run
 from gateway.cli.simulate import simulate
 from gateway.cli.site import check, plan, schema
@@ -28,6 +29,7 @@ app.add_typer(notify, name="notify")
 app.command()(qr)  # the QR code of a building's public page (gateway/cli/qr.py)
 register_desk(app)  # staff actions through the daemon's write API: open, ack, on-site, ..., oncall
 app.command()(drill)  # a drill through the real notice and dispatch chain (gateway/cli/drill.py)
+app.command()(report)  # an incident's report or the monthly review, from the store (gateway/cli/report.py)
 
 
 def main() -> None:

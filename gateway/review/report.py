@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from gateway.config import Site
 from gateway.core.timefmt import local_iso
-from gateway.incidents.store import StoreReader
+from gateway.incidents.store import EvidenceInfo, StoreReader
 from gateway.respond.context import buildings_of
 from gateway.respond.messages import CATEGORY_NAMES, SEVERITY_NAMES
 from gateway.respond.model import DeliveryStatus
@@ -302,18 +302,27 @@ class IncidentReport(Part):
 # ------------------------------------------------------------------------------------------------ building
 
 
-def read_evidence(store: StoreReader, incident_id: int) -> tuple[Evidence, str | None]:
-    """The evidence the store keeps with an incident, and why there is none when it could not be read
-    (a store written before evidence was kept has no such table)."""
-    # getattr: the store may predate evidence keeping; the report then says there is none
-    evidence = getattr(store, "evidence", None)
-    if evidence is None:
-        return {}, None
+@dataclass(frozen=True, slots=True)
+class KeptEvidence:
+    """An incident's evidence as read from the store: the readings, how they were thinned (None: not known),
+    and why none could be read, if so."""
+
+    readings: Evidence
+    info: EvidenceInfo | None = None
+    problem: str | None = None
+
+
+def read_evidence(store: StoreReader, incident_id: int) -> KeptEvidence:
+    """The evidence the store keeps with an incident. A store written before evidence was kept has no such
+    table: that is no evidence, not a problem; any other failure to read it is said in the report."""
     try:
-        found = evidence(incident_id)
+        return KeptEvidence(store.evidence(incident_id), store.evidence_info(incident_id))
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return KeptEvidence({})
+        return KeptEvidence({}, problem=str(exc))
     except sqlite3.Error as exc:
-        return {}, str(exc)
-    return (found if isinstance(found, Mapping) else {}), None
+        return KeptEvidence({}, problem=str(exc))
 
 
 class _Builder:
@@ -536,13 +545,17 @@ def _series(
 
 
 def _quality(
-    b: _Builder, q: Quality, rec: IncidentRecord, problem: str | None, not_charted: list[str]
+    b: _Builder, q: Quality, rec: IncidentRecord, stored: KeptEvidence, not_charted: list[str]
 ) -> QualityOut:
     notes = []
-    if problem is not None:
-        notes.append(b.w("note_evidence_error", error=problem))
+    if stored.problem is not None:
+        notes.append(b.w("note_evidence_error", error=stored.problem))
     elif not q.has_evidence:
         notes.append(b.w("note_no_evidence"))
+    info = stored.info
+    if info is not None and info.spacing is not None and info.thinned:
+        every = duration_text(info.spacing, b.lang)
+        notes.append(b.w("note_thinned", every=every, n=info.thinned))
     if q.starts_late and q.start is not None:
         notes.append(b.w("note_starts_late", t=b.stamp(q.start), t0=b.stamp(rec.incident.first_evidence_at)))
     if q.dropped:
@@ -597,19 +610,19 @@ def _quality(
 def build_report(
     rec: IncidentRecord,
     site: Site,
-    evidence: Evidence,
+    evidence: Evidence | KeptEvidence,
     lang: str = "zh",
     *,
     now: float | None = None,
-    evidence_problem: str | None = None,
 ) -> IncidentReport:
-    """The report of one incident's record; `evidence` as the store keeps it (empty: none kept),
-    `evidence_problem` why it could not be read, if it could not."""
+    """The report of one incident's record; `evidence` its readings as the store keeps them (empty: none
+    kept), or all read_evidence found."""
+    stored = evidence if isinstance(evidence, KeptEvidence) else KeptEvidence(evidence)
     b = _Builder(site, check_lang(lang))
     inc = rec.incident
     m = measure(rec, site)
-    data, _ = clean(evidence)
-    quality = assess(evidence, site, inc, rec.downtimes)
+    data, _ = clean(stored.readings)
+    quality = assess(stored.readings, site, inc, rec.downtimes)
     series = _series(b, rec, data)
     devices = list(dict.fromkeys(s.device for s in series))
     charted, not_charted = devices[:MAX_CHARTS], devices[MAX_CHARTS:]
@@ -667,7 +680,7 @@ def build_report(
         marks=_marks(b, rec, m),
         evidence=series,
         charts=charts,
-        quality=_quality(b, quality, rec, evidence_problem, not_charted),
+        quality=_quality(b, quality, rec, stored, not_charted),
     )
 
 
@@ -681,8 +694,7 @@ def incident_report(
     rec = reader.record(incident_id)
     if rec is None:
         raise NoIncident(f"no incident {incident_id} in {reader.path}")
-    evidence, problem = read_evidence(store, incident_id)
-    return build_report(rec, site, evidence, lang, now=now, evidence_problem=problem)
+    return build_report(rec, site, read_evidence(store, incident_id), lang, now=now)
 
 
 def _file_safe(text: str) -> str:

@@ -18,12 +18,13 @@ all-clear goes out at T0 + 1502 s. The gateway was down (not a clean stop) from 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.rules_live import write_live_site
 from gateway.config import Site, load_site
-from gateway.incidents.store import Batch, IncidentStore
+from gateway.incidents.store import Batch, EvidenceWrite, IncidentStore
 from gateway.respond import outbox
 from gateway.respond.model import Delivery, DeliveryStatus, NoticeState, Owed, Stage
 from rules.model import AlertKey, Incident, IncidentChange, IncidentEvent, IncidentState
@@ -117,8 +118,16 @@ def _deliver(db_path: Path, key: str, channel: str, results: list[Delivery], sta
         ob.close()
 
 
-def write_outage(path: Path, site: Site, o: Outage) -> Incident:
-    """The outage in a new store at `path`, as the daemon would have left it."""
+def write_outage(
+    path: Path,
+    site: Site,
+    o: Outage,
+    evidence: dict[str, dict[str, list[tuple[float, float]]]] | None = None,
+    thinned: tuple[float, int] | None = None,
+) -> Incident:
+    """The outage in a new store at `path`, as the daemon would have left it; with `evidence`, those
+    readings kept with it as the evidence keeper writes them (and `thinned`: the spacing it was thinned to
+    and the readings that dropped)."""
     inc = o.incident()
     owed = [
         Owed(f"incident:{ID}/{Stage.DISPATCH}/oncall", ID, Stage.DISPATCH, "oncall", o.dispatched),
@@ -137,7 +146,12 @@ def write_outage(path: Path, site: Site, o: Outage) -> Incident:
     store = IncidentStore(path)
     outbox.SqliteOutbox(path).close()  # the outbox's tables, as the responder makes them at start
     try:
-        store.write(Batch(incidents={ID: inc}, timeline=o.changes(), writers=[notices]))
+        writers: list[Callable[[sqlite3.Connection], None]] = [notices]
+        if evidence is not None:
+            rows = [(ID, d, q, t, v) for d, qs in evidence.items() for q, pts in qs.items() for t, v in pts]
+            spacing, dropped = thinned if thinned is not None else (None, 0)
+            writers.append(EvidenceWrite(rows, [], {ID: (spacing, dropped)}))
+        store.write(Batch(incidents={ID: inc}, timeline=o.changes(), writers=writers))
         if o.down is not None:
             with sqlite3.connect(path) as db:  # what IncidentStore.start writes on the next start
                 db.execute("INSERT INTO downtime(down_from, down_to, clean_stop) VALUES (?, ?, 0)", o.down)

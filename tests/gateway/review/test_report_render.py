@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import struct
 from datetime import datetime
 from pathlib import Path
@@ -237,6 +238,30 @@ def test_no_evidence_stored_is_said_and_nothing_drawn(store: Path, site: Site) -
     assert "本事件没有保存证据数据，因此没有曲线。" in md
     html = render_html(report)
     assert "<img" not in html and "本事件没有保存证据数据，因此没有曲线。" in html
+
+
+def test_evidence_kept_in_the_store_is_drawn_and_its_thinning_said(tmp_path: Path, site: Site) -> None:
+    o = Outage()
+    path = tmp_path / "kept.sqlite"
+    write_outage(path, site, o, outage_evidence(o, step=4.0), thinned=(4.0, 1234))
+    report = incident_report(ReviewReader(path), StoreReader(path), site, ID, "zh")
+    assert [c.device for c in report.charts] == ["B1-main", "B1-unit"]
+    assert (
+        report.quality.notes[0] == "为使证据数据不超过上限，读数已均匀抽稀为每4秒一个（略去 1234 个读数）。"
+    )
+    # a device whose readings come every 4 s has no gap every 4 s
+    assert [g.device for g in report.quality.gaps] == ["B1-unit"]
+    assert len(draw_charts(report)) == 2
+
+
+def test_a_store_from_before_evidence_was_kept(tmp_path: Path, store: Path, site: Site) -> None:
+    # a store the daemon has not opened since evidence keeping came (IncidentStore adds the tables on open)
+    with sqlite3.connect(store) as db:
+        db.execute("DROP TABLE evidence")
+        db.execute("DROP TABLE evidence_meta")
+    report = incident_report(ReviewReader(store), StoreReader(store), site, ID, "en")
+    assert report.quality.notes[0].startswith("No evidence was stored with this incident")
+    assert not any("could not be read" in n for n in report.quality.notes)
 
 
 def test_json_form_for_a_management_system(store: Path, site: Site) -> None:
