@@ -58,6 +58,7 @@ class IncidentRecord:
     notices: list[NoticeRecord]
     downtimes: list[Downtime]  # the gateway's downtime overlapping the incident
     votes: list[Vote] = field(default_factory=list)
+    planned: bool = False  # opened inside a planned maintenance window (its staff notice says so)
 
     def first(self, event: str) -> TimelineEntry | None:
         return next((e for e in self.timeline if e.event == event), None)
@@ -135,6 +136,12 @@ class ReviewReader:
             for a, b, c in db.execute("SELECT down_from, down_to, clean_stop FROM downtime ORDER BY seq")
             if float(b) > inc.first_evidence_at and float(a) < end
         ]
+        planned = False
+        if _has_table(db, "outbox"):
+            for (ctx,) in db.execute(
+                "SELECT context FROM outbox WHERE incident_id = ? AND stage = 'staff_open'", (inc.id,)
+            ):
+                planned = planned or bool(json.loads(ctx).get("planned"))
         votes: list[Vote] = []
         if _has_table(db, "votes"):
             votes = [
@@ -143,4 +150,4 @@ class ReviewReader:
                     "SELECT rating, at, comment FROM votes WHERE incident_id = ? ORDER BY at", (inc.id,)
                 )
             ]
-        return IncidentRecord(inc, timeline, notices, downtimes, votes)
+        return IncidentRecord(inc, timeline, notices, downtimes, votes, planned)

@@ -4,13 +4,16 @@ Definitions (the reports and the monthly review say them in words too):
 
 - detect: from the first evidence (the first reading that showed it) to the incident's opening.
 - outage: a supply outage that owed its residents a notice (its category has a `notify.confirm_delay`, its
-  audiences include residents) and lasted past that delay; only these count for "informed in time".
+  audiences include residents, it was still out that delay after it opened, and it was not inside a
+  planned maintenance window); only these count for "informed in time".
 - informed: the first residents' notice (not a maintenance notice, not an update) taken by any target;
   in time when within `review.inform_within` (15 min) of the first evidence.
 - dispatched / acknowledged / on site: the first such step of the timeline. The response is in time when
-  acknowledged within `oncall.target` (30 min) of the dispatch; on site is reported beside it.
+  acknowledged within `oncall.target` (30 min) of the dispatch; one that was over within the target
+  before anyone answered is not judged; on site is reported beside it.
 - restored: the incident resolved; the outage lasted from the first evidence to then; household-minutes
-  are the households affected times those minutes (supply outages only; a drill cuts nobody's supply).
+  are the households affected times those minutes (power or water gone or a phase lost, not a bad
+  voltage; a drill cuts nobody's supply).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from gateway.respond.context import ADVICE, buildings_of
 from gateway.respond.model import DeliveryStatus, Stage
 from gateway.review.data import IncidentRecord
 from rules.model import IncidentEvent
+
+# categories in which households are without supply (an under- or overvoltage is a bad supply, not none)
+WITHOUT_SUPPLY = frozenset({"power_outage", "phase_loss", "water_supply", "water_burst"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +81,10 @@ def measure(rec: IncidentRecord, site: Site) -> Measures:
     duration = None if inc.resolved_at is None else max(0.0, inc.resolved_at - start)
     delay = cfg.notify.confirm_delay.get(inc.category)
     residents = any(a == "residents" or a.startswith("residents:") for a in inc.audiences)
-    lasted = duration if duration is not None else float("inf")
-    outage = not inc.drill and delay is not None and residents and lasted > delay
+    # owed its residents a notice: still out `delay` after it opened (the policy's rule), and not planned
+    # works (those owe no outage notice)
+    still_out = inc.resolved_at is None or (delay is not None and inc.resolved_at > inc.opened_at + delay)
+    outage = not inc.drill and not rec.planned and delay is not None and residents and still_out
 
     notices = [n for n in rec.notices if n.stage == Stage.RESIDENTS_NOTICE and n.key.startswith("incident:")]
     delivered = [t for n in notices if (t := n.delivered_at) is not None]
@@ -95,6 +103,8 @@ def measure(rec: IncidentRecord, site: Site) -> Measures:
     response = None
     if d_at is not None:
         response = ack_s is not None and ack_s <= cfg.oncall.target
+        if acked is None and inc.resolved_at is not None and inc.resolved_at - d_at <= cfg.oncall.target:
+            response = None  # over within the target before anyone answered: nothing to judge
     causes = rec.events(IncidentEvent.CAUSE)
     cause = causes[-1].detail.split(": ", 1)[-1] if causes else ""
 
@@ -122,7 +132,9 @@ def measure(rec: IncidentRecord, site: Site) -> Measures:
         outage=outage,
         duration_s=duration,
         household_minutes=(
-            households * duration / 60.0 if supply and duration is not None and not inc.drill else 0.0
+            households * duration / 60.0
+            if inc.category in WITHOUT_SUPPLY and duration is not None and not inc.drill
+            else 0.0
         ),
         informed_at=informed_at,
         inform_s=inform_s,
