@@ -142,8 +142,9 @@ def thin_times(times: list[float], k: int) -> list[float]:
     """The first instant in each slot of 2^k seconds (times sorted)."""
     out: list[float] = []
     last: int | None = None
+    width = 2.0**k
     for t in times:
-        s = _slot(t, k)
+        s = math.floor(t / width)
         if s != last:
             out.append(t)
             last = s
@@ -314,9 +315,9 @@ class EvidenceKeeper:
         deletes: list[tuple[int, str, str, float]] = []
         meta: dict[int, tuple[float | None, int]] = {}
         for tr in self.tracked.values():
-            new = self._new_readings(tr)
-            if new:
-                dropped = self._admit(tr, new)
+            entries = self._new_entries(tr)
+            if entries:
+                new, dropped = self._admit(tr, entries)
                 deletes.extend((tr.id, dev, q, t) for (dev, q), t in dropped)
                 for (dev, q), pts in new.items():
                     inserts.extend((tr.id, dev, q, t, v) for t, v in pts)
@@ -328,45 +329,53 @@ class EvidenceKeeper:
         self.points_stored += len(inserts)
         return EvidenceWrite(inserts, deletes, meta)
 
-    def _new_readings(self, tr: Tracked) -> dict[Series, list[tuple[float, float]]]:
-        new: dict[Series, list[tuple[float, float]]] = {}
+    def _new_entries(self, tr: Tracked) -> dict[str, list[Entry]]:
+        """The ring entries of the incident's devices it has not considered yet, inside its window."""
+        out: dict[str, list[Entry]] = {}
         hi = math.inf if tr.end is None else tr.end
         for dev in sorted(tr.devices):
             ring = self.rings.get(dev)
             if ring is None:
                 continue
             seen = tr.seen.get(dev, -math.inf)
-            for ts, keys, values in ring.since(max(seen, math.nextafter(tr.start, -math.inf))):
-                if ts > hi:  # past the after window: left for a reopening, if one comes
+            taken: list[Entry] = []
+            for entry in ring.since(max(seen, math.nextafter(tr.start, -math.inf))):
+                if entry[0] > hi:  # past the after window: left for a reopening, if one comes
                     break
-                if ts < tr.start:
-                    continue
-                for q, v in zip(keys, values, strict=True):
-                    new.setdefault((dev, q), []).append((ts, v))
-                seen = ts
+                taken.append(entry)
+                seen = entry[0]
             tr.seen[dev] = seen
-        return new
+            if taken:
+                out[dev] = taken
+        return out
 
-    def _admit(self, tr: Tracked, new: dict[Series, list[tuple[float, float]]]) -> list[tuple[Series, float]]:
-        """Keep `new` (changed in place) within the incident's bound; returns the stored readings a thinning
-        dropped. Updates the mirror, the counts and the rate."""
-        offered = sum(len(p) for p in new.values())
-        if tr.k is not None:
-            for s, pts in new.items():
-                kept = tr.times.get(s)
-                new[s] = thin_points(pts, tr.k, kept[-1] if kept else None)
-        dropped: list[tuple[Series, float]] = []
+    def _admit(
+        self, tr: Tracked, entries: dict[str, list[Entry]]
+    ) -> tuple[dict[Series, list[tuple[float, float]]], list[tuple[Series, float]]]:
+        """The readings of `entries` the incident keeps within its bound, and the stored ones a thinning
+        drops. Updates the mirror, the counts and the rate.
+
+        The rate is chosen on the entries' instants before any reading is spelled out (a site-wide incident
+        opening brings every device's whole ring at once); the exact check after it raises it further in
+        the rare case the estimate was short."""
+        offered = sum(len(e[1]) for es in entries.values() for e in es)
         limit = self.settings.max_points
+        target = int(limit * FILL)
+        k = tr.k
+        if tr.points + offered > limit:
+            k = self._choose_k(tr, entries, target)
+        dropped: list[tuple[Series, float]] = []
+        if k != tr.k and k is not None:
+            dropped = self._rethin(tr, k)
+        new = self._spell_out(tr, entries, k)
         if tr.points + sum(len(p) for p in new.values()) > limit:
-            dropped = self._thin(tr, new, int(limit * FILL))
+            dropped += self._thin(tr, new, target)
+        if k != tr.k:
             log.info(
                 "incident evidence thinned to stay within its bound",
                 extra={"fields": {"incident": tr.id, "spacing_s": tr.spacing, "max_points": limit}},
             )
-        for s, pts in list(new.items()):
-            if not pts:
-                del new[s]
-                continue
+        for s, pts in new.items():
             tr.times.setdefault(s, []).extend(t for t, _ in pts)
         tr.points = sum(len(ts) for ts in tr.times.values())
         thinned = offered - sum(len(p) for p in new.values()) + len(dropped)
@@ -374,7 +383,81 @@ class EvidenceKeeper:
             tr.thinned += thinned
             tr.meta_dirty = True
             self.points_thinned += thinned
+        return new, dropped
+
+    def _choose_k(self, tr: Tracked, entries: dict[str, list[Entry]], target: int) -> int:
+        """The finest slot (2^k s, never finer than the incident's) at which what it holds and `entries`
+        fit in `target`, estimated per device on the entries' instants."""
+        times = {dev: [e[0] for e in es] for dev, es in entries.items()}
+        width = {dev: sum(len(e[1]) for e in es) / len(es) for dev, es in entries.items()}
+
+        def estimate(k: int) -> float:
+            held = sum(len(thin_times(ts, k)) for ts in tr.times.values())
+            return held + sum(len(thin_times(ts, k)) * width[dev] for dev, ts in times.items())
+
+        if tr.k is not None:
+            k = tr.k
+            est = estimate(k)
+        else:  # slots no wider than the closest two readings: nothing is thinned there
+            series = [*tr.times.values(), *times.values()]
+            gap = min((b - a for ts in series for a, b in pairwise(ts) if b > a), default=math.inf)
+            k = K_MIN if not math.isfinite(gap) else max(K_MIN, min(K_MAX, math.floor(math.log2(gap))))
+            est = tr.points + sum(len(e[1]) for es in entries.values() for e in es)
+        if est > target:
+            # a slot 2^j times as wide keeps at best 1/2^j of the readings: no narrower one can do, so jump
+            # there and step on
+            k = min(K_MAX, k + math.floor(math.log2(est / target)))
+            while estimate(k) > target and k < K_MAX:
+                k += 1
+        return k
+
+    @staticmethod
+    def _rethin(tr: Tracked, k: int) -> list[tuple[Series, float]]:
+        """Thin what the incident holds to slots of 2^k s; returns the instants dropped."""
+        dropped: list[tuple[Series, float]] = []
+        for s, ts in list(tr.times.items()):
+            kept = thin_times(ts, k)
+            if len(kept) != len(ts):
+                keep = set(kept)
+                dropped.extend((s, t) for t in ts if t not in keep)
+                tr.times[s] = kept
+        tr.points = sum(len(ts) for ts in tr.times.values())
+        tr.k = k
+        tr.meta_dirty = True
         return dropped
+
+    @staticmethod
+    def _spell_out(
+        tr: Tracked, entries: dict[str, list[Entry]], k: int | None
+    ) -> dict[Series, list[tuple[float, float]]]:
+        """The entries' readings, each quantity's first in every slot of 2^k s after what it holds."""
+        new: dict[Series, list[tuple[float, float]]] = {}
+        if k is None:
+            for dev, es in entries.items():
+                for ts, keys, values in es:
+                    for q, v in zip(keys, values, strict=True):
+                        new.setdefault((dev, q), []).append((ts, v))
+            return new
+        width = 2.0**k
+        for dev, es in entries.items():
+            last: dict[str, int] = {}
+            prev_slot, prev_keys = None, None
+            for ts, keys, values in es:
+                slot = math.floor(ts / width)
+                if slot == prev_slot and keys is prev_keys:
+                    continue  # the entry before, in this slot with these quantities, settled each of them
+                prev_slot, prev_keys = slot, keys
+                for q, v in zip(keys, values, strict=True):
+                    prev = last.get(q)
+                    if prev is None:
+                        held = tr.times.get((dev, q))
+                        prev = math.floor(held[-1] / width) if held else None
+                    if slot != prev:
+                        new.setdefault((dev, q), []).append((ts, v))
+                        last[q] = slot
+                    elif q not in last:
+                        last[q] = slot
+        return new
 
     def _thin(
         self, tr: Tracked, new: dict[Series, list[tuple[float, float]]], target: int
@@ -403,8 +486,9 @@ class EvidenceKeeper:
             keep = set(kept_old[s])
             dropped.extend((s, t) for t in ts if t not in keep)
         tr.times = {s: ts for s, ts in kept_old.items() if ts}
+        tr.points = sum(len(ts) for ts in tr.times.values())
         new.clear()
-        new.update(kept_new)
+        new.update({s: pts for s, pts in kept_new.items() if pts})
         if k != tr.k:
             tr.k = k
             tr.meta_dirty = True

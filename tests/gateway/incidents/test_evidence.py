@@ -12,6 +12,7 @@ ahead of its first evidence until `after` past its resolution, in the incident s
 from __future__ import annotations
 
 import math
+import random
 import re
 import time
 import urllib.request
@@ -405,3 +406,54 @@ def test_bad_evidence_settings_are_named(tmp_path: Path) -> None:
         load_site(path)
     text = str(err.value)
     assert "incidents.evidence.quantities" in text and "'volt age'" in text
+
+
+def test_irregular_readings_stay_within_the_bound_and_are_all_accounted_for(rig: Rig) -> None:
+    # readings at uneven instants, each with some of the quantities, in bursts: whatever the estimate of the
+    # rate gets wrong, the bound holds, every reading is stored or counted, one per slot and quantity
+    rnd = random.Random(7)
+    names = ("voltage_l1", "voltage_l2", "voltage_l3", "current_l1", "frequency")
+    rig.incidents[1] = outage(symptoms=("B1-main", "B1-unit", "B2-main"))
+    offered = 0
+    t = T0 - 25.0
+    while t < T0 + 3000:
+        for dev in ("B1-main", "B1-unit", "B2-main"):
+            keys = rnd.sample(names, rnd.randint(1, len(names)))
+            rig.bus.publish_nowait(Sample(dev, t + rnd.random() * 0.2, {q: rnd.random() for q in keys}))
+            offered += len(keys)
+        t += rnd.choice((0.3, 1.0, 1.0, 7.0, 40.0))
+        rig.round(t)  # the detector's rounds come at least every second; its flushes every FLUSH_EVERY
+        assert rig.keeper.tracked[1].points <= 300
+    rig.round(t + FLUSH_EVERY + 1)
+    info = rig.reader.evidence_info(1)
+    assert info.spacing is not None
+    assert info.points + info.thinned == offered
+    ev = rig.reader.evidence(1)
+    mirror = rig.keeper.tracked[1].times
+    for dev, series in ev.items():
+        for q, points in series.items():
+            times = [p[0] for p in points]
+            assert times == mirror[(dev, q)], "the keeper's mirror is what the store holds"
+            slots = [math.floor(p / info.spacing) for p in times]
+            assert len(slots) == len(set(slots))
+
+
+def test_readings_each_with_another_quantity_still_fit(tmp_path: Path) -> None:
+    # one quantity per reading, in turn, ten minutes of them in the ring when the incident opens: the rate
+    # chosen on the readings' instants keeps five times what it estimates, and the exact check after it
+    # must thin further
+    path = tmp_path / "site.yaml"
+    path.write_text(SITE.replace("before: 30s", "before: 600s"), encoding="utf-8")
+    rig = Rig(load_site(path), tmp_path / "incidents.sqlite")
+    names = ("voltage_l1", "voltage_l2", "voltage_l3", "current_l1", "frequency")
+    for i in range(3000):
+        assert rig.bus.publish_nowait(Sample("B1-main", T0 - 600 + i * 0.2, {names[i % 5]: float(i)}))
+    rig.incidents[1] = outage()
+    rig.round(T0)
+    info = rig.reader.evidence_info(1)
+    assert info.points <= 300 and info.points + info.thinned == 3000
+    assert info.spacing is not None
+    for q, points in rig.reader.evidence(1)["B1-main"].items():
+        slots = [math.floor(t / info.spacing) for t, _ in points]
+        assert slots == list(range(slots[0], slots[-1] + 1)), f"{q}: one reading in every slot"
+    rig.close()
