@@ -21,7 +21,6 @@ resolution. Every wait is on an event (the receiver, the API); nothing here is a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -213,9 +212,21 @@ def test_report_times_match_a_scripted_acknowledgement(tmp_path: Path, receiver:
         assert status == 404 and "error" in json.loads(raw)
         status, _, page = call(f"{base}/incidents/abc/report", headers=BEARER)
         assert status == 404 and "不是 abc" in page.decode()
-        # the monthly review's page (gateway/review/monthly.py) refuses a month that is not one
+        # the monthly review (gateway/review/monthly.py) of this month, which holds the incident
+        month = datetime.fromtimestamp(cut, ZONE).strftime("%Y-%m")
+        status, headers, page = call(f"{base}/reports/{month}", headers=BEARER)
+        assert status == 200 and headers["content-type"].startswith("text/html"), status
+        assert headers["cache-control"] == "no-store"
+        status, _, page = call(f"{base}/reports/{month}?lang=en", headers={"Cookie": f"mw_token={TOKEN}"})
+        assert status == 200 and '<html lang="en"' in page.decode()
+        status, headers, raw = call(f"{base}/reports/{month}.csv", headers=BEARER)
+        assert status == 200 and headers["content-type"].startswith("text/csv")
+        assert f'filename="review-{month}.csv"' in headers["content-disposition"]
+        assert len(raw.decode("utf-8").strip().splitlines()) == 2  # the header and this incident
+        assert call(f"{base}/reports/{month}")[0] == 401
+        assert call(f"{base}/reports/{month}.csv")[0] == 401
         status, _, page = call(f"{base}/reports/2026-13", headers=BEARER)
-        assert status == (400 if importlib.util.find_spec("gateway.review.monthly") else 404), status
+        assert status == 400 and "2026-13" in page.decode(), status
 
     # the daemon is stopped: nothing answers on its port any more
     with pytest.raises(urllib.error.URLError):

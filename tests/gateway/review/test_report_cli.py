@@ -57,6 +57,19 @@ def test_english_and_the_default_formats(tmp_path: Path, site: Site) -> None:
     assert (out / "report-7.html").read_text("utf-8").count("Incident report #7") >= 1
 
 
+def test_the_monthly_review_of_the_month(tmp_path: Path, site: Site) -> None:
+    # the fixture's outage is in October 2026 (Asia/Shanghai); the site file may come after --month
+    out = tmp_path / "month"
+    result = report("--month", "2026-10", site.path, "--state-dir", tmp_path / "state", "-o", out,
+                    "--format", "md,html,csv,json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    names = ["review-2026-10.csv", "review-2026-10.html", "review-2026-10.json", "review-2026-10.md"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    rows = (out / "review-2026-10.csv").read_text("utf-8").strip().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(f"{ID},")
+    assert json.loads((out / "review-2026-10.json").read_text("utf-8"))
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -69,7 +82,11 @@ def test_english_and_the_default_formats(tmp_path: Path, site: Site) -> None:
         ([str(ID), "--format", "csv"], "unknown format 'csv'"),  # a month's format, not an incident's
         ([str(ID), "--language", "fr"], "--language: unknown language 'fr'; expected zh or en"),
         ([str(ID), "--month", "2026-11"], "give an incident id or --month, not both"),
-        (["--month", "2026-13"], "--month: "),
+        (["--month", "2026-13"], "--month: '2026-13' has month 13; expected 01 to 12"),
+        (
+            ["--month", "2026-11", "--format", "png"],
+            "unknown format 'png'; expected some of md, html, csv, json",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
