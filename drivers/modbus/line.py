@@ -24,7 +24,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from drivers.modbus.crc import crc_ok
+from drivers.modbus.answer import expected
+from drivers.modbus.framers import CheckedRtuFramer, CheckedSocketFramer, Exchange, FrameWatch, OnStray
 from drivers.modbus.planner import ReadRequest, silence
 from drivers.modbus.poller import DevicePoller, Emit, ReadOutcome
 from drivers.modbus.spec import DeviceSpec, LineSpec
@@ -42,28 +43,47 @@ RECONNECT_MAX = 5.0
 
 
 class Connection:
-    """One pymodbus client plus the line discipline around it (silences, reconnects, error classes)."""
+    """One pymodbus client plus the line discipline around it (silences, reconnects, error classes).
+
+    Answers are checked by the framers of drivers/modbus/framers.py: a frame that does not answer the request
+    in flight is dropped and counted by kind, and the request waits on for its answer. On an RTU line (no
+    transaction ids) the line must be silent for the 3.5-character gap (plus inter_request_delay) after the
+    last byte received before the next request goes out; a frame that arrives in that silence is stale:
+    dropped, counted, and it restarts the silence. After an answer the connection lingers for that same
+    silence (which the next request would wait for anyway) so that, when a device or serial server answers
+    twice, the later frame is taken: the earlier one was the late copy of an older answer. A late copy that
+    arrives after the next request went out and has that request's shape (unit, function, count) cannot be
+    told from its answer; any other shape can.
+    """
 
     def __init__(
-        self, line: LineSpec, stats: LineStats, name: str, on_change: Callable[[Connection, bool], None]
+        self,
+        line: LineSpec,
+        stats: LineStats,
+        name: str,
+        on_change: Callable[[Connection, bool], None],
+        on_stray: OnStray | None = None,
     ) -> None:
         self.line = line
         self.stats = stats
         self.name = name
         self.on_change = on_change
+        self.on_stray = on_stray
         self.lock = asyncio.Lock()
         self.ready_at = 0.0
         self.gap = (silence(line) if line.serial_timing else 0.0) + line.inter_request_delay
-        self.rx = b""  # last receive buffer seen for the current request (to tell CRC from silence)
         self.next_connect = 0.0
         self.connect_delay = RECONNECT_MIN
         self.was_connected = False
+        self.watch = FrameWatch(self._stray)
         self.client = self._client()
+        framer = CheckedRtuFramer(self.watch) if line.serial_timing else CheckedSocketFramer(self.watch)
+        self.client.ctx.framer = framer
 
-    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        if not sending:
-            self.rx = data
-        return data
+    def _stray(self, unit: int, kind: str, detail: str) -> None:
+        self.stats.errors[kind] += 1
+        if self.on_stray is not None:
+            self.on_stray(unit, kind, detail)
 
     def _trace_connect(self, connected: bool) -> None:
         self.on_change(self, connected)
@@ -76,7 +96,6 @@ class Connection:
             "timeout": line.timeout,
             "retries": 0,
             "reconnect_delay": 0,
-            "trace_packet": self._trace_packet,
             "trace_connect": self._trace_connect,
             "name": self.name,
         }
@@ -118,39 +137,80 @@ class Connection:
         self.connect_delay = min(RECONNECT_MAX, self.connect_delay * 2)
         return f"{self.line.endpoint}: {reason}"
 
+    async def _quiet(self) -> None:
+        """Wait out the pause before the next request; on RTU, until the line has been silent for the gap.
+
+        A line that never falls silent (noise, another master) is waited for at most one timeout: it must
+        not stall its devices, and what it sends is dropped by the flush and the framer."""
+        give_up = max(self.ready_at, time.monotonic()) + self.line.timeout
+        while True:
+            silent_from = self.watch.last_rx + self.gap if self.line.serial_timing else 0.0
+            wait = min(max(self.ready_at, silent_from), give_up) - time.monotonic()
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
+
+    def _flush(self) -> None:
+        """Drop what is left of the receive buffer: bytes before a request cannot be its answer."""
+        self.client.ctx.recv_buffer = b""
+
     async def read(self, request: ReadRequest) -> ReadOutcome:
         """One request with the line's retries; never raises for device or network trouble."""
         async with self.lock:
-            failure = ReadOutcome(failure="timeout")
+            outcome = ReadOutcome(failure="timeout")
+            dropped: list[tuple[str, str]] = []
             for _attempt in range(1 + self.line.retries):
                 why_not = await self._ensure_connected()
                 if why_not is not None:
-                    return ReadOutcome(failure="connection", detail=why_not)
-                wait = self.ready_at - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                self.rx = b""
-                self.stats.requests += 1
-                started = time.monotonic()
-                try:
-                    response = await self._send(request)
-                except ModbusIOException as exc:
-                    failure = self._classify_silence(str(exc))
-                except ConnectionException as exc:
-                    failure = ReadOutcome(failure="connection", detail=str(exc))
-                except (ModbusException, OSError, ValueError) as exc:
-                    # e.g. an undecodable frame: pymodbus drops the connection; it is reopened next time.
-                    failure = ReadOutcome(failure="framing", detail=f"{type(exc).__name__}: {exc}")
-                else:
-                    self.ready_at = time.monotonic() + self.gap
-                    return self._outcome(request, response, time.monotonic() - started)
-                finally:
-                    self.ready_at = max(self.ready_at, time.monotonic() + self.gap)
-                assert failure.failure is not None
-                self.stats.errors[failure.failure] += 1
-                if failure.failure == "connection":
+                    outcome = ReadOutcome(failure="connection", detail=why_not)
                     break
-            return failure
+                outcome = await self._exchange(request)
+                for kind, _why in outcome.dropped:
+                    self.stats.errors[kind] += 1
+                dropped += outcome.dropped
+                if outcome.failure is None:
+                    break
+                self.stats.errors[outcome.failure] += 1
+                if outcome.failure == "connection":
+                    break
+            outcome.dropped = dropped
+            return outcome
+
+    async def _exchange(self, request: ReadRequest) -> ReadOutcome:
+        """One attempt: send, wait for the answer (RTU: and the silence after it), classify."""
+        await self._quiet()
+        self._flush()
+        self.watch.begin(expected(request))
+        self.stats.requests += 1
+        started = time.monotonic()
+        response: ModbusPDU | None = None
+        failure = ReadOutcome(failure="timeout")
+        try:
+            try:
+                response = await self._send(request)
+            except ModbusIOException as exc:
+                failure = self._classify_silence(str(exc))
+            except ConnectionException as exc:
+                failure = ReadOutcome(failure="connection", detail=str(exc))
+            except (ModbusException, OSError, ValueError) as exc:
+                # e.g. an undecodable frame: pymodbus drops the connection; it is reopened next time.
+                failure = ReadOutcome(failure="framing", detail=f"{type(exc).__name__}: {exc}")
+            rtt = time.monotonic() - started
+            if response is not None and self.line.serial_timing:
+                await self._quiet()  # linger: a later answer to this request replaces this one
+        finally:
+            answer = self.watch.answer or response
+            seen = self.watch.end()
+            if response is None or not self.line.serial_timing:
+                # After an answer on RTU the linger already kept the silence (measured from the last byte).
+                self.ready_at = max(self.ready_at, time.monotonic() + self.gap)
+        dropped = list(seen.dropped)
+        if response is not None and answer is not None:
+            return self._outcome(request, answer, rtt, dropped)
+        if failure.failure == "timeout":
+            failure = self._explain_silence(failure, seen, dropped)
+        failure.dropped = dropped
+        return failure
 
     async def _send(self, request: ReadRequest) -> ModbusPDU:
         c, n, unit = self.client, request.count, request.unit
@@ -163,24 +223,39 @@ class Connection:
         return await c.read_discrete_inputs(request.address, count=n, device_id=unit)
 
     def _classify_silence(self, detail: str) -> ReadOutcome:
-        """No frame was accepted: silence is a timeout; bytes with a wrong CRC or shape are not."""
-        rx = self.rx
-        if not rx or not self.line.serial_timing:
-            # pymodbus closes a TCP connection itself after 3 unanswered requests in a row: still timeouts.
-            if not self.client.connected and "CLOSING CONNECTION" not in detail:
-                return ReadOutcome(failure="connection", detail="connection closed")
-            return ReadOutcome(failure="timeout", detail=f"no answer within {self.line.timeout:g} s")
-        if len(rx) >= 4 and not crc_ok(rx):
-            return ReadOutcome(failure="crc", detail=f"bad CRC in {rx[:32].hex(' ')}")
-        return ReadOutcome(failure="framing", detail=f"unusable answer {rx[:32].hex(' ')}")
+        """No answer within the timeout; a closed connection is a connection failure."""
+        # pymodbus closes a TCP connection itself after 3 unanswered requests in a row: still timeouts.
+        if not self.client.connected and "CLOSING CONNECTION" not in detail:
+            return ReadOutcome(failure="connection", detail="connection closed")
+        return ReadOutcome(failure="timeout", detail=f"no answer within {self.line.timeout:g} s")
+
+    def _explain_silence(
+        self, failure: ReadOutcome, seen: Exchange, dropped: list[tuple[str, str]]
+    ) -> ReadOutcome:
+        """A timeout with frames dropped, a bad CRC or bytes that were no frame is that, not silence.
+
+        The last dropped frame becomes the failure (and leaves `dropped`, so it is counted once)."""
+        if dropped:
+            kind, why = dropped.pop()
+            return ReadOutcome(failure=kind, detail=why)
+        if not seen.rx or not self.line.serial_timing:
+            return failure
+        if seen.bad_crc:
+            return ReadOutcome(failure="crc", detail=f"bad CRC in {seen.bad_crc[:32].hex(' ')}")
+        return ReadOutcome(failure="framing", detail=f"unusable answer {seen.rx[:32].hex(' ')}")
 
     @staticmethod
-    def _outcome(request: ReadRequest, response: ModbusPDU, rtt: float) -> ReadOutcome:
+    def _outcome(
+        request: ReadRequest, response: ModbusPDU, rtt: float, dropped: list[tuple[str, str]]
+    ) -> ReadOutcome:
         if response.isError() or isinstance(response, ExceptionResponse):
-            return ReadOutcome(exception_code=int(getattr(response, "exception_code", 0)), rtt=rtt)
+            code = int(getattr(response, "exception_code", 0))
+            return ReadOutcome(exception_code=code, rtt=rtt, dropped=dropped)
         if request.is_bits:
-            return ReadOutcome(words=[int(b) for b in response.bits[: request.count]], rtt=rtt)
-        return ReadOutcome(words=list(response.registers), rtt=rtt)
+            words = [int(b) for b in response.bits[: request.count]]
+        else:
+            words = list(response.registers)
+        return ReadOutcome(words=words, rtt=rtt, dropped=dropped)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -215,7 +290,10 @@ class LineActor:
         self.rng = random.Random(seed)
         size = line.max_connections if line.transport == "tcp" else 1
         watcher = ConnectionWatcher(self)
-        self.connections = [Connection(line, self.stats, f"{line.id}#{i}", watcher) for i in range(size)]
+        self.connections = [
+            Connection(line, self.stats, f"{line.id}#{i}", watcher, self.stray) for i in range(size)
+        ]
+        self._by_unit = {d.unit: d.id for d in devices}
         self._pool: asyncio.Queue[Connection] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._connected_count = 0
@@ -250,6 +328,18 @@ class LineActor:
                 "line connected" if now_connected else "line disconnected",
                 extra={"fields": {"line": self.line.id, "endpoint": self.line.endpoint}},
             )
+
+    def stray(self, unit: int, kind: str, detail: str) -> None:
+        """A frame arrived while no request was waiting (the line counted it): the device's error too."""
+        device = self._by_unit.get(unit)
+        if device is None:
+            self.once.warn(
+                (self.line.id, "stray", kind),
+                "line %s: %s frame from unit %d, which no device of the line has, dropped (%s)",
+                self.line.id, kind, unit, detail,
+            )  # fmt: skip
+            return
+        self.pollers[device].dropped(kind, detail)
 
     async def _emit(self, event: SourceStatus) -> None:
         await self.emit(event)

@@ -20,8 +20,9 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from drivers.modbus.answer import KINDS as ANSWER_KINDS
 from drivers.modbus.codec import NotAvailable, decode, decode_text
 from drivers.modbus.planner import ReadRequest
 from drivers.modbus.spec import DeviceSpec, LineSpec
@@ -34,7 +35,7 @@ log = logging.getLogger("meterwatch.modbus")
 
 Emit = Callable[[Event], Awaitable[None]]
 
-FAILURES = ("timeout", "connection", "crc", "framing")
+FAILURES = ("timeout", "connection", "crc", "framing", *(k for k in ANSWER_KINDS if k != "framing"))
 INFO_RETRY_CYCLES = 10  # an info read that got no answer is tried again after this many poll intervals
 
 
@@ -47,6 +48,9 @@ class ReadOutcome:
     failure: str | None = None  # one of FAILURES: no usable answer
     detail: str = ""
     rtt: float = 0.0
+    # (kind, why) of each frame dropped while waiting, kinds of drivers/modbus/answer.py; the one that made
+    # the read fail is its `failure`, not listed here
+    dropped: list[tuple[str, str]] = field(default_factory=list)
 
 
 Read = Callable[[ReadRequest], Awaitable[ReadOutcome]]
@@ -168,15 +172,10 @@ class DevicePoller:
         outcome = await self.read(request)
         dev = self.device.id
         where = f"FC{request.code:02d} {request.address}+{request.count}"
+        for kind, why in outcome.dropped:
+            self.dropped(kind, f"on {where}: {why}")
         if outcome.failure is not None:
-            self.stats.errors[outcome.failure] += 1
-            self.last_failure = f"{outcome.failure}: {outcome.detail}" if outcome.detail else outcome.failure
-            self.once.warn(
-                (dev, outcome.failure),
-                "%s (unit %d, line %s): %s on %s %s",
-                dev, self.device.unit, self.line.id, outcome.failure, where, outcome.detail,
-            )  # fmt: skip
-            return outcome
+            return self._failed(request, outcome)
         self.stats.rtt.observe(outcome.rtt)
         self.stats.last_success = time.time()
         for kind in FAILURES:
@@ -190,15 +189,35 @@ class DevicePoller:
                 dev, self.device.unit, self.line.id, outcome.exception_code, where,
                 " ".join(p.quantity for p in request.points),
             )  # fmt: skip
-        elif outcome.words is not None and len(outcome.words) < request.count:
-            self.stats.errors["framing"] += 1
-            self.once.warn(
-                (dev, "short", where),
-                "%s: answer to %s has %d values, expected %d",
-                dev, where, len(outcome.words), request.count,
-            )  # fmt: skip
-            outcome.words = None
+        elif outcome.words is not None and len(outcome.words) != request.count:
+            # The line's framers refuse such answers; should one get through, it is still no answer.
+            return self._failed(
+                request, ReadOutcome(failure="framing", detail=f"{len(outcome.words)} values")
+            )
         return outcome
+
+    def _failed(self, request: ReadRequest, outcome: ReadOutcome) -> ReadOutcome:
+        dev = self.device.id
+        where = f"FC{request.code:02d} {request.address}+{request.count}"
+        assert outcome.failure is not None
+        self.stats.errors[outcome.failure] += 1
+        self.last_failure = f"{outcome.failure}: {outcome.detail}" if outcome.detail else outcome.failure
+        self.once.warn(
+            (dev, outcome.failure),
+            "%s (unit %d, line %s): %s on %s %s",
+            dev, self.device.unit, self.line.id, outcome.failure, where, outcome.detail,
+        )  # fmt: skip
+        return outcome
+
+    def dropped(self, kind: str, detail: str) -> None:
+        """A frame from this device that answered nothing (a stale copy, another function or shape)."""
+        self.stats.errors[kind] += 1
+        # Keyed apart from the failure kinds: a read that succeeds must not make this log again.
+        self.once.warn(
+            (self.device.id, "dropped", kind),
+            "%s (unit %d, line %s): %s answer dropped, %s",
+            self.device.id, self.device.unit, self.line.id, kind, detail,
+        )  # fmt: skip
 
     def _decode_info(self, p: Point, words: list[int]) -> str | None:
         try:

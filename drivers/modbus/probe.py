@@ -138,6 +138,9 @@ FAILURE_HINTS = {
     "timeout": "no answer: check --unit, the wiring and the serial settings (baud rate, parity)",
     "crc": "answer with a bad CRC: check the baud rate, parity and stop bits",
     "framing": "unusable answer: check --rtu-over-tcp (RTU framing) versus plain Modbus TCP",
+    "wrong_function": "the device answered another function code: try the other --function",
+    "wrong_unit": "another unit id answered: check --unit, and that no two devices on the bus share it",
+    "stale": "an answer to an earlier request: the device or its serial server answers twice",
 }
 
 

@@ -173,7 +173,7 @@ def report(
         None, metavar="INCIDENT", help="incident id (leave it out with --month)", show_default=False
     ),
     site_file: Path | None = typer.Argument(
-        None, metavar="[SITE.yaml]", help=f"site file; default {DEFAULT_SITE}", show_default=False
+        None, metavar="SITE.yaml", help=f"site file; default {DEFAULT_SITE}", show_default=False
     ),
     state_dir: Path | None = typer.Option(
         None, "--state-dir", help="the daemon's state dir (its incident store); default var/<site id>"

@@ -42,7 +42,8 @@ class DeviceStats:
     line: str
     requests: int = 0
     # kind -> count; kinds: "timeout", "connection", "crc", "framing", "exception_<code>", "decode", "nan",
-    # "not_available"
+    # "not_available", and answers dropped as not answering the request (drivers/modbus/answer.py):
+    # "stale", "wrong_function", "wrong_unit" ("framing" too: a byte count that does not fit the read)
     errors: Counter[str] = field(default_factory=Counter)
     rtt: Histogram = field(default_factory=Histogram)
     up: bool = True

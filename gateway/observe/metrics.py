@@ -56,7 +56,7 @@ from rules.engine import Engine
 from rules.model import Incident
 
 # Error kinds always exposed (at 0 until they happen), so rate() and alerts see a series from the start.
-LINE_ERROR_KINDS = ("timeout", "connection", "crc", "framing")
+LINE_ERROR_KINDS = ("timeout", "connection", "crc", "framing", "stale", "wrong_function", "wrong_unit")
 DEVICE_ERROR_KINDS = (*LINE_ERROR_KINDS, "decode", "nan", "not_available")
 
 
@@ -160,7 +160,8 @@ class GatewayCollector(Collector):
         )
         err = _counter(
             "meterwatch_modbus_line_errors",
-            "failed Modbus requests on a line, by kind (timeout, connection, crc, framing, exception_<code>)",
+            "failed Modbus requests and dropped answers on a line, by kind (timeout, connection, crc, "
+            "framing, stale, wrong_function, wrong_unit)",
             "line",
             "kind",
         )
@@ -191,7 +192,8 @@ class GatewayCollector(Collector):
         err = _counter(
             "meterwatch_device_errors",
             "failed requests or values of a device, by kind "
-            "(timeout, crc, exception_<code>, decode, nan, not_available)",
+            "(timeout, crc, framing, stale, wrong_function, wrong_unit, exception_<code>, decode, nan, "
+            "not_available)",
             *on_line,
             "kind",
         )
