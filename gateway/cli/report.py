@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -119,7 +120,7 @@ def incident_files(
         raise ReportFailed(
             f"{store}: no incident store here; is the state dir right (--state-dir, default var/<site id>)?"
         ) from None
-    except OSError as exc:  # unreadable: permissions (the state dir is the daemon's, 0700)
+    except (OSError, sqlite3.Error) as exc:  # unreadable (the daemon's state dir is 0700), or not SQLite
         raise ReportFailed(f"{store}: cannot read the incident store: {exc}") from None
     charts = draw_charts(report) if {"md", "html"} & set(formats) else []
     stem = f"report-{incident_id}"
@@ -152,7 +153,7 @@ def month_files(site: Site, store: Path, month: str, formats: list[str], lang: s
         )
     try:
         review = monthly.monthly_review(site, ReviewReader(store), month)
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         raise ReportFailed(f"{store}: cannot read the incident store: {exc}") from None
     stem = f"review-{month}"
     makers: dict[str, Callable[[], bytes]] = {

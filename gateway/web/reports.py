@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import sqlite3
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -155,7 +156,7 @@ def make_router(site: Site, tokens: Tokens, reader: ReviewReader, store: StoreRe
             return _message(
                 request, 404, words["no_incident"], words["no_incident_text"].format(id=incident_id)
             )
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             return _message(request, 503, words["no_store"], str(exc))
         return _page(html)
 
@@ -167,7 +168,7 @@ def make_router(site: Site, tokens: Tokens, reader: ReviewReader, store: StoreRe
             report = await asyncio.to_thread(incident_report, reader, store, site, incident_id, lang)
         except NoIncident:
             raise HTTPException(404, f"no incident {incident_id}") from None
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise HTTPException(503, f"the incident store cannot be read: {exc}") from None
         return JSONResponse(report_json(report), headers={"Cache-Control": "no-store"})
 
@@ -189,7 +190,7 @@ def make_router(site: Site, tokens: Tokens, reader: ReviewReader, store: StoreRe
             text = await asyncio.to_thread(
                 lambda: monthly.month_csv(monthly.monthly_review(site, reader, month))
             )
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             return _message(request, 503, words["no_store"], str(exc))
         return Response(
             str(text).encode("utf-8"),
@@ -221,7 +222,7 @@ def make_router(site: Site, tokens: Tokens, reader: ReviewReader, store: StoreRe
 
         try:
             html = await asyncio.to_thread(make)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             return _message(request, 503, words["no_store"], str(exc))
         return _page(html)
 

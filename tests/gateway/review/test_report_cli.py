@@ -106,6 +106,16 @@ def test_no_store_in_the_state_dir(tmp_path: Path, site: Site) -> None:
     assert not (tmp_path / "elsewhere").exists()  # looking for a store never makes one
 
 
+def test_a_store_that_is_not_one(tmp_path: Path, site: Site) -> None:
+    state = tmp_path / "other"
+    state.mkdir()
+    (state / "incidents.sqlite").write_bytes(b"not a database, just some bytes" * 100)
+    for args in ([ID], ["--month", "2026-10"]):
+        result = report(*args, site.path, "--state-dir", state, "-o", tmp_path / "out")
+        one_line_error(result, f"{state / 'incidents.sqlite'}: cannot read the incident store: ")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_default_state_dir_is_the_daemons(
     tmp_path: Path, site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
