@@ -7,6 +7,7 @@ from pathlib import Path
 from drivers.mqtt.settings import MqttSettings, TlsSettings, make_subscription
 from drivers.mqtt.subscriber import MqttSubscriber
 from gateway.config import Site
+from gateway.config.mqtt import default_client_id
 from gateway.core.bus import Bus
 from gateway.core.stats import MqttStats
 
@@ -46,7 +47,7 @@ def mqtt_settings(site: Site) -> MqttSettings | None:
     site_id = site.config.site.id
     return MqttSettings(
         site=site_id,
-        client_id=cfg.client_id or f"meterwatch-{site_id}",
+        client_id=cfg.client_id or default_client_id(site_id),
         subscriptions=subscriptions,
         devices={d.id: d.building for d in site.config.devices if d.source == "mqtt"},
         host=cfg.host,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -65,7 +67,11 @@ class MqttSubscription(Strict):
 class MqttConfig(Strict):
     host: str = Field(default="localhost", description="broker host name or address")
     port: int = Field(default=1883, ge=1, le=65535, description="broker port (8883 is the usual TLS port)")
-    client_id: str | None = Field(default=None, description="default: meterwatch-<site id>")
+    client_id: str | None = Field(
+        default=None,
+        description="default: meterwatch-<site id>-<host name>, unique per host and stable across restarts "
+        "(the persistent session); set it when the host name changes (containers) or a gateway moves host",
+    )
     username: str | None = Field(default=None, description="broker user name")
     password: SecretStr | None = Field(default=None, description="broker password")
     tls: MqttTls | None = Field(default=None, description="connect with TLS; absent: plain TCP")
@@ -99,6 +105,16 @@ class MqttConfig(Strict):
     subscriptions: list[MqttSubscription] = Field(
         default_factory=list, description="the topics read, and how each payload becomes readings"
     )
+
+
+def default_client_id(site_id: str, hostname: str | None = None) -> str:
+    """meterwatch-<site id>-<host name>: two gateways of one site on two hosts must not share a client id
+    (each would take the broker session from the other on every reconnect), and one gateway must keep its
+    id across restarts to find its persistent session. The host name is cut at its first dot and reduced
+    to lower-case letters, digits and dashes."""
+    host = (hostname if hostname is not None else socket.gethostname()).split(".", 1)[0].lower()
+    host = re.sub(r"[^a-z0-9-]+", "-", host).strip("-") or "host"
+    return f"meterwatch-{site_id}-{host}"
 
 
 def subscription_problems(

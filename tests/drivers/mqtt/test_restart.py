@@ -2,7 +2,7 @@
 
 tests/drivers/mqtt/test_subscriber.py proves it for MqttSubscriber with an explicit client id; this runs
 every part of `meterwatch run` twice on the same site file, so the client id and session settings are
-the ones the site file yields (meterwatch-<site id>, persistent session).
+the ones the site file yields (meterwatch-<site id>-<host name>, persistent session).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ async def test_messages_published_while_the_daemon_is_down_arrive_after_it_resta
     # No simulators: the Modbus lines stay silent, which the daemon tolerates; only MQTT matters here.
     async with daemon(site, tmp_path / "state") as first:
         sub = next(c for c in first.rt.components if isinstance(c, MqttSubscriber))
-        assert sub.settings.client_id == "meterwatch-simtest"
+        assert sub.settings.client_id.startswith("meterwatch-simtest-")
         await eventually(lambda: sub.subscribed, what="first run subscribed (session created)")
         publisher.publish("sensors/B3/M-tank/level", b"-1", qos=1)
         await eventually(

@@ -57,7 +57,7 @@ def test_settings_from_the_site_file(tmp_path: Path) -> None:
     site = load_site(write(tmp_path, SITE), env={"MQTT_PASSWORD": "pw-from-env"})
     s = mqtt_settings(site)
     assert s is not None
-    assert s.client_id == "meterwatch-hill-court"
+    assert s.client_id.startswith("meterwatch-hill-court-")  # -<host name>: unique per host
     assert s.status_topic == "meterwatch/hill-court/status"
     assert dict(s.devices) == {"tank": "B1", "plug": "B1"}  # only source: mqtt devices
     assert (s.host, s.port, s.username, s.password) == ("broker.local", 8883, "gw", "pw-from-env")
@@ -153,4 +153,4 @@ async def test_example_site_through_the_simulator_and_a_real_broker(
         assert seen["B3-pump"].values[q] == pytest.approx(pump[q], abs=1e-6), q
     assert seen["B3-pump"].quality == "good"
     assert sum(subscriber.stats.decode_errors.values()) == 0
-    assert re.fullmatch(r"meterwatch-sunrise-gardens", subscriber.settings.client_id)
+    assert re.fullmatch(r"meterwatch-sunrise-gardens-[a-z0-9-]+", subscriber.settings.client_id)
