@@ -16,6 +16,7 @@ from drivers.mqtt.payloads import (
     FieldPath,
     parse_path,
 )
+from drivers.mqtt.takeover import SHORT_LINK
 from gateway.config.mqtt import Format, subscription_problems
 from gateway.config.topics import TopicTemplate, parse_template
 
@@ -79,6 +80,9 @@ class MqttSettings:
     max_quantities: int = MAX_QUANTITIES
     max_depth: int = MAX_DEPTH
     source: str = "mqtt"
+    # A link the broker closes within this many seconds of connecting counts towards a session takeover by
+    # another client with our id (drivers/mqtt/takeover.py); a link that stays up this long ends one.
+    takeover_window: float = SHORT_LINK
 
     @property
     def status_topic(self) -> str:

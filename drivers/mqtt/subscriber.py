@@ -3,6 +3,9 @@
 Delivery contract (at least once, across reconnects and restarts):
 - fixed client id and a persistent session, QoS 1 by default: the broker keeps our subscriptions and queues
   messages while the gateway is away;
+- another client with our client id takes that session on each of its reconnects and we take it back on ours:
+  such a takeover (drivers/mqtt/takeover.py) is said in one line naming the client id, then counted
+  (MqttStats.takeovers); it is no lost broker, so it reports no lost source unless the link then stays down;
 - manual acknowledgement: a QoS>0 message is acknowledged only after its Sample was accepted by the bus, so a
   crash before that makes the broker deliver it again;
 - reconnect with a back-off capped at `reconnect_max`, resubscribe on every connect, and a watchdog that
@@ -37,6 +40,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from drivers.mqtt.errors import short
 from drivers.mqtt.router import Router
 from drivers.mqtt.settings import MqttSettings
+from drivers.mqtt.takeover import TakeoverWatch
 from gateway.core.bus import Bus
 from gateway.core.once import OnceLog
 from gateway.core.stats import MqttStats
@@ -62,7 +66,10 @@ class _Inbound:
 class _Link:
     connected: bool
     reason: str
+    at: float  # monotonic time of the change, taken on the paho thread
     session_present: bool = False
+    code: int = 0  # the disconnect's reason code (MQTT 5 values; paho maps 3.1.1 losses onto them)
+    from_server: bool = False  # the broker sent a DISCONNECT (MQTT 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +124,9 @@ class MqttSubscriber:
         self._published_unacked: set[int] = set()
         self._reported: bool | None = None  # connection state last published as SourceStatus
         self._ever_connected = False
+        self._down_logged = True  # the last link loss was logged, so the reconnect is logged too
+        self.takeover = TakeoverWatch(short_link=settings.takeover_window)
+        self._held_loss: _Link | None = None  # a takeover's disconnect, reported only if it lasts
         self._filters = _filters(settings)
 
     @property
@@ -192,8 +202,34 @@ class MqttSubscriber:
             if consumer.done():
                 consumer.result()  # a bug in the consumer must surface, not leave a silent source
             self.watchdog_checks += 1
+            await self._settle(time.monotonic())
             if not stop.is_set() and self._silent_too_long():
                 await self._restart_link(client)
+
+    async def _settle(self, now: float) -> None:
+        """A link that stays up ends a flapping or takeover episode; one that stays down is lost after all."""
+        s = self.settings
+        up_since = self.takeover.connected_at
+        if up_since is not None and now - up_since >= s.takeover_window:
+            self.once.forget(("connect",))
+            if self.takeover.stable(now):
+                self.once.forget(("takeover",))
+                log.info(
+                    "mqtt session kept for %.0f s: the other client with our id is gone",
+                    now - up_since,
+                    extra={"fields": {"client_id": s.client_id}},
+                )
+        held = self._held_loss
+        if held is not None and now - held.at >= self._loss_grace():
+            self._held_loss = None
+            if self._reported is not False:
+                self._reported = False
+                await self.bus.publish(self._source_status(False, f"{held.reason}; not reconnected since"))
+
+    def _loss_grace(self) -> float:
+        """How long a takeover's disconnect may last before it counts as a lost link: its reconnect is due
+        after paho's back-off (reconnect_min, doubling while it fails, up to reconnect_max)."""
+        return max(10.0, 2 * self.settings.reconnect_max)
 
     def _silent_too_long(self) -> bool:
         if not self.settings.devices or not self._link_up:
@@ -247,7 +283,7 @@ class MqttSubscriber:
     ) -> None:
         try:
             if reason_code.is_failure:
-                self._post(_Link(False, f"connection refused: {reason_code}"))
+                self._post(_Link(False, f"connection refused: {reason_code}", time.monotonic()))
                 return
             self._generation += 1
             self._link_up = True
@@ -271,7 +307,7 @@ class MqttSubscriber:
             else:
                 self._subscribed_generation = self._generation
             client.publish(self.settings.status_topic, "online", qos=1, retain=True)
-            self._post(_Link(True, "connected", bool(flags.session_present)))
+            self._post(_Link(True, "connected", time.monotonic(), bool(flags.session_present)))
         except Exception:  # pragma: no cover - defensive: keep the network thread alive
             log.exception("mqtt on_connect failed")
 
@@ -284,10 +320,19 @@ class MqttSubscriber:
         properties: Properties | None,
     ) -> None:
         self._link_up = False
-        self._post(_Link(False, f"disconnected: {reason_code}"))
+        self._post(
+            _Link(
+                False,
+                f"disconnected: {reason_code}",
+                time.monotonic(),
+                code=int(reason_code.value),
+                from_server=bool(flags.is_disconnect_packet_from_server),
+            )
+        )
 
     def _on_connect_fail(self, client: Client, userdata: object) -> None:
-        self._post(_Link(False, f"cannot connect to {self.settings.host}:{self.settings.port}"))
+        where = f"{self.settings.host}:{self.settings.port}"
+        self._post(_Link(False, f"cannot connect to {where}", time.monotonic()))
 
     def _on_subscribe(
         self,
@@ -412,21 +457,56 @@ class MqttSubscriber:
 
     async def _on_link(self, link: _Link) -> None:
         s = self.settings
-        fields = {"broker": f"{s.host}:{s.port}", "client_id": s.client_id, "reason": link.reason}
+        fields: dict[str, object] = {
+            "broker": f"{s.host}:{s.port}",
+            "client_id": s.client_id,
+            "reason": link.reason,
+        }
         self.stats.connected = link.connected
         if link.connected:
             if self._ever_connected:
                 self.stats.reconnects += 1
+            self.takeover.connected(link.at)
+            self._held_loss = None
+            # A flapping link logs its first loss and the reconnect after it, then only counts.
+            level = logging.INFO if self._down_logged and not self.takeover.active else logging.DEBUG
             self._ever_connected = True
+            self._down_logged = False
             if not link.session_present:
                 self._published_unacked.clear()
-            self.once.forget(("connect",))
-            log.info("mqtt connected", extra={"fields": {**fields, "session_present": link.session_present}})
+            fields["session_present"] = link.session_present
+            log.log(level, "mqtt connected", extra={"fields": fields})
+        elif self.takeover.disconnected(link.at, link.code, link.from_server):
+            self._taken_over(link)
+            return
         else:
-            self.once.warn(("connect",), "mqtt link down (%s); reconnecting with back-off", link.reason)
+            self._down_logged = self.once.warn(
+                ("connect",), "mqtt link down (%s); reconnecting with back-off", link.reason
+            )
         if self._reported != link.connected:
             self._reported = link.connected
             await self.bus.publish(self._source_status(link.connected, link.reason))
+
+    def _taken_over(self, link: _Link) -> None:
+        """Another client connected with our client id: said once, counted, and the source not lost."""
+        self.stats.takeovers += 1
+        if self._held_loss is None:
+            self._held_loss = link
+        s = self.settings
+        if self.takeover.said_taken_over:
+            evidence = 'the broker says "session taken over"'
+        else:
+            evidence = (
+                f"the broker closed our connection within {s.takeover_window:g} s of connecting "
+                f"{self.takeover.suspect_links} times in a row"
+            )
+        self.once.warn(
+            ("takeover",),
+            "mqtt client id %r is in use by another client (%s): each takes the session from the other on "
+            "every reconnect; give each gateway its own mqtt.client_id",
+            s.client_id,
+            evidence,
+        )
 
     def _source_status(self, connected: bool, reason: str) -> SourceStatus:
         return SourceStatus(

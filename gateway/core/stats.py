@@ -77,3 +77,5 @@ class MqttStats:
     # "too_many_values", "too_many_phases", "too_many_quantities")
     decode_errors: Counter[str] = field(default_factory=Counter)
     last_message: float | None = None
+    # disconnects because another client took our session (same client id): drivers/mqtt/takeover.py
+    takeovers: int = 0

@@ -266,6 +266,11 @@ class GatewayCollector(Collector):
             "cause",
         )
         rec = _counter("meterwatch_mqtt_reconnects", "reconnections to the broker", "source")
+        taken = _counter(
+            "meterwatch_mqtt_takeovers",
+            "disconnects because another client connected with our client id (a session takeover)",
+            "source",
+        )
         age = _gauge(
             "meterwatch_mqtt_last_message_age_seconds", "seconds since the last MQTT message", "source"
         )
@@ -275,9 +280,10 @@ class GatewayCollector(Collector):
             for cause, n in sorted(st.decode_errors.items()):
                 dec.add_metric([st.source, cause], n)
             rec.add_metric([st.source], st.reconnects)
+            taken.add_metric([st.source], st.takeovers)
             if st.last_message is not None:
                 age.add_metric([st.source], max(0.0, now - st.last_message))
-        yield from (conn, msgs, dec, rec, age)
+        yield from (conn, msgs, dec, rec, taken, age)
 
     # -- the sink and the spool -------------------------------------------------------------------------
     def _sink(self, now: float) -> Iterator[Metric]:
