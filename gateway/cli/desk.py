@@ -27,6 +27,7 @@ from typer.core import TyperGroup
 
 from gateway.config import yamlsrc
 from gateway.config.http import HttpConfig
+from gateway.respond.desk_api import CAUSE_CODES
 
 DEFAULT_URL = "http://127.0.0.1:9464"  # http's defaults
 TOKEN_ENV = "MW_TOKEN"
@@ -349,12 +350,14 @@ def cause(
     incident_id: int = IdArg,
     text: str = typer.Argument(..., help="what caused it, in quotes"),
     site_file: Path | None = SiteOpt,
+    code: str = typer.Option("", help=f"kind of cause for the monthly review: {', '.join(CAUSE_CODES)}"),
     url: str | None = UrlOpt,
     token: str | None = TokenOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Record the cause of an incident."""
-    _action("cause", "cause", "cause set for", incident_id, {"cause": text}, site_file, url, token, as_json)
+    """Record the cause of an incident (in words, and optionally its kind with --code)."""
+    body = {"cause": text, "code": code}
+    _action("cause", "cause", "cause set for", incident_id, body, site_file, url, token, as_json)
 
 
 def resolve(

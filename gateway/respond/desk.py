@@ -19,6 +19,7 @@ from gateway.core.timefmt import local_iso
 from gateway.incidents.detector import NotStored
 from gateway.incidents.manager import IncidentManager
 from gateway.respond.desk_api import (
+    CAUSE_CODES,
     DRILL_SCENARIOS,
     EVENT_CODES,
     DeskError,
@@ -189,13 +190,17 @@ class DaemonDesk:
             raise DeskError(400, str(exc)) from None
         return self._view(incident_id)
 
-    async def set_cause(self, incident_id: int, who: str, cause: str) -> ResponseView:
+    async def set_cause(self, incident_id: int, who: str, cause: str, code: str = "") -> ResponseView:
         cause = cause.strip()
         if not cause:
             raise DeskError(400, "cause: expected the cause in words")
+        if code and code not in CAUSE_CODES:
+            raise DeskError(
+                400, f"code: unknown cause code {code!r}; expected one of {', '.join(CAUSE_CODES)}"
+            )
 
         def act(now: float) -> None:
-            self.responder.add(self.responder.dispatcher.set_cause(incident_id, who, cause, now))
+            self.responder.add(self.responder.dispatcher.set_cause(incident_id, who, cause, now, code))
 
         await self._run(act)
         return self._view(incident_id)

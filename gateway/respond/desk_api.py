@@ -61,6 +61,19 @@ class DrillRequest:
     buildings: list[str] = field(default_factory=list)
 
 
+# What caused an incident, as the monthly review groups them (the text says the rest).
+CAUSE_CODES: dict[str, str] = {
+    "utility": "supply cut by the utility",
+    "equipment": "equipment failure on site (pump, switchgear, pipe, meter)",
+    "damage": "external damage (construction, vehicle, vandalism)",
+    "overload": "overload or protection trip",
+    "maintenance": "planned works",
+    "weather": "weather (storm, frost, flooding)",
+    "other": "another cause, see the text",
+    "unknown": "not found",
+}
+
+
 class DeskError(Exception):
     """An action refused, with the HTTP status that says why: 400 bad input, 404 no such incident or
     building, 409 not possible in the incident's state (resolving a detected incident, acknowledging a
@@ -108,6 +121,7 @@ class ResponseView:
     on_site_by: str
     eta: float | None  # the expected restoration staff set
     cause: str
+    cause_code: str  # CAUSE_CODES key, or "" when staff gave none
     manual: bool
     notes: list[Note]
 
@@ -165,7 +179,9 @@ class Desk(Protocol):
         """The expected restoration (None: unknown again); residents already told get an update."""
         ...
 
-    async def set_cause(self, incident_id: int, who: str, cause: str) -> ResponseView: ...
+    async def set_cause(self, incident_id: int, who: str, cause: str, code: str = "") -> ResponseView:
+        """The cause in words and, optionally, its code (CAUSE_CODES; 400 for another)."""
+        ...
 
     async def resolve(self, incident_id: int, who: str, note: str) -> ResponseView:
         """Resolve a manual incident (409 for a detected one: the meters say when it is over)."""

@@ -53,6 +53,13 @@ from rules.model import Incident, IncidentChange, IncidentEvent, IncidentState, 
 # links(incident_id, who) -> {"ack": url, "on_site": url}; empty when the site has no links.base_url
 LinkMaker = Callable[[int, str], dict[str, str]]
 STATE_VERSION = 1
+
+
+def cause_detail(who: str, cause: str, code: str) -> str:
+    """The timeline's words for a cause: `who: [code] text` (the review reads the code back)."""
+    return f"{who}: [{code}] {cause}" if code else f"{who}: {cause}"
+
+
 # categories nobody is sent out for: a failing notice channel is the gateway's own trouble (staff hear)
 NOT_DISPATCHED = frozenset({"notify_channel"})
 _NEVER = -math.inf
@@ -80,6 +87,7 @@ class _Case:
     target_missed: bool = False
     escalations: int = 0  # escalation notices sent (steps after the dispatch, repeats, re-triggers)
     cause: str = ""
+    cause_code: str = ""
     notes: list[list[Any]] = field(default_factory=list)  # [ts, who, text]
     resolved_at: float | None = None
 
@@ -155,10 +163,10 @@ class Dispatcher:
         self._record(now, case.id, IncidentEvent.NOTE, f"{who}: {text}")
         return self._take()
 
-    def set_cause(self, incident_id: int, who: str, cause: str, now: float) -> Notices:
+    def set_cause(self, incident_id: int, who: str, cause: str, now: float, code: str = "") -> Notices:
         case = self._case(incident_id)
-        case.cause = cause
-        self._record(now, case.id, IncidentEvent.CAUSE, f"{who}: {cause}")
+        case.cause, case.cause_code = cause, code
+        self._record(now, case.id, IncidentEvent.CAUSE, cause_detail(who, cause, code))
         return self._take()
 
     def record_eta(self, incident_id: int, who: str, eta_local: str | None, now: float) -> Notices:
@@ -184,6 +192,7 @@ class Dispatcher:
             on_site_by=case.on_site_by,
             eta=eta,
             cause=case.cause,
+            cause_code=case.cause_code,
             manual=case.manual,
             notes=[Note(float(n[0]), str(n[1]), str(n[2])) for n in case.notes],
         )

@@ -11,9 +11,10 @@ Definitions (the reports and the monthly review say them in words too):
 - dispatched / acknowledged / on site: the first such step of the timeline. The response is in time when
   acknowledged within `oncall.target` (30 min) of the dispatch; one that was over within the target
   before anyone answered is not judged; on site is reported beside it.
-- restored: the incident resolved; the outage lasted from the first evidence to then; household-minutes
-  are the households affected times those minutes (power or water gone or a phase lost, not a bad
-  voltage; a drill cuts nobody's supply).
+- restored: supply back for good (the recovery the resolution ended; the resolution itself waits for the
+  rules' `clear_for` of fresh data on top); the outage lasted from the first evidence to then;
+  household-minutes are the households affected times those minutes (power or water gone or a phase
+  lost, not a bad voltage; a drill cuts nobody's supply).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class Measures:
     escalations: int
     target_missed: bool
     cause: str
+    cause_code: str  # gateway/respond/desk_api.CAUSE_CODES key, or ""
+    restored_at: float | None  # supply back: the recovery that led to the resolution (None: still open)
     notices: Counter[str] = field(default_factory=Counter)  # "<channel>/<status>" -> targets
     votes: Counter[str] = field(default_factory=Counter)  # rating -> votes
 
@@ -73,12 +76,40 @@ def _who(detail: str) -> str:
     return detail.removeprefix("by ").split(" ", 1)[0] if detail.startswith("by ") else detail
 
 
+def restored_at(rec: IncidentRecord) -> float | None:
+    """When supply came back for good: the start of the recovery the resolution ended (the resolution
+    itself waits `clear_for` of fresh data on top, which is the rules' caution, not the residents' outage);
+    the resolution for an incident that never recovered first (a manual one)."""
+    inc = rec.incident
+    if inc.resolved_at is None:
+        return None
+    since: float | None = None
+    for e in rec.timeline:
+        if e.event == IncidentEvent.RECOVERING:
+            since = e.ts if since is None else since
+        elif e.event in (IncidentEvent.REFIRED, IncidentEvent.REOPENED, IncidentEvent.OPENED):
+            since = None
+        elif e.event == IncidentEvent.RESOLVED and e.ts >= inc.resolved_at:
+            break
+    return since if since is not None and since <= inc.resolved_at else inc.resolved_at
+
+
+def _cause(detail: str) -> tuple[str, str]:
+    """`who: [code] text` or `who: text` (gateway/respond/dispatch.cause_detail) -> (code, text)."""
+    text = detail.split(": ", 1)[-1]
+    if text.startswith("[") and "] " in text:
+        code, _, rest = text[1:].partition("] ")
+        return code, rest
+    return "", text
+
+
 def measure(rec: IncidentRecord, site: Site) -> Measures:
     inc = rec.incident
     cfg = site.config
     start = inc.first_evidence_at
     supply = ADVICE.get(inc.category)
-    duration = None if inc.resolved_at is None else max(0.0, inc.resolved_at - start)
+    back = restored_at(rec)
+    duration = None if back is None else max(0.0, back - start)
     delay = cfg.notify.confirm_delay.get(inc.category)
     residents = any(a == "residents" or a.startswith("residents:") for a in inc.audiences)
     # owed its residents a notice: still out `delay` after it opened (the policy's rule), and not planned
@@ -106,7 +137,7 @@ def measure(rec: IncidentRecord, site: Site) -> Measures:
         if acked is None and inc.resolved_at is not None and inc.resolved_at - d_at <= cfg.oncall.target:
             response = None  # over within the target before anyone answered: nothing to judge
     causes = rec.events(IncidentEvent.CAUSE)
-    cause = causes[-1].detail.split(": ", 1)[-1] if causes else ""
+    cause_code, cause = _cause(causes[-1].detail) if causes else ("", "")
 
     sent: Counter[str] = Counter()
     for n in rec.notices:
@@ -150,6 +181,8 @@ def measure(rec: IncidentRecord, site: Site) -> Measures:
         escalations=len(rec.events(IncidentEvent.ESCALATED)),
         target_missed=rec.first(IncidentEvent.TARGET_MISSED) is not None,
         cause=cause,
+        cause_code=cause_code,
+        restored_at=back,
         notices=sent,
         votes=Counter(v.rating for v in rec.votes),
     )

@@ -652,7 +652,7 @@ def build_report(
         household_minutes=round(m.household_minutes, 1),
         severity=inc.severity,
         severity_name=SEVERITY_NAMES[b.lang].get(inc.severity, inc.severity),
-        cause=m.cause,
+        cause=(f"[{m.cause_code}] " if m.cause_code else "") + m.cause,
         manual=inc.manual,
         drill=inc.drill,
         flapping=inc.flapping,

@@ -42,6 +42,7 @@ from gateway.config.notify import MAINTENANCE_CATEGORIES, LocalDateTime, Mainten
 from gateway.config.rules import Severity
 from gateway.core.timefmt import local_iso
 from gateway.respond.desk_api import (
+    CAUSE_CODES,
     DRILL_SCENARIOS,
     EVENT_CODES,
     Desk,
@@ -141,6 +142,11 @@ class EtaIn(Body):
 
 class CauseIn(Body):
     cause: str = Field(min_length=1, max_length=MAX_CAUSE, description="what caused it, in words")
+    code: str = Field(
+        default="",
+        max_length=32,
+        description=f"what kind of cause, for the monthly review: one of {', '.join(CAUSE_CODES)}",
+    )
 
     @field_validator("cause")
     @classmethod
@@ -219,6 +225,7 @@ class ResponseOut(BaseModel):
     eta_at: str | None
     eta_ts: float | None
     cause: str
+    cause_code: str
     notes: list[NoteOut]
 
 
@@ -261,6 +268,7 @@ def response_out(v: ResponseView, tz: str) -> ResponseOut:
         eta_at=at(v.eta),
         eta_ts=v.eta,
         cause=v.cause,
+        cause_code=v.cause_code,
         notes=[NoteOut(at=local_iso(n.ts, tz), ts=n.ts, who=n.who, text=n.text) for n in v.notes],
     )
 
@@ -497,7 +505,7 @@ def make_router(desk: Desk, tokens: Tokens, site: Site) -> APIRouter:
 
     @router.post("/api/incidents/{incident_id}/cause", response_model=ResponseOut)
     async def set_cause(incident_id: IncidentId, body: CauseIn, who: str = require) -> ResponseOut:
-        return response_out(await desk.set_cause(incident_id, who, body.cause.strip()), tz)
+        return response_out(await desk.set_cause(incident_id, who, body.cause.strip(), body.code), tz)
 
     @router.post("/api/incidents/{incident_id}/resolve", response_model=ResponseOut)
     async def resolve(incident_id: IncidentId, body: ResolveIn, who: str = require) -> ResponseOut:

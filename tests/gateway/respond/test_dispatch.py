@@ -299,3 +299,18 @@ def test_an_incident_absorbed_as_its_root_opens_hands_its_response_on(site: Site
     assert d.view(1) is None
     run(d, log, t + 15 * MIN, step=60.0, start=t)
     assert log.all_keys(Stage.ESCALATION) == []
+
+
+def test_a_cause_code_is_kept_beside_the_words_and_read_back_by_the_review(site: Site) -> None:
+    from gateway.review.measures import _cause
+
+    d, log = make(site), Log()
+    inc = incident()
+    log.add(d.feed([opened(inc)], {1: inc}))
+    log.add(d.set_cause(1, "desk", "变压器过载跳闸", T0 + 60, code="overload"))
+    view = d.view(1)
+    assert view is not None and (view.cause, view.cause_code) == ("变压器过载跳闸", "overload")
+    [entry] = [c for c in log.timeline if c.event == IncidentEvent.CAUSE]
+    assert entry.detail == "desk: [overload] 变压器过载跳闸"
+    assert _cause(entry.detail) == ("overload", "变压器过载跳闸")
+    assert _cause("desk: no code here") == ("", "no code here")

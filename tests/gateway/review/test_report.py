@@ -273,7 +273,10 @@ def test_report_times_match_a_scripted_acknowledgement(tmp_path: Path, receiver:
     assert targets["acknowledge"]["met"] is True
     assert targets["on_site"]["seconds"] == pytest.approx(on_site_ts - dispatched)
     assert targets["inform"]["met"] is True  # residents heard within 15 min
-    assert targets["outage"]["seconds"] == pytest.approx(rows["resolved"]["at"]["ts"] - first)
+    # the outage lasted until supply came back (the recovery the resolution ended), not the resolution,
+    # which waits clear_for of fresh data on top
+    back = [r["at"]["ts"] for r in report["timeline"] if r["kind"] == "recovering"][-1]
+    assert targets["outage"]["seconds"] == pytest.approx(back - first)
     notices = [r for r in report["timeline"] if r["kind"] == "notice"]
     stages = {n["notice"]["stage"] for n in notices}
     assert {"staff_open", "dispatch", "residents_notice", "all_clear"} <= stages, stages
