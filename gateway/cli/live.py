@@ -8,29 +8,40 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
-from rich.console import Console, Group
+from rich import box
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from gateway.cli.live_cells import reading_cells
+from gateway.cli.live_log import LogTail
 from gateway.config import Device, Site
 from gateway.core.bus import Bus, Subscription
 from gateway.core.types import DeviceInfo, DeviceStatus, Sample, SourceStatus
 from rules.model import Incident
 
-# The few quantities an engineer looks at first, in display order, with their formats.
-HEADLINE: tuple[tuple[str, str, str], ...] = (
-    ("voltage_l1", "V1", "{:.1f} V"),
-    ("voltage_l2", "V2", "{:.1f} V"),
-    ("voltage_l3", "V3", "{:.1f} V"),
-    ("power_total", "P", "{:.0f} W"),
-    ("pressure", "p", "{:.2f} bar"),
-    ("flow", "Q", "{:.2f} m3/h"),
-    ("level", "level", "{:.2f} m"),
-)
+# The quantities the plain snapshot prints, in this order (the rich table picks its own, with units).
+HEADLINE: tuple[str, ...] = (
+    "voltage_l1", "voltage_l2", "voltage_l3", "power_total", "pressure", "flow", "level",
+)  # fmt: skip
+# Below this width the table leaves out what an engineer can do without (device info text).
+WIDE = 100
+# An MQTT device without expected_interval is taken to publish this often (the simulator's default).
+MQTT_INTERVAL = 10.0
+
+
+def silent_after(device: Device) -> float:
+    """How long without a reading before an "up" device shows as silent: the absence rule's default."""
+    interval = device.poll_interval if device.source == "modbus" else device.expected_interval
+    return max(3 * (interval or MQTT_INTERVAL), 10.0)
 
 
 class IncidentSource(Protocol):
@@ -47,6 +58,19 @@ class DeviceRow:
     samples: int = 0
     info: dict[str, str] = field(default_factory=dict)  # serial number, firmware (DeviceInfo)
 
+    def state(self, now: float) -> str:
+        """waiting, up, down (the source says it does not answer) or silent (no reading for too long)."""
+        if self.up is None:
+            return "waiting"
+        if not self.up:
+            return "down"
+        if self.last_ts is not None and now - self.last_ts > silent_after(self.device):
+            return "silent"
+        return "up"
+
+
+STATE_STYLE = {"waiting": "yellow", "up": "green", "down": "bold red", "silent": "red"}
+
 
 @dataclass
 class LiveView:
@@ -61,6 +85,10 @@ class LiveView:
     first_reading_at: float | None = None
     # the daemon's incident service (rt.services["incidents"]) when detection runs: shown under the readings
     incidents: IncidentSource | None = None
+    # one line under the table, e.g. the demo's scenario progress ("+32s · next +45s cut power B1")
+    footer: Callable[[], str] | None = None
+    logs: LogTail | None = None
+    console: Console | None = None  # the terminal's by default
 
     @classmethod
     def attach(cls, site: Site, bus: Bus, plain: bool | None = None) -> LiveView:
@@ -68,6 +96,14 @@ class LiveView:
         view = cls(site=site, sub=sub, plain=(not sys.stdout.isatty()) if plain is None else plain)
         view.views = {d.id: DeviceRow(d) for d in site.config.devices}
         return view
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.site.config.site.timezone)
+
+    def clock(self, ts: float) -> str:
+        """A time of day in the site's time zone (the operators' clock, not the gateway host's)."""
+        return datetime.fromtimestamp(ts, self.tz).strftime("%H:%M:%S")
 
     def apply(self, event: object) -> None:
         if isinstance(event, Sample):
@@ -93,33 +129,54 @@ class LiveView:
                 if dev in self.views:
                     self.views[dev].up, self.views[dev].reason = False, event.reason
 
-    def table(self, now: float | None = None) -> Table:
+    def table(self, now: float | None = None, width: int | None = None) -> Table:
+        """One row per device. Ids are never cut: at 80 columns the columns are few and short instead."""
         now = time.time() if now is None else now
         cfg = self.site.config
+        wide = width is None or width >= WIDE
+        stamp = datetime.fromtimestamp(now, self.tz).strftime("%H:%M:%S %Z")
         t = Table(
-            title=f"meterwatch · {cfg.site.name or cfg.site.id} · {len(self.views)} devices", expand=False
+            title=f"meterwatch · {cfg.site.name or cfg.site.id} · {len(self.views)} devices · {stamp}",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+            padding=(0, 1),
+            collapse_padding=True,
+            expand=False,
         )
-        with_info = any(v.info for v in self.views.values())
-        for col in ("device", "building", "role", "source", "state", "age", *(h[1] for h in HEADLINE)):
-            t.add_column(
-                col, justify="right" if col not in ("device", "building", "role", "source") else "left"
-            )
+        longest = max((len(d) for d in self.views), default=6)
+        t.add_column("device", no_wrap=True, min_width=longest)
+        t.add_column("bldg", no_wrap=True)
+        t.add_column("state", no_wrap=True)
+        t.add_column("last", no_wrap=True)
+        t.add_column("readings")
+        with_info = wide and any(v.info for v in self.views.values())
         if with_info:
             t.add_column("info", justify="left", max_width=40)
         for v in self.views.values():
-            d = v.device
-            if v.up is None:
-                state = "[yellow]waiting[/]"
-            elif v.up:
-                state = "[green]up[/]"
-            else:
-                state = f"[red]down[/] {v.reason[:18]}"
-            age = "" if v.last_ts is None else f"{max(0.0, now - v.last_ts):.0f}s"
-            cells = [fmt.format(v.values[q]) if q in v.values else "" for q, _, fmt in HEADLINE]
-            src = d.line or "mqtt"
-            extra = [escape(" ".join(v.info.values()))] if with_info else []  # device text is not markup
-            t.add_row(d.id, d.building, d.role, src, state, age, *cells, *extra)
+            state = v.state(now)
+            last = "" if v.last_ts is None else self.clock(v.last_ts)
+            row: list[str | Text] = [
+                escape(v.device.id),
+                escape(v.device.building),
+                f"[{STATE_STYLE[state]}]{state}[/]",
+                last,
+                self._readings(v, state, now),
+            ]
+            if with_info:
+                row.append(escape(" ".join(v.info.values())))  # device text is not markup
+            t.add_row(*row)
         return t
+
+    def _readings(self, v: DeviceRow, state: str, now: float) -> Text:
+        # A device that does not answer shows why, never its last values: 230.0 V of a dead meter would lie.
+        # The cell is cut rather than wrapped (its column is the one that gives way): one line per device.
+        if state == "down":
+            return Text(v.reason or "no answer", style="red", no_wrap=True, overflow="ellipsis")
+        if state == "silent" and v.last_ts is not None:
+            return Text(f"no reading for {now - v.last_ts:.0f}s", style="red", no_wrap=True)
+        cells = reading_cells(self.site, v.device, v.values)
+        return Text("  ".join(cells), no_wrap=True, overflow="ellipsis")
 
     def open_incidents(self) -> list[Incident]:
         return [] if self.incidents is None else self.incidents.open_incidents()
@@ -127,7 +184,7 @@ class LiveView:
     def incident_lines(self) -> list[str]:
         out = []
         for inc in self.open_incidents():
-            since = time.strftime("%H:%M:%S", time.localtime(inc.opened_at))
+            since = self.clock(inc.opened_at)
             extra = f" households={inc.households}" if inc.households else ""
             flap = f" flaps={inc.flap_count}" if inc.flap_count else ""
             devices = ",".join(sorted(inc.symptoms))
@@ -137,26 +194,24 @@ class LiveView:
             )
         return out
 
-    def render(self) -> Group | Table:
-        if self.incidents is None:
-            return self.table()
-        lines = self.incident_lines()
-        t = Table(title=f"open incidents: {len(lines)}", expand=False, show_header=False)
-        t.add_column("incident")
-        for line in lines or ["none"]:
-            t.add_row(f"[red]{line}[/]" if lines else "[green]none[/]")
-        return Group(self.table(), t)
+    def render(self, now: float | None = None) -> LiveScreen:
+        """The table, then the open incidents (with detection), the footer and the recent log lines."""
+        return LiveScreen(self, now)
 
     def snapshot_lines(self, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
         lines = []
         for v in self.views.values():
-            vals = " ".join(f"{q}={v.values[q]:.6g}" for q, _, _ in HEADLINE if q in v.values)
-            state = "waiting" if v.up is None else ("up" if v.up else f"down({v.reason})")
+            state = v.state(now)
+            shown = "up" if state == "up" else f"down({v.reason})" if state == "down" else state
+            # a device that does not answer has no current values: its last ones would read as live
+            vals = (
+                "" if state != "up" else " ".join(f"{q}={v.values[q]:.6g}" for q in HEADLINE if q in v.values)
+            )
             age = "-" if v.last_ts is None else f"{max(0.0, now - v.last_ts):.1f}s"
             info = " ".join(f"{k}={t!r}" for k, t in v.info.items())
             lines.append(
-                f"{v.device.id:<12} {state:<16} age={age:<6} {vals}" + (f"  [{info}]" if info else "")
+                f"{v.device.id:<12} {shown:<16} age={age:<6} {vals}" + (f"  [{info}]" if info else "")
             )
         return lines
 
@@ -178,11 +233,18 @@ class LiveView:
             self.apply(event)
 
     async def _run_rich(self, stop: asyncio.Event) -> None:
-        console = Console()
-        with Live(self.render(), console=console, refresh_per_second=2, screen=False) as live:
+        self.logs = self.logs or LogTail(self.tz)
+        console = self.console or Console()
+        # Log records go to the tail under the table while it is drawn; print() goes above it (Live's
+        # redirect), so nothing writes into the table. No auto refresh: the screen is laid out from the
+        # view's state, which only this loop may read while events change it.
+        with (
+            self.logs.capture(),
+            Live(self.render(), console=console, auto_refresh=False, screen=False) as live,
+        ):
             while not stop.is_set():
                 await self._drain(stop, time.monotonic() + 0.5)
-                live.update(self.render())
+                live.update(self.render(), refresh=True)
 
     def everyone_reported(self) -> bool:
         return all(v.up is not None for v in self.views.values())
@@ -201,7 +263,7 @@ class LiveView:
                 next_print = time.monotonic() + self.plain_every
 
     def print_snapshot(self) -> None:
-        stamp = time.strftime("%H:%M:%S")
+        stamp = self.clock(time.time())
         print(f"--- {stamp} live readings", flush=True)
         for line in self.snapshot_lines():
             print(line, flush=True)
@@ -210,3 +272,29 @@ class LiveView:
             print(f"--- open incidents: {len(lines)}", flush=True)
             for line in lines:
                 print(line, flush=True)
+
+
+@dataclass
+class LiveScreen:
+    """What the live view draws, laid out for the console's width when rich renders it."""
+
+    view: LiveView
+    now: float | None = None
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        view = self.view
+        now = time.time() if self.now is None else self.now
+        yield view.table(now, width=options.max_width)
+        if view.incidents is not None:
+            lines = view.incident_lines()
+            yield Text(f"open incidents: {len(lines)}", style="bold red" if lines else "green")
+            for line in lines:
+                yield Text(line, style="red")
+        if view.footer is not None:
+            yield Text(view.footer(), style="cyan")
+        if view.logs is not None:
+            recent = view.logs.recent()
+            if recent:
+                yield Text(f"log (last {len(recent)} of {view.logs.total}):", style="dim")
+                for line in recent:
+                    yield Text(line, style="dim")
