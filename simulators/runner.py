@@ -32,7 +32,7 @@ from gateway.config import Site
 from gateway.core.loopthread import LoopThread
 from simulators.modbus_server import LineServer, build_line_servers
 from simulators.mqtt_publisher import MqttPublisher
-from simulators.scenario import Scenario, load_scenario
+from simulators.scenario import Scenario, TimedAction, load_scenario
 from simulators.world import Clock, World
 
 log = logging.getLogger("meterwatch.sim")
@@ -67,6 +67,7 @@ class SiteSimulator:
         seed: int = 0,
         noise: float = 0.0,
         mqtt: bool = True,
+        on_step: Callable[[TimedAction], None] | None = None,
     ) -> None:
         self.site = site
         if isinstance(scenario, str | Path):
@@ -82,6 +83,8 @@ class SiteSimulator:
         )
         self.scenario_done = asyncio.Event()
         self.applied: list[tuple[float, str]] = []  # (scenario time, label) of every action applied
+        self.on_step = on_step  # told of every step once applied (the demo prints them as they happen)
+        self.scenario_started: float | None = None  # monotonic time the scenario began
         self._scenario_task: asyncio.Task[None] | None = None
         self._started: list[LineServer] = []
 
@@ -135,8 +138,21 @@ class SiteSimulator:
             lines.append(f"scenario: {self.scenario.name} ({len(self.scenario.actions)} steps)")
         return lines
 
+    def scenario_time(self) -> float | None:
+        """Seconds of scenario time since it began (None before it does, or without one)."""
+        if self.scenario_started is None:
+            return None
+        return (time.monotonic() - self.scenario_started) * self.speed
+
+    def next_step(self) -> TimedAction | None:
+        """The scenario's next action not yet due, if any."""
+        now = self.scenario_time()
+        if now is None or self.scenario is None:
+            return None
+        return next((a for a in self.scenario.actions if a.t > now), None)
+
     async def _play(self, scenario: Scenario) -> None:
-        start = time.monotonic()
+        start = self.scenario_started = time.monotonic()
         for action in scenario.actions:
             delay = start + action.t / self.speed - time.monotonic()
             if delay > 0:
@@ -153,6 +169,8 @@ class SiteSimulator:
                 action.label,
                 extra={"fields": {"scenario": scenario.name, "t": action.t}},
             )
+            if self.on_step is not None:
+                self.on_step(action)
         self.scenario_done.set()
 
 

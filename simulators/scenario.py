@@ -6,7 +6,8 @@
       - {at: 30s, cut_power: B1}
       - {at: 90s, restore_power: B1}
 
-Each step has `at` (seconds from the start, or "30s", "2m") and exactly one action:
+Each step has `at` (seconds from the start, or "30s", "2m"), an optional `note` (what to watch for, printed
+with the timeline) and exactly one action:
   set: {device, quantity, value, noise?, period?}   hold a value, or wander within +-noise around it
   ramp: {device, quantity, to, over, from?}          linear change over a duration
   clear: {device, quantity?}                         back to the nominal value(s)
@@ -103,6 +104,7 @@ ACTIONS = (
 
 class Step(Strict):
     at: Duration = Field(description="seconds from the start of the scenario, or 30s, 2m")
+    note: str = Field(default="", description="what to watch for, e.g. 'a comm fault incident opens'")
     set: SetAction | None = None
     ramp: RampAction | None = None
     clear: ClearAction | None = None
@@ -225,6 +227,45 @@ def _expand(step: Step) -> list[TimedAction]:
     raise AssertionError("validated step without action")
 
 
+def phrase(step: Step) -> str:
+    """What a step does, in words: "B2-shop stops answering", "power cut in B1"."""
+    obj = getattr(step, step.action)
+    if isinstance(obj, str):
+        return {
+            "cut_power": f"power cut in {obj}",
+            "restore_power": f"power back in {obj}",
+            "stop_device": f"{obj} stops answering",
+            "restore_device": f"{obj} answers again",
+        }[step.action]
+    if isinstance(obj, SetAction):
+        return f"{obj.device} {obj.quantity} {obj.value:g}" + (f"±{obj.noise:g}" if obj.noise else "")
+    if isinstance(obj, RampAction):
+        return f"{obj.device} {obj.quantity} ramps to {obj.to:g} over {obj.over:g}s"
+    if isinstance(obj, ClearAction):
+        return f"{obj.device} {obj.quantity or 'readings'} back to normal"
+    if isinstance(obj, FlickerAction):
+        off = obj.off_for if obj.off_for is not None else obj.period / 2
+        return f"power in {obj.target} flickers {obj.times} times (off {off:g}s every {obj.period:g}s)"
+    if isinstance(obj, ErrorBitAction):
+        return f"{obj.device} {obj.quantity} bit {obj.bit} {'set' if obj.set else 'cleared'}"
+    if isinstance(obj, PumpAction):
+        return f"pump {obj.device} {'starts' if obj.running else 'stops'}"
+    if isinstance(obj, DelayAction):
+        return f"{obj.device} answers {obj.seconds:g}s late"
+    raise AssertionError(f"no phrase for {step.action}")
+
+
+def timeline_lines(scenario: Scenario) -> list[str]:
+    """The timeline for people, one line per moment: "+20s  B2-shop stops answering: <note>".
+
+    Steps at the same moment share a line; a step's note follows its phrase."""
+    moments: dict[float, list[str]] = {}
+    for step in scenario.model.timeline:
+        text = phrase(step) + (f": {step.note}" if step.note else "")
+        moments.setdefault(step.at, []).append(text)
+    return [f"{'+' + format(t, 'g') + 's':<6} {'; '.join(texts)}" for t, texts in sorted(moments.items())]
+
+
 def _cut(target: str) -> Callable[[World], None]:
     return lambda w: w.cut_power(target)
 
@@ -265,7 +306,7 @@ def load_scenario(path: str | Path, site: Site | None = None) -> Scenario:
 
 def _message(err: Any) -> str:
     if err["type"] == "extra_forbidden":
-        return f"unknown field; a step takes `at` and one of: {', '.join(ACTIONS)}"
+        return f"unknown field; a step takes `at`, `note` and one of: {', '.join(ACTIONS)}"
     if err["type"] == "missing":
         return "required field is missing"
     msg = str(err["msg"]).removeprefix("Value error, ")

@@ -1,4 +1,6 @@
-"""A local MQTT broker for the demo: Debian's mosquitto when installed, else an embedded amqtt broker."""
+"""The MQTT broker as the CLI sees it: a local one for the demo (Debian's mosquitto when installed, else an
+embedded amqtt broker), and the one line `run` and `simulate` print when the site's broker cannot be reached.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +14,52 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from gateway.config import Site
+
 log = logging.getLogger("meterwatch.broker")
+REACH_TIMEOUT = 1.0
 
 
 def port_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
+
+
+def unreachable(host: str, port: int, timeout: float = REACH_TIMEOUT) -> str | None:
+    """Why nothing takes a TCP connection at host:port ("connection refused"), or None when something does."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:  # refused, unreachable, unknown host (gaierror), timed out
+        return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
+def broker_problem(site: Site) -> tuple[str, str, list[str]] | None:
+    """(host:port, why, MQTT device ids) when the site has MQTT devices and its broker does not answer."""
+    cfg = site.config.mqtt
+    devices = [d.id for d in site.config.devices if d.source == "mqtt"]
+    if cfg is None or not devices:
+        return None
+    why = unreachable(cfg.host, cfg.port)
+    return None if why is None else (f"{cfg.host}:{cfg.port}", why, devices)
+
+
+def warn_if_no_broker(site: Site) -> bool:
+    """`run` at start: one warning line when the broker cannot be reached (collection goes on without it)."""
+    problem = broker_problem(site)
+    if problem is None:
+        return False
+    where, why, devices = problem
+    log.warning(
+        "no MQTT broker at %s (%s): the MQTT devices %s get no readings until it answers; Modbus collection "
+        "goes on and the gateway keeps trying to connect (start the broker, or correct mqtt.host/port in %s)",
+        where,
+        why,
+        ", ".join(devices),
+        site.path.name,
+    )
+    return True
 
 
 def find_mosquitto() -> str | None:

@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,17 +23,46 @@ from gateway.cli.broker import local_broker
 from gateway.cli.live import LiveView
 from gateway.config import ConfigError, Site, load_site
 from gateway.observe.logs import setup_logging
+from simulators.scenario import load_scenario, timeline_lines
 
 if TYPE_CHECKING:
     from simulators.mqtt_publisher import MqttPublisher
     from simulators.runner import SiteSimulator
+    from simulators.scenario import Scenario, TimedAction
 
 DEFAULT_SITE = Path(__file__).parents[2] / "deploy/examples/compound.yaml"
 DEFAULT_SCENARIO = Path(__file__).parents[2] / "deploy/examples/scenarios/demo.yaml"
 
 
+def print_timeline(scenario: Scenario) -> None:
+    """What will happen when, before it does: nobody should stop the demo a minute before the outage."""
+    where = f" ({scenario.path.name})" if scenario.path else ""
+    print(f"demo: scenario {scenario.name}{where}: {scenario.model.description}".rstrip(": "), flush=True)
+    print("demo: what happens when (from the start; Ctrl-C stops the demo):", flush=True)
+    for line in timeline_lines(scenario):
+        print(f"demo:   {line}", flush=True)
+
+
+def print_step(action: TimedAction) -> None:
+    print(f"demo: +{action.t:g}s {action.label}", flush=True)
+
+
+def scenario_footer(sim: SiteSimulator) -> Callable[[], str]:
+    """The live table's last line: where the scenario is and what comes next."""
+
+    def footer() -> str:
+        now = sim.scenario_time()
+        if now is None:
+            return ""
+        nxt = sim.next_step()
+        after = f" · next: +{nxt.t:g}s {nxt.label}" if nxt is not None else " · scenario done"
+        return f"scenario +{now:.0f}s{after}"
+
+    return footer
+
+
 async def run_demo(
-    site: Site, scenario: Path | None, duration: float | None, plain: bool | None, state_dir: Path
+    site: Site, scenario: Scenario | None, duration: float | None, plain: bool | None, state_dir: Path
 ) -> int:
     from simulators.runner import SiteSimulator
 
@@ -52,12 +82,16 @@ async def run_demo(
         # The MQTT sensors start publishing only once the gateway has subscribed: on a fresh broker there is
         # no session yet, and a reading published before the subscription would be lost (a real sensor
         # would publish again; the demo's slowest sensor only every 10 s).
-        sim = await stack.enter_async_context(SiteSimulator(site, scenario=scenario, mqtt=False))
+        sim = await stack.enter_async_context(
+            SiteSimulator(site, scenario=scenario, mqtt=False, on_step=print_step)
+        )
         for line in sim.describe():
             print(f"demo: simulator: {line}", flush=True)
         rt = build_runtime(site, state_dir=state_dir)
         view = LiveView.attach(site, rt.bus, plain=plain)
         view.incidents = rt.services.incidents
+        if scenario is not None:
+            view.footer = scenario_footer(sim)
         rt.components.append(view)
         started = time.time()
         serving = asyncio.create_task(serve(rt, stop), name="gateway")
@@ -121,7 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    scenario = args.scenario if args.scenario is not None else default_scenario(args.site)
+    scenario_path = args.scenario if args.scenario is not None else default_scenario(args.site)
+    try:
+        scenario = None if scenario_path is None else load_scenario(scenario_path, site)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if scenario is not None:
+        print_timeline(scenario)
     plain = True if args.plain else None
     with tempfile.TemporaryDirectory(prefix="meterwatch-demo-") as tmp:
         state_dir = args.state_dir or Path(tmp)

@@ -36,6 +36,23 @@ def load_for_simulate(path: Path) -> Site:
             exit_with_issues(again, path)
 
 
+def say_if_no_broker(site: Site) -> None:
+    """One line on stderr when the MQTT devices have no broker to go to; Modbus is served all the same, and
+    the publisher keeps trying, so a broker started later gets the readings."""
+    from gateway.cli.broker import broker_problem
+
+    problem = broker_problem(site)
+    if problem is None:
+        return
+    where, why, devices = problem
+    port = where.rsplit(":", 1)[1]
+    typer.echo(
+        f"simulator: no MQTT broker at {where} ({why}): {', '.join(devices)} not published until one "
+        f"answers there (start one, e.g. `mosquitto -p {port}`, or pass --no-mqtt); serving Modbus meanwhile",
+        err=True,
+    )
+
+
 def simulate(
     site_file: Path = SiteArg,
     scenario: Path | None = typer.Option(None, help="scenario timeline, see deploy/examples/scenarios/"),
@@ -62,6 +79,8 @@ def simulate(
         except ConfigError as exc:
             exit_with_issues(exc, scenario)
     sim = SiteSimulator(site, scen, speed=speed, seed=seed, noise=noise, mqtt=mqtt)
+    if mqtt:
+        say_if_no_broker(site)
     try:
         asyncio.run(run_forever(sim, duration))
     except OSError as exc:
