@@ -47,7 +47,7 @@ def print_table(records: list[dict[str, Any]], title: str) -> None:
         shown = ", ".join(symptoms[:6]) + (f" +{len(symptoms) - 6}" if len(symptoms) > 6 else "")
         table.add_row(
             str(r["id"]),
-            r["category"],
+            r["category"] + (" (drill 演练)" if r.get("drill") else ""),
             r["scope"],
             r["state"],
             r["opened_at"] or "",
