@@ -15,7 +15,9 @@ which WAL lets read while the writer writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -34,6 +36,8 @@ from rules.model import (
     IncidentEvent,
     IncidentState,
 )
+
+log = logging.getLogger("meterwatch.incidents")
 
 SCHEMA_VERSION = "1"  # the evidence tables came later: CREATE IF NOT EXISTS adds them to an older store
 
@@ -242,13 +246,24 @@ class IncidentStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()  # one writer at a time even if called from a worker thread
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                # SQLite would silently start afresh: say that the history this file held is gone
+                log.warning(
+                    "the incident store file is empty (0 bytes): the incident history it held is gone; "
+                    "starting a new one",
+                    extra={"fields": {"path": str(path)}},
+                )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = _connect(path)
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed transition survives power loss, not only a process crash
             self._db.execute("PRAGMA synchronous=FULL")
+            self._check_pages()
             self._db.executescript(_SCHEMA)
+        except StoreError:
+            raise
         except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(f"{path}: cannot open the incident store: {exc}") from exc
         version = self._meta("schema_version")
@@ -257,6 +272,17 @@ class IncidentStore:
         elif version != SCHEMA_VERSION:
             raise StoreError(
                 f"{path}: incident store schema {version}, this version expects {SCHEMA_VERSION}"
+            )
+
+    def _check_pages(self) -> None:
+        """Refuse a damaged file with one clear error rather than fail later mid-round (the file is left as
+        it is: it may be the only copy of the history)."""
+        rows = [str(r[0]) for r in self._db.execute("PRAGMA quick_check(5)")]
+        if rows != ["ok"]:
+            self._db.close()
+            raise StoreError(
+                f"{self.path}: the incident store is damaged ({'; '.join(rows)[:300]}); it is left as it "
+                "is: move it aside (or restore a backup copy of it) and start again"
             )
 
     # ---- startup -------------------------------------------------------------------------------------
@@ -305,6 +331,9 @@ class IncidentStore:
         with self._lock, self._tx() as db:
             self._put_meta(db, "heartbeat", repr(now))
             self._put_meta(db, "clean_stop", "1")
+        with self._lock:
+            # everything into the main file: after a clean stop, a copy of the .sqlite alone is a backup
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         self._db.close()
