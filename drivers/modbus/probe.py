@@ -129,6 +129,8 @@ async def read_once(line: LineSpec, unit: int, function: Function, address: int,
         conn.close()
 
 
+FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+
 HINTS = {
     2: "the device has no such register here: check --address, --count and --function",
     1: "the device does not support this function: try the other --function",
@@ -179,8 +181,12 @@ async def run_probe(
 
     if (host is None) == (serial is None):
         return fail("give either --host (Modbus TCP, or --rtu-over-tcp) or --serial (RTU)")
-    if function not in ("holding", "input"):
-        return fail(f"--function must be holding or input, got {function!r}")
+    if function not in FUNCTION_CODES:
+        return fail(f"--function must be holding, input, coil or discrete, got {function!r}")
+    bits = function in ("coil", "discrete")
+    most = 2000 if bits else 125
+    if not 1 <= count <= most:
+        return fail(f"--count must be 1..{most} for --function {function}, got {count}")
     if parity not in ("N", "E", "O"):
         return fail(f"--parity must be N, E or O, got {parity!r}")
     try:
@@ -199,9 +205,9 @@ async def run_probe(
     else:
         transport: Transport = "rtu_over_tcp" if rtu_over_tcp else "tcp"
         line = LineSpec(id="probe", transport=transport, host=host, port=port, timeout=timeout)
-    fn: Function = "holding" if function == "holding" else "input"
+    fn: Function = function  # type: ignore[assignment]  # checked against FUNCTION_CODES above
     outcome = await read_once(line, unit, fn, start, count)
-    code = 3 if fn == "holding" else 4
+    code = FUNCTION_CODES[function]
     request = (
         f"{line.transport} {line.endpoint} unit {unit} FC{code:02d} "
         f"address {start} (0x{start:04X}) count {count}"
@@ -211,6 +217,11 @@ async def run_probe(
         print(f"probe: no data from {request}: {problem}", file=sys.stderr)
         return 1
     print(request)
+    if bits:  # coils and discrete inputs are one bit each: list them, eight to a row
+        for i in range(0, len(outcome.words), 8):
+            row = " ".join(str(b) for b in outcome.words[i : i + 8])
+            print(f"{start + i:5d} (0x{start + i:04X}): {row}")
+        return 0
     print("raw: " + " ".join(f"{w:04X}" for w in outcome.words))
     for text in format_interpretations(start, outcome.words):
         print(text)

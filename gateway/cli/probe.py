@@ -15,11 +15,16 @@ def probe(
     stopbits: int = typer.Option(1),
     unit: int = typer.Option(1, help="Modbus unit (slave) id"),
     address: str = typer.Option(..., help="0-based PDU address, decimal or 0x hex"),
-    count: int = typer.Option(2, min=1, max=125, help="registers to read"),
-    function: str = typer.Option("holding", help="holding (FC03) or input (FC04)"),
+    count: int = typer.Option(
+        2, min=1, max=2000, help="registers (at most 125) or bits (at most 2000) to read"
+    ),
+    function: str = typer.Option(
+        "holding", help="holding (FC03), input (FC04), coil (FC01) or discrete (FC02, discrete inputs)"
+    ),
     timeout: float = typer.Option(1.0, help="seconds"),
 ) -> None:
-    """Read registers once and print every interpretation (int16/uint16, 32/64-bit in all four orders)."""
+    """Read registers once and print every interpretation (int16/uint16, 32/64-bit in all four orders), or
+    coils / discrete inputs as bits."""
     import asyncio
 
     from drivers.modbus.probe import run_probe

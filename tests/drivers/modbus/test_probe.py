@@ -145,7 +145,7 @@ async def test_nothing_listening_is_a_clear_error(capsys: pytest.CaptureFixture[
     [
         (["--address", "zz"], "--address must be a number"),
         (["--address", "70000"], "outside 0..65535"),
-        (["--address", "0", "--function", "coil"], "--function must be holding or input"),
+        (["--address", "0", "--function", "relay"], "--function must be holding, input, coil or discrete"),
         (["--address", "0", "--serial", "/dev/null"], "give either --host"),
     ],
 )

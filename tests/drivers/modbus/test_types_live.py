@@ -241,3 +241,26 @@ async def test_info_register_the_device_lacks_is_not_read_every_cycle(sim: SimHa
         await until(lambda: st.cycles >= 10, 15, "ten cycles")
     assert [i.text for i in infos(rec, "T-sdm630")] == [{"serial_number": "42"}]
     assert st.errors == {"exception_2": 1}
+
+
+async def test_probe_reads_coils_and_discrete_inputs_as_bits(
+    types_sim: TypesSim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    set_kitchen(types_sim.world, "K-tcp")  # relay (coil 0) on, door_open (discrete input 2, ref 10003) on
+    port = next(ln.port for ln in types_sim.site.config.lines if ln.id == "tcp") or 0
+    # the simulator serves exactly the profile's bits: coil 0 and discrete input 2
+    code = await run_probe("127.0.0.1", port, None, False, 9600, "N", 1, 1, "0", 1, "coil", 1.0)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "FC01 address 0 (0x0000) count 1" in out and "    0 (0x0000): 1" in out
+    code = await run_probe("127.0.0.1", port, None, False, 9600, "N", 1, 1, "2", 1, "discrete", 1.0)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "FC02 address 2 (0x0002) count 1" in out and "    2 (0x0002): 1" in out
+    set_value = types_sim.world.set_value
+    set_value("K-tcp", "relay", 0.0)
+    code = await run_probe("127.0.0.1", port, None, False, 9600, "N", 1, 1, "0", 1, "coil", 1.0)
+    assert code == 0 and "    0 (0x0000): 0" in capsys.readouterr().out
+    # bits allow 2000 per read, registers 125
+    code = await run_probe("127.0.0.1", port, None, False, 9600, "N", 1, 1, "0", 126, "holding", 1.0)
+    assert code == 2 and "--count must be 1..125" in capsys.readouterr().err
