@@ -5,10 +5,14 @@ over" from mosquitto 2.0.15 on; before that, and with MQTT 3.1.1, a bare close),
 second later. That must be said once in one line naming the client id, then only counted; it is no lost
 broker, so no SourceStatus(False) after the first loss (and none at all when the broker says why). The
 default client id differs between hosts and not between restarts on one host.
+
+The installed mosquitto (2.0.11) closes without a word; the reason code path is tested against a few lines of
+broker written for the test at the end of this file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -16,6 +20,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from drivers.mqtt.settings import MqttSettings, make_subscription
 from gateway.app.mqtt import mqtt_settings
 from gateway.config import load_site
 from gateway.config.mqtt import default_client_id
@@ -146,3 +151,102 @@ async def test_two_subscribers_with_default_ids_on_two_hosts_do_not_take_over(
         assert a.subscriber.stats.reconnects == b.subscriber.stats.reconnects == 0
         assert a.subscriber.stats.takeovers == b.subscriber.stats.takeovers == 0
     assert warnings(caplog, "in use by another client") == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A broker that says why: mosquitto 2.0.15 and later send MQTT 5 DISCONNECT 0x8E "session taken over" to the
+# client whose session another one took. The installed mosquitto may be older, so a few lines of broker
+# written for this test say it: CONNACK, SUBACK, PUBACK as asked, then that DISCONNECT on the first
+# connection; later connections are left alone.
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    kind = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return kind, await reader.readexactly(length)
+
+
+def _suback(body: bytes) -> bytes:
+    packet_id, props_len = body[:2], body[2]
+    filters, at = 0, 3 + props_len
+    while at < len(body):
+        at += 2 + int.from_bytes(body[at : at + 2], "big") + 1  # topic filter, then its options byte
+        filters += 1
+    payload = packet_id + b"\x00" + b"\x01" * filters  # no properties, QoS 1 granted
+    return b"\x90" + _varint(len(payload)) + payload
+
+
+async def test_the_broker_saying_session_taken_over_is_a_takeover_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="meterwatch.mqtt")
+    connections = 0
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        try:
+            while True:
+                kind, body = await _packet(reader)
+                if kind >> 4 == 1:  # CONNECT
+                    writer.write(b"\x20\x03\x00\x00\x00")  # CONNACK: no session, success, no properties
+                elif kind >> 4 == 8:  # SUBSCRIBE
+                    writer.write(_suback(body))
+                    if first:
+                        writer.write(b"\xe0\x02\x8e\x00")  # DISCONNECT 0x8E "session taken over"
+                        await writer.drain()
+                        writer.close()
+                        return
+                elif kind >> 4 == 3 and kind & 0x06:  # PUBLISH with QoS > 0: PUBACK its packet id
+                    topic_len = int.from_bytes(body[:2], "big")
+                    writer.write(b"\x40\x02" + body[2 + topic_len : 4 + topic_len])
+                elif kind >> 4 == 12:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                elif kind >> 4 == 14:  # DISCONNECT
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = MqttSettings(
+        site="testsite",
+        client_id=CLIENT_ID,
+        subscriptions=(make_subscription("sensors/{building}/{device}/{quantity}"),),
+        devices={"B3-tank": "B3"},
+        host="127.0.0.1",
+        port=port,
+        reconnect_max=1.0,
+        keepalive=5,
+    )
+    try:
+        async with running(settings, wait=False) as r:
+            await eventually(lambda: r.subscriber.stats.reconnects >= 1, what="kicked off, then back")
+            await eventually(lambda: r.subscriber.subscribed, what="subscribed again")
+            said = warnings(caplog, CLIENT_ID, "in use by another client")
+            lost = losses(r)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(said) == 1 and 'the broker says "session taken over"' in said[0], said
+    assert lost == 0  # not even the first: the broker said why
+    assert warnings(caplog, "link down") == []
+    assert r.subscriber.stats.takeovers == 1
