@@ -25,8 +25,17 @@ InfluxDB, and the drop counter would say more than was lost. So the spool may ex
 most one batch, until the write ends: `ack` forgets the rows, `release` (the write failed) makes them the
 oldest rows again, the first to go at the next append over the bound.
 
-Corruption: a file SQLite cannot open or that fails `quick_check` is renamed `<name>.corrupt-<UTC time>`
-(kept for manual recovery) and a fresh spool is created, instead of refusing to start.
+Corruption: a file SQLite says is not a database or malformed, or that fails `quick_check`, is renamed
+`<name>.corrupt-<UTC time>` (kept for manual recovery) and a fresh spool is created, instead of refusing to
+start. Nothing else is taken for corruption (gateway/sink/storage_errors.py): a file locked by another
+process, a read-only or missing directory, an I/O error stop the start with one line (SpoolOpenError), so a
+healthy backlog is never moved aside.
+
+A full disk: a spool that cannot be opened because its disk is full starts unavailable (`unavailable` holds
+the error) and every call tries to open it again, so the daemon keeps detecting while the forwarder sheds
+samples (gateway/sink/shedding.py) until there is room. At start the byte bound is compared with the free
+space of the spool's disk and a bound the disk cannot hold is WARNED about (not refused: a gateway that
+refuses to start detects nothing), see `check_room`.
 """
 
 from __future__ import annotations
@@ -40,6 +49,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from gateway.sink.storage_errors import (
+    SpoolCorrupt,
+    classify,
+    describe,
+    free_bytes,
+    open_error,
+)
 
 log = logging.getLogger("meterwatch.spool")
 
@@ -73,6 +90,7 @@ class Buffer(Protocol):
     stats: BufferStats
     durable: bool
     max_bytes: int
+    unavailable: BaseException | None  # set while the spool cannot be opened (its disk is full)
 
     def append(self, lines: Sequence[str]) -> None: ...
     def peek(self, limit: int) -> list[Pending]:
@@ -121,17 +139,50 @@ class Spool(_InFlight):
         self.max_age = max_age
         self.clock = clock
         self.stats = BufferStats()
+        self.unavailable: BaseException | None = None  # why the file could not be opened (a full disk)
         self._last_drop_log: dict[str, float] = {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = self._open()
+        self._db: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise open_error(exc, self.path) from None
+        try:
+            self._db = self._open()
+        except (sqlite3.Error, OSError) as exc:
+            self.unavailable = exc  # only a full disk gets here: _open raises the rest as SpoolOpenError
+        check_room(self)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The open database; opened again first when the disk was full (raises while it still is)."""
+        if self._db is None:
+            try:
+                self._db = self._open()
+            except (sqlite3.Error, OSError) as exc:
+                self.unavailable = exc
+                raise
+            self.unavailable = None
+        return self._db
 
     # -- opening, corruption -------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
+        """Open the file; a corrupt one is moved aside first. A full disk raises its own error (the spool
+        stays unavailable); anything else raises SpoolOpenError."""
         try:
             return self._connect()
-        except sqlite3.DatabaseError as exc:
-            self._quarantine(str(exc))
+        except (sqlite3.Error, OSError) as exc:
+            kind = classify(exc, self.path)
+            if kind == "disk_full":
+                raise
+            if kind != "corrupt":
+                raise open_error(exc, self.path) from None
+            self._quarantine(describe(exc, self.path))
+        try:
             return self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            if classify(exc, self.path) == "disk_full":
+                raise
+            raise open_error(exc, self.path) from None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -140,19 +191,20 @@ class Spool(_InFlight):
             db.execute("PRAGMA synchronous=FULL")
             row = db.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
+                raise SpoolCorrupt(f"quick_check: {row[0] if row else 'no answer'}")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS points ("
                 " id INTEGER PRIMARY KEY AUTOINCREMENT, enq REAL NOT NULL, nbytes INTEGER NOT NULL,"
                 " line TEXT NOT NULL)"
             )
             n, total = db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM points").fetchone()
-        except sqlite3.DatabaseError:
+            first = db.execute("SELECT enq FROM points ORDER BY id LIMIT 1").fetchone()
+        except BaseException:
             db.close()
             raise
         self.stats.points, self.stats.bytes = int(n), int(total)
-        self.db = db
-        self._refresh_oldest()
+        self.stats.oldest_enqueued = float(first[0]) if first else None
+        self.release()  # ids may start again in a new file
         if n:
             log.info(
                 "spool holds points from before the restart; they are sent first",
@@ -174,13 +226,22 @@ class Spool(_InFlight):
         )
 
     def _recover(self, exc: sqlite3.DatabaseError) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.db.close()
-        self._quarantine(str(exc))
+        """The open file turned out corrupt: move it aside and go on with a new one. Any other error is the
+        caller's to handle (re-raised here)."""
+        if classify(exc, self.path) != "corrupt":
+            raise exc
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        self._quarantine(describe(exc, self.path))
         self.stats.points = self.stats.bytes = 0
-        self.release()  # ids start again in the new file
         self.stats.oldest_enqueued = None
-        self.db = self._connect()
+        self._db = self._connect()
+
+    def disk_free(self) -> int | None:
+        """Free bytes on the spool's disk (for the metrics)."""
+        return free_bytes(self.path)
 
     # -- the buffer protocol ---------------------------------------------------------------------------
     def append(self, lines: Sequence[str]) -> None:
@@ -191,9 +252,7 @@ class Spool(_InFlight):
         rows = [(now, _nbytes(line), line) for line in lines]
         try:
             self._append_rows(rows)
-        except sqlite3.OperationalError:
-            raise  # disk full, locked: the caller keeps the batch and retries
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.DatabaseError as exc:  # corrupt: a new file takes the batch; else the caller's
             self._recover(exc)
             self._append_rows(rows)
 
@@ -239,9 +298,7 @@ class Spool(_InFlight):
         try:
             cur = self.db.execute("SELECT id, line FROM points ORDER BY id LIMIT ?", (limit,))
             rows = [Pending(int(r[0]), str(r[1])) for r in cur]
-        except sqlite3.OperationalError:
-            raise
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.DatabaseError as exc:  # corrupt: a new, empty file; else the caller's
             self._recover(exc)
             return []
         return self._hand_out(rows)
@@ -266,21 +323,30 @@ class Spool(_InFlight):
         return n
 
     def close(self) -> None:
+        if self._db is None:
+            return
         with contextlib.suppress(sqlite3.Error):
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.db.close()
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
+        self._db = None
 
     # -- helpers ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT; ROLLBACK when anything escapes (the commit included) and re-raise."""
+        """BEGIN IMMEDIATE ... COMMIT; ROLLBACK when anything escapes (the commit included) and re-raise.
+
+        The error that escaped is the one re-raised: SQLite rolls a transaction back by itself on some
+        errors (SQLITE_FULL, SQLITE_IOERR), and a ROLLBACK then would fail with "no transaction is active"
+        and hide the disk-full error that mattered."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
 
     def _delete(self, where: str, arg: float) -> int:
@@ -311,10 +377,52 @@ class Spool(_InFlight):
         )
 
 
+# Between two checkpoints the WAL grows to about 1000 pages (SQLite's default auto-checkpoint): room the
+# disk needs besides the bound itself.
+WAL_ALLOWANCE = 1000 * 4096
+
+
+def spool_files_size(path: Path) -> int:
+    """Bytes the spool's files take now (the database, its WAL and WAL index): space it can reuse."""
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            total += Path(str(path) + suffix).stat().st_size
+    return total
+
+
+def check_room(spool: Spool) -> None:
+    """At start: warn (and go on) when the byte bound is more than the spool's disk can hold. The bound
+    drops the OLDEST points to make room; a disk that fills first makes the forwarder shed the NEWEST
+    samples instead, and the spool cannot even delete rows until there is room again. Warning, not
+    refusing: a gateway that refuses to start detects nothing, and the disk may be freed later."""
+    free = free_bytes(spool.path)
+    if free is None:
+        return
+    room = free + spool_files_size(spool.path)
+    if spool.max_bytes + WAL_ALLOWANCE <= room:
+        return
+    fits = max(0, room - WAL_ALLOWANCE) * 8 // 10  # leave a fifth to the logs and the incident store
+    log.warning(
+        "spool.max_bytes is more than the spool's disk can hold: starting anyway, but when the disk "
+        "fills new samples are shed (not stored) instead of the oldest being dropped; lower "
+        "spool.max_bytes or free space on that disk",
+        extra={
+            "fields": {
+                "path": str(spool.path),
+                "max_bytes": spool.max_bytes,
+                "room_bytes": room,
+                "suggested_max_bytes": fits,
+            }
+        },
+    )
+
+
 class MemoryBuffer(_InFlight):
     """Best-effort mode: the same bounds and drop-oldest policy, in memory; lost if the process dies."""
 
     durable = False
+    unavailable: BaseException | None = None
 
     def __init__(self, max_bytes: int, max_age: float, clock: Clock = time.time) -> None:
         super().__init__()
