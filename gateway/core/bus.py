@@ -3,6 +3,12 @@
 Each subscriber has its own bounded queue. A durable consumer (the InfluxDB spool, the rules engine) uses
 `overflow="block"`: a full queue slows the publisher down instead of losing an event. A best-effort
 consumer (the live terminal view) uses `overflow="drop_oldest"` and its drops are counted.
+
+A blocking subscriber may set `shed_after` (seconds): a publisher then waits at most that long for room
+in its queue; past it the event is shed for that subscriber alone (counted in `dropped`) and, until the
+queue has drained to half, further events are shed without waiting. The sink does this (see
+gateway/sink/shedding.py): storage that stalls costs the sources one bounded wait, and every other
+subscriber, the rules engine first, keeps getting every event.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ class Subscription:
     overflow: Overflow
     dropped: int = 0
     delivered: int = 0
+    shed_after: float | None = None  # "block" only: longest wait for room before shedding (None: no limit)
+    shedding: bool = False  # shed_after passed and the queue has not drained to half since
 
     async def get(self) -> Event:
         return await self.queue.get()
@@ -79,21 +87,49 @@ class Bus:
         self.published += 1
         for sub in self.subscriptions:
             if sub.overflow == "block":
-                await sub.queue.put(event)
+                if sub.shed_after is None:
+                    await sub.queue.put(event)
+                elif not await self._put_or_shed(sub, event):
+                    continue
             else:
                 self._put_dropping(sub, event)
             sub.delivered += 1
 
     def publish_nowait(self, event: Event) -> bool:
         """For callers outside the event loop's coroutines (e.g. a paho callback thread hands over via
-        `loop.call_soon_threadsafe`). Returns False when a blocking subscriber is full: the caller must
-        keep the event and retry, so nothing is lost."""
-        if any(s.overflow == "block" and s.queue.full() for s in self.subscriptions):
+        `loop.call_soon_threadsafe`). Returns False when a blocking subscriber is full (and not shedding):
+        the caller must keep the event and retry, so nothing is lost."""
+        full = [s for s in self.subscriptions if s.overflow == "block" and s.queue.full()]
+        if any(not s.shedding for s in full):
             return False
         self.published += 1
         for sub in self.subscriptions:
+            if sub in full:
+                sub.dropped += 1
+                continue
             self._put_dropping(sub, event)
             sub.delivered += 1
+        return True
+
+    @staticmethod
+    async def _put_or_shed(sub: Subscription, event: Event) -> bool:
+        """Queue `event` for a subscriber with `shed_after`; False when it was shed instead."""
+        queue = sub.queue
+        if sub.shedding and queue.qsize() > queue.maxsize // 2:
+            sub.dropped += 1  # still draining: waiting again would only slow every source down again
+            return False
+        sub.shedding = False
+        try:
+            queue.put_nowait(event)
+            return True
+        except asyncio.QueueFull:
+            pass
+        try:
+            await asyncio.wait_for(queue.put(event), sub.shed_after)
+        except TimeoutError:
+            sub.shedding = True
+            sub.dropped += 1
+            return False
         return True
 
     @staticmethod

@@ -52,6 +52,8 @@ from gateway.respond.model import DeliveryStatus, NoticeState
 from gateway.respond.sender import ChannelStats
 from gateway.sink.forwarder import Forwarder
 from gateway.sink.lineproto import LineEncoder
+from gateway.sink.shedding import SHED_REASONS
+from gateway.sink.spool import Spool
 from rules.engine import Engine
 from rules.model import Incident
 
@@ -319,7 +321,8 @@ class GatewayCollector(Collector):
         )
         yield _one_gauge(
             "meterwatch_sink_auth_error",
-            "HTTP status (401, 403, 404) while InfluxDB refuses our token, org or bucket; 0 when fine",
+            "HTTP status (401, 403, 404, 405; 400 for an unsupported path) while InfluxDB refuses our "
+            "token, org, bucket or URL; 0 when fine",
             float(s.config_error),
         )
         if s.last_success is not None:
@@ -357,7 +360,30 @@ class GatewayCollector(Collector):
         )
         yield _one_counter("meterwatch_spool_commits", "spool transactions (one per batch)", b.commits)
         yield _one_counter("meterwatch_spool_quarantined", "corrupt spool files moved aside", b.quarantined)
-        yield _one_counter("meterwatch_spool_append_errors", "failed spool appends (retried)", s.spool_errors)
+        yield _one_counter(
+            "meterwatch_spool_append_errors",
+            "failed spool calls (appends, reads, deletes, dead-letter writes)",
+            s.spool_errors,
+        )
+        yield _one_gauge(
+            "meterwatch_spool_failing",
+            "1 while the spool cannot store samples (a full disk, an I/O error): new samples are shed",
+            0.0 if fw.accepting else 1.0,
+        )
+        shed = _fixed_counts(
+            "meterwatch_sink_shed_samples",
+            "samples the sink did not store, by reason: disk_full and storage_error (the spool failed), "
+            "queue_full (bus events the sink's queue had no room for within its bounded wait)",
+            "reason",
+            {**fw.storage.shed, "queue_full": fw.sub.dropped},
+            SHED_REASONS,
+        )
+        yield shed
+        free = fw.buffer.disk_free() if isinstance(fw.buffer, Spool) else None
+        if free is not None:
+            yield _one_gauge(
+                "meterwatch_spool_disk_free_bytes", "free bytes on the spool's file system", float(free)
+            )
         yield _one_counter(
             "meterwatch_sink_values_skipped",
             "NaN or infinite values line protocol cannot carry",
@@ -372,7 +398,9 @@ class GatewayCollector(Collector):
         )
         depth = _gauge("meterwatch_bus_queue_events", "events waiting per subscriber", "subscriber")
         dropped = _counter(
-            "meterwatch_bus_dropped_events", "events a best-effort subscriber lost", "subscriber"
+            "meterwatch_bus_dropped_events",
+            "events a subscriber lost (best-effort ones; the sink sheds after a bounded wait)",
+            "subscriber",
         )
         for sub in self.bus.subscriptions:
             depth.add_metric([sub.name], sub.queue.qsize())

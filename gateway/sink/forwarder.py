@@ -8,6 +8,11 @@ Two loops share one buffer:
   writes them synchronously and acks (deletes) what InfluxDB took. What InfluxDB refuses for good goes to
   the dead-letter file; everything else stays and is retried with backoff (Retry-After honoured).
 
+When the spool itself fails (a full disk, an I/O error) the sink never holds the bus: a failing append is
+retried for at most `shed_after` seconds, then its batch is shed and counted by reason, and the sink's bus
+subscription sheds after the same bounded wait if the spool stalls (gateway/sink/shedding.py,
+gateway/core/bus.py). Stop is honoured throughout: no retry outlives it.
+
 SQLite calls run on one dedicated thread and HTTP writes on another, so neither blocks the event loop and
 a slow InfluxDB never delays the spool commits.
 """
@@ -27,9 +32,10 @@ from typing import Protocol, TypeVar
 from gateway.core.bus import Subscription
 from gateway.core.stats import Histogram
 from gateway.core.types import Event, Sample
-from gateway.sink.deadletter import DeadLetters
+from gateway.sink.deadletter import DeadLetter, DeadLetters
 from gateway.sink.influx import WriteOutcome
 from gateway.sink.lineproto import LineEncoder
+from gateway.sink.shedding import StorageHealth
 from gateway.sink.spool import Buffer, Pending
 
 log = logging.getLogger("meterwatch.sink")
@@ -40,6 +46,12 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 10.0
 RETRY_AFTER_MAX = 600.0
 EXPIRE_EVERY = 10.0
+# A failing append is retried this long before its batch is shed; the sink's bus subscription waits as
+# long for room before shedding. Short against systemd's watchdog and stop timeouts (30 s in our unit).
+SHED_AFTER = 2.0
+# The sender's pause after a spool error (a full disk cannot even delete the points InfluxDB took).
+STORAGE_RETRY = 5.0
+DEAD_LOG_EVERY = 60.0  # seconds between two log lines about dead letters
 
 T = TypeVar("T")
 
@@ -63,7 +75,7 @@ class SinkStats:
     config_error: int = 0  # HTTP status of a 401/403/404 still unresolved, else 0
     reachable: bool = False
     last_error: str = ""
-    spool_errors: int = 0
+    spool_errors: int = 0  # failed spool calls (appends, reads, deletes) and dead-letter writes
 
 
 @dataclass
@@ -96,8 +108,11 @@ class Forwarder:
         batch_size: int = 1000,
         flush_interval: float = 1.0,
         replay_rate: float = 5000.0,
+        shed_after: float = SHED_AFTER,
     ) -> None:
         self.sub = sub
+        self.sub.shed_after = shed_after  # the sink's queue never holds the sources longer than this
+        self.shed_after = shed_after
         self.encoder = encoder
         self.buffer = buffer
         self.writer = writer
@@ -106,11 +121,20 @@ class Forwarder:
         self.flush_interval = flush_interval
         self.bucket = TokenBucket(rate=replay_rate, burst=max(float(batch_size), replay_rate))
         self.stats = SinkStats()
-        self.accepting = True  # the buffer takes new points (the last append succeeded)
+        self.storage = StorageHealth(getattr(buffer, "path", None))
+        if buffer.unavailable is not None:  # the spool's disk was full at start
+            self.storage.failed(buffer.unavailable, "open")
+        self._last_dead_log = -1e9
         self._spool_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._http_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx")
         self._wake = asyncio.Event()
         self._backoff = BACKOFF_START
+
+    @property
+    def accepting(self) -> bool:
+        """The buffer takes new points (no failing episode)."""
+        self.storage.settle()
+        return not self.storage.failing
 
     # -- running ------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -124,6 +148,11 @@ class Forwarder:
                 t.cancel()
             if not self.buffer.durable:
                 await self._final_flush()
+            if self.storage.failing:
+                log.warning(
+                    "stopping while the spool cannot store samples",
+                    extra={"fields": {"error": self.storage.failing, "shed": dict(self.storage.shed)}},
+                )
             await self._on_spool(self.buffer.close)
             await asyncio.to_thread(self.writer.close)
             self._spool_thread.shutdown(wait=True)
@@ -172,18 +201,24 @@ class Forwarder:
             lines.append(line)
 
     async def _append(self, lines: list[str], stop: asyncio.Event) -> None:
-        delay = 0.5
+        """Store the batch, or shed it. A healthy spool that fails is retried for up to `shed_after`
+        seconds (a passing hiccup sheds nothing); during a failing episode each batch gets one attempt.
+        Neither outlives stop: at stop a failing batch is shed at once."""
+        retry_until = None if self.storage.failing else time.monotonic() + self.shed_after
+        delay = 0.1
         while True:
             try:
                 await self._on_spool(self.buffer.append, lines)
-            except Exception as exc:  # disk full, I/O error: keep the batch, the bus backs up meanwhile
-                self.accepting = False
+            except Exception as exc:  # a full disk, an I/O error, a file locked meanwhile
                 self.stats.spool_errors += 1
-                log.error("spool append failed, retrying", extra={"fields": {"error": str(exc)}})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                self.storage.failed(exc, "append")
+                if retry_until is None or stop.is_set() or time.monotonic() + delay > retry_until:
+                    self.storage.shed_samples(len(lines))
+                    return
+                await _sleep_or_stop(stop, delay)
+                delay *= 2
                 continue
-            self.accepting = True
+            self.storage.succeeded()
             self.stats.points_in += len(lines)
             self._wake.set()
             return
@@ -192,50 +227,95 @@ class Forwarder:
     async def _send_loop(self, stop: asyncio.Event) -> None:
         next_expire = 0.0
         while not stop.is_set():
-            if time.monotonic() >= next_expire:
-                await self._on_spool(self.buffer.expire)
-                next_expire = time.monotonic() + EXPIRE_EVERY
-            self._wake.clear()
-            pending = await self._on_spool(self.buffer.peek, self.batch_size)
-            if not pending:
-                await _wait(self._wake, stop, EXPIRE_EVERY)
-                continue
-            delay = self.bucket.delay_for(len(pending))
-            if delay > 0 and await _sleep_or_stop(stop, delay):
-                return
-            settled, outcome = await self._deliver(pending)
-            if settled:
-                await self._on_spool(self.buffer.ack, pending[settled - 1].id)
-            if outcome is not None:
-                await self._on_spool(self.buffer.release)  # the unsettled rows may be dropped again
-            if outcome is not None and outcome.kind != "ok":
-                wait = self._retry_delay(outcome)
-                if await _sleep_or_stop(stop, wait):
+            self.storage.settle()  # a failing episode ends also when no sample comes after the last success
+            try:
+                if time.monotonic() >= next_expire:
+                    await self._on_spool(self.buffer.expire)
+                    next_expire = time.monotonic() + EXPIRE_EVERY
+                if await self._send_step(stop):
                     return
+            except Exception as exc:  # the spool failed: a full disk cannot even delete what was written
+                self.stats.spool_errors += 1
+                self.storage.failed(exc, "send")
+                await self._on_spool(self.buffer.release)
+                if await _sleep_or_stop(stop, STORAGE_RETRY):
+                    return
+
+    async def _send_step(self, stop: asyncio.Event) -> bool:
+        """Send the oldest batch (or wait for one); True when stop came meanwhile."""
+        self._wake.clear()
+        pending = await self._on_spool(self.buffer.peek, self.batch_size)
+        if not pending:
+            await _wait(self._wake, stop, EXPIRE_EVERY)
+            return False
+        delay = self.bucket.delay_for(len(pending))
+        if delay > 0 and await _sleep_or_stop(stop, delay):
+            return True
+        settled, outcome = await self._deliver(pending)
+        if settled:
+            await self._on_spool(self.buffer.ack, pending[settled - 1].id)
+        if outcome is not None:
+            await self._on_spool(self.buffer.release)  # the unsettled rows may be dropped again
+        if outcome is not None and outcome.kind != "ok":
+            return await _sleep_or_stop(stop, self._retry_delay(outcome))
+        return False
 
     async def _deliver(self, rows: list[Pending]) -> tuple[int, WriteOutcome | None]:
         """Write rows; returns how many leading rows are settled (written or dead-lettered) and the
         outcome that stopped the rest (None when all settled)."""
+        refused: list[tuple[int, WriteOutcome]] = []  # (index in rows, answer): refused for good
+        settled, outcome = await self._settle(rows, 0, refused)
+        if not refused:
+            return settled, outcome
+        letters = [DeadLetter(rows[i].line, o.status, o.message, o.kind) for i, o in refused]
+        try:
+            await self._on_spool(self.dead.add, letters)
+        except OSError as exc:  # not in the dead-letter file: these rows stay in the spool
+            self.stats.spool_errors += 1
+            self.storage.failed(exc, "dead-letter file")
+            return refused[0][0], WriteOutcome("retry", None, None, f"dead-letter file: {exc}")
+        self._log_dead(letters)
+        return settled, outcome
+
+    async def _settle(
+        self, rows: list[Pending], offset: int, refused: list[tuple[int, WriteOutcome]]
+    ) -> tuple[int, WriteOutcome | None]:
+        """_deliver's recursion: halves a refused batch until each refused point stands alone and is
+        noted in `refused` (settled, once the dead-letter file has it)."""
         outcome = await self._write([r.line for r in rows])
         if outcome.kind == "ok":
             return len(rows), None
         if outcome.kind in ("too_large", "rejected"):
             if len(rows) > 1:
                 half = len(rows) // 2
-                n1, out1 = await self._deliver(rows[:half])
+                n1, out1 = await self._settle(rows[:half], offset, refused)
                 if out1 is not None:
                     return n1, out1
-                n2, out2 = await self._deliver(rows[half:])
+                n2, out2 = await self._settle(rows[half:], offset + half, refused)
                 return half + n2, out2
-            await self._on_spool(self.dead.add, [rows[0].line], outcome.status, outcome.message, outcome.kind)
-            log.warning(
-                "InfluxDB refused a point; moved to the dead-letter file",
-                extra={
-                    "fields": {"status": outcome.status, "reason": outcome.message, "file": self.dead.path}
-                },
-            )
+            refused.append((offset, outcome))
             return 1, None
         return 0, outcome
+
+    def _log_dead(self, letters: list[DeadLetter]) -> None:
+        """One line per minute at most: a stream of bad points must not flood the log (the metric counts)."""
+        now = time.monotonic()
+        if now - self._last_dead_log < DEAD_LOG_EVERY:
+            return
+        self._last_dead_log = now
+        log.warning(
+            "InfluxDB refused points for good; moved to the dead-letter file "
+            "(meterwatch deadletter replay sends them again once the cause is fixed)",
+            extra={
+                "fields": {
+                    "points": len(letters),
+                    "status": letters[0].status,
+                    "reason": letters[0].reason,
+                    "file": str(self.dead.path),
+                    "total": self.dead.counts.total(),
+                }
+            },
+        )
 
     async def _write(self, lines: list[str]) -> WriteOutcome:
         t0 = time.perf_counter()
@@ -270,7 +350,7 @@ class Forwarder:
             self.stats.reachable = True
             if self.stats.config_error != outcome.status:
                 log.error(
-                    "InfluxDB refuses our credentials or bucket (fix the influx section or the token); "
+                    "InfluxDB refuses our writes: fix the influx section (url, token, org or bucket); "
                     "points are kept and retried",
                     extra={"fields": {"status": outcome.status, "error": outcome.message}},
                 )
