@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from gateway.cli.deadletter import deadletter
 from gateway.cli.desk import register as register_desk
 from gateway.cli.drill import drill
 from gateway.cli.incidents import incidents
@@ -28,6 +29,7 @@ for command in (check, plan, probe, schema, run, simulate, replay, incidents):
 app.add_typer(notify, name="notify")
 app.command()(qr)  # the QR code of a building's public page (gateway/cli/qr.py)
 register_desk(app)  # staff actions through the daemon's write API: open, ack, on-site, ..., oncall
+app.add_typer(deadletter, name="deadletter")  # send refused points again (gateway/cli/deadletter.py)
 app.command()(drill)  # a drill through the real notice and dispatch chain (gateway/cli/drill.py)
 app.command()(report)  # an incident's report or the monthly review, from the store (gateway/cli/report.py)
 

@@ -6,6 +6,7 @@ and are not stored (the daemon says so in its log at start).
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +19,10 @@ from gateway.core.durations import Duration
 class InfluxConfig(Strict):
     """An InfluxDB v2 write endpoint (InfluxDB 2.x/3.x, VictoriaMetrics, anything speaking /api/v2/write)."""
 
-    url: str = Field(description="base URL, e.g. http://localhost:8086")
+    url: str = Field(
+        description="the server's base URL, without a path (the client adds /api/v2/write), "
+        "e.g. http://localhost:8086"
+    )
     org: str = Field(default="meterwatch", description="organisation (ignored by VictoriaMetrics)")
     bucket: str = Field(default="meterwatch", description="bucket (ignored by VictoriaMetrics)")
     token: SecretStr | None = Field(default=None, description="API token; write it as ${INFLUX_TOKEN}")
@@ -31,6 +35,15 @@ class InfluxConfig(Strict):
     def _url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+        parts = urllib.parse.urlsplit(v)
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            # the client appends /api/v2/write to the URL: a path here makes every write miss the
+            # endpoint, and a server may answer that as bad points (400) rather than as a wrong URL
+            host = parts.netloc.rpartition("@")[2]  # never echo credentials
+            raise ValueError(
+                f"expected the server's base URL without a path: write {parts.scheme}://{host} "
+                "(the client adds /api/v2/write itself)"
+            )
         return v.rstrip("/")
 
 

@@ -10,7 +10,8 @@ one HTTP request per call and says what the answer means:
 | 429, 5xx                       | retry        | back off, honouring Retry-After                      |
 | 413                            | too_large    | split the batch in halves                            |
 | 400, 422, other 4xx            | rejected     | split to isolate the bad points, dead-letter them    |
-| 401, 403, 404                  | config       | keep the points, raise a clear error and a metric    |
+| 401, 403, 404, 405             | config       | keep the points, raise a clear error and a metric    |
+| 400 "unsupported path"         | config       | the same: the URL is wrong, not the points           |
 | refused, timeout, DNS, reset   | unreachable  | keep the points, retry with capped backoff           |
 """
 
@@ -46,7 +47,7 @@ def classify_status(status: int) -> OutcomeKind:
         return "ok"
     if status == 413:
         return "too_large"
-    if status in (401, 403, 404):
+    if status in (401, 403, 404, 405):
         return "config"
     if status == 429 or status >= 500:
         return "retry"
@@ -67,6 +68,23 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+# What servers answer when the write went to a path they do not serve: VictoriaMetrics says 400 with this
+# text (it would otherwise be taken for bad points, and every point would go to the dead-letter file).
+_WRONG_PATH_TEXTS = ("unsupported path requested",)
+WRONG_ENDPOINT_HINT = (
+    "the write endpoint is not where influx.url points: give the server's base URL without a path, "
+    "e.g. http://host:8086 (the client adds /api/v2/write)"
+)
+
+
+def says_wrong_endpoint(status: int, body: str) -> bool:
+    """The answer says the request went to the wrong place (not that the points are bad). InfluxDB's own
+    404 names the missing bucket or org: that is the influx section's bucket or org, not its URL."""
+    if status == 404:
+        return not any(word in body.lower() for word in ("bucket", "organization", "org "))
+    return status == 405 or (status == 400 and any(t in body for t in _WRONG_PATH_TEXTS))
 
 
 def _body_text(exc: ApiException) -> str:
@@ -101,7 +119,12 @@ class InfluxWriter:
             headers = exc.headers
             retry_after = parse_retry_after(headers.get("Retry-After") if headers else None)
             kind = classify_status(status) if status else "unreachable"
-            return WriteOutcome(kind, status, retry_after, f"HTTP {status}: {_body_text(exc)}")
+            body = _body_text(exc)
+            message = f"HTTP {status}: {body}"
+            if says_wrong_endpoint(status, body):
+                kind = "config"
+                message += f" ({WRONG_ENDPOINT_HINT})"
+            return WriteOutcome(kind, status, retry_after, message)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             return WriteOutcome("unreachable", None, None, f"{type(exc).__name__}: {exc}"[:500])
         return WriteOutcome("ok", 204)
