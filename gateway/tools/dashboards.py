@@ -387,7 +387,8 @@ def gateway_health() -> dict[str, Any]:
                 "Errors per second by kind",
                 (Prom(rate_by("kind", "meterwatch_device_errors_total"), "{{kind}}"),),
                 unit="reqps",
-                description="timeout, connection, crc, framing, exception_<code>, decode, nan",
+                description="timeout, connection, crc, framing, wrong_unit, wrong_function, stale (an answer "
+                "to an earlier request), exception_<code>, decode, nan",
             ),
             Panel(
                 "Errors per second by device",

@@ -151,6 +151,10 @@ def test_compose_has_no_well_known_credentials_and_publishes_nothing_beyond_this
             assert str(port).startswith("127.0.0.1:"), f"{svc_name} publishes {port} on every interface"
 
 
+def test_the_gateway_container_keeps_its_host_name_so_its_mqtt_session_survives() -> None:
+    assert compose()["services"]["meterwatch"].get("hostname"), "a recreated container would get a new id"
+
+
 def test_the_simulator_service_runs_without_the_influx_token(tmp_path: Path) -> None:
     """The compose simulator has no INFLUX_TOKEN: `simulate` must not need what it never uses."""
     env = {k: v for k, v in os.environ.items() if k != "INFLUX_TOKEN"}
