@@ -28,7 +28,7 @@ class RunLockError(Exception):
 def hold_state_dir(state: Path) -> int:
     """Create the state dir and lock it for this process; returns the lock's descriptor, to keep open."""
     try:
-        state.mkdir(parents=True, exist_ok=True)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)  # the daemon's state is its owner's alone
         fd = os.open(state / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise RunLockError(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from gateway.sink.influx import WriteOutcome
 from gateway.sink.lineproto import LineEncoder
 from gateway.sink.shedding import StorageHealth
 from gateway.sink.spool import Buffer, Pending
+from gateway.sink.storage_errors import SpoolOpenError
 
 log = logging.getLogger("meterwatch.sink")
 
@@ -52,6 +54,8 @@ SHED_AFTER = 2.0
 # The sender's pause after a spool error (a full disk cannot even delete the points InfluxDB took).
 STORAGE_RETRY = 5.0
 DEAD_LOG_EVERY = 60.0  # seconds between two log lines about dead letters
+# What a failing spool raises; anything else is a bug and fails the component loudly.
+STORAGE_ERRORS = (sqlite3.Error, OSError, SpoolOpenError)
 
 T = TypeVar("T")
 
@@ -203,13 +207,17 @@ class Forwarder:
     async def _append(self, lines: list[str], stop: asyncio.Event) -> None:
         """Store the batch, or shed it. A healthy spool that fails is retried for up to `shed_after`
         seconds (a passing hiccup sheds nothing); during a failing episode each batch gets one attempt.
-        Neither outlives stop: at stop a failing batch is shed at once."""
+        Neither outlives stop: at stop a failing batch is shed at once, and while storage fails the batches
+        still queued at stop are shed without an attempt (a locked file costs seconds per attempt)."""
+        if stop.is_set() and self.storage.failing:
+            self.storage.shed_samples(len(lines))
+            return
         retry_until = None if self.storage.failing else time.monotonic() + self.shed_after
         delay = 0.1
         while True:
             try:
                 await self._on_spool(self.buffer.append, lines)
-            except Exception as exc:  # a full disk, an I/O error, a file locked meanwhile
+            except STORAGE_ERRORS as exc:  # a full disk, an I/O error, a file locked meanwhile
                 self.stats.spool_errors += 1
                 self.storage.failed(exc, "append")
                 if retry_until is None or stop.is_set() or time.monotonic() + delay > retry_until:
@@ -234,7 +242,7 @@ class Forwarder:
                     next_expire = time.monotonic() + EXPIRE_EVERY
                 if await self._send_step(stop):
                     return
-            except Exception as exc:  # the spool failed: a full disk cannot even delete what was written
+            except STORAGE_ERRORS as exc:  # a full disk cannot even delete what InfluxDB took
                 self.stats.spool_errors += 1
                 self.storage.failed(exc, "send")
                 await self._on_spool(self.buffer.release)
