@@ -138,6 +138,8 @@ def _keep(path: Path, result: ReplayResult) -> None:
 def replay(path: Path, writer: Writer, batch_size: int) -> ReplayResult:
     """Send the dead letters of `path` through `writer`; raises ReplayBusy when another replay runs."""
     result = ReplayResult(path)
+    if not path.parent.is_dir():  # no state dir: the daemon never wrote a dead letter there
+        return result
     with _replay_lock(path):
         work = _claim(path)
         letters = _read(work)
