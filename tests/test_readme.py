@@ -79,3 +79,17 @@ def test_the_generator_refuses_a_field_without_a_description() -> None:
 
     with pytest.raises(ValueError, match="untold"):
         _rows(Section, "section.", {Section})
+
+
+def test_the_first_site_of_the_walk_through_is_valid(tmp_path: Path) -> None:
+    from gateway.config import load_site
+
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Your first site") : text.index("## Commands")]
+    block = section[
+        section.index("```yaml") + len("```yaml") : section.index("```", section.index("```yaml") + 7)
+    ]
+    site = tmp_path / "site.yaml"
+    site.write_text("\n".join(line[3:] for line in block.splitlines()), encoding="utf-8")
+    loaded = load_site(site)
+    assert [d.profile for d in loaded.config.devices] == ["sdm630"]

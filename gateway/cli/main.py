@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import typer
 
 from gateway.cli.deadletter import deadletter
@@ -20,8 +22,26 @@ from gateway.cli.site import check, plan, schema
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # plain help: flags read --json or --color/--no-color, not "<bool>"
+    rich_markup_mode=None,
     help="meterwatch: watch a building's water and power meters, store every reading, raise incidents.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"meterwatch {version('meterwatch')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """meterwatch: watch a building's water and power meters, store every reading, raise incidents."""
+
 
 # in the order `meterwatch --help` lists them
 for command in (check, plan, probe, schema, run, simulate, replay, incidents):
