@@ -464,13 +464,17 @@ class GatewayCollector(Collector):
             "building",
         )
         per_key: dict[tuple[str, str], int] = {}
+        drills = _gauge("meterwatch_drills_open", "open drills (meterwatch drill), never counted above")
+        drills.add_metric([], float(sum(1 for inc in incidents if inc.drill)))
         for inc in incidents:
+            if inc.drill:  # a drill must not page anyone through the gateway's own alerts or annotations
+                continue
             category, scope = str(inc.category), str(inc.scope)
             per_key[(category, scope)] = per_key.get((category, scope), 0) + 1
             each.add_metric([str(inc.id), category, scope, str(inc.severity), self._building_of(scope)], 1.0)
         for (category, scope), n in sorted(per_key.items()):
             counts.add_metric([category, scope], n)
-        yield from (counts, each)
+        yield from (counts, each, drills)
 
     def _glitches(self) -> Iterator[Metric]:
         engine = getattr(self.exported.incidents, "engine", None)

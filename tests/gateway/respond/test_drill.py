@@ -206,6 +206,11 @@ def test_a_drill_is_dispatched_escalated_acknowledged_and_resolved_marked_and_re
         assert 'id="open-count">0<' in console and 'id="drill-count">演练 1<' in console
         status, building = call(live, "GET", "/b/B1", token=None)
         assert status == 200 and "供电正常" in building and "停电中" not in building
+        # /metrics counts it apart: the gateway's own alerts and Grafana annotations never see a drill
+        with urllib.request.urlopen(live.daemon.url + "/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        assert "meterwatch_drills_open 1.0" in metrics
+        assert f'incident_id="{drill}"' not in metrics
 
         # staff resolve it; staff hear of it
         ok(live, "POST", f"/api/incidents/{drill}/resolve", {"note": "drill over"})
