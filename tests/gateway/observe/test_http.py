@@ -85,6 +85,7 @@ class FakeIncident:
     scope: str
     severity: str
     title: str = ""
+    drill: bool = False
 
 
 class FakeIncidents:
