@@ -17,6 +17,7 @@ nothing else (no firing, no incident). Absence is judged by the clock, never by 
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable
 
@@ -87,6 +88,26 @@ class Engine:
         # is the recorder stopping, not the meters, so it is not judged; None in the live daemon
         self.data_end: float | None = None
         self._dirty = False
+        # next_wakeup must not scan every device and alert: at high MQTT rates the detector asks for it on
+        # every round, and a scan was a fifth of all CPU. Both timers live in heaps instead, with lazy
+        # invalidation: an entry is checked against the live state when it reaches the top, so the hot
+        # paths only update dicts and push when something new becomes due.
+        # device -> its shortest absence stale_after (devices no absence rule watches are not here)
+        self._stale: dict[str, float] = {
+            d: min(ab.stale_after[d] for ab in rules) for d, rules in self.absence.items() if rules
+        }
+        # one entry per device in _abs_queued, keyed at or before its due time (last_seen + _stale): a
+        # sample only moves last_seen on, and the entry is re-keyed when it reaches the top. A device that
+        # is down, or whose due time has passed (engine time never goes back), leaves the heap until it
+        # comes up or is seen again (_seen).
+        self._abs_heap: list[tuple[float, str]] = [(start + st, d) for d, st in self._stale.items()]
+        heapq.heapify(self._abs_heap)
+        self._abs_queued: set[str] = set(self._stale)
+        # pending, confirmed alerts' fire times (since + for_); an entry is valid while its alert is still
+        # the pending, confirmed one with that due time. _pend_due: key -> the latest due time pushed, so an
+        # unchanged alert is not pushed again (an entry with that time is in the heap while it is set).
+        self._pend_heap: list[tuple[float, AlertKey]] = []
+        self._pend_due: dict[AlertKey, float] = {}
 
     # ---------------------------------------------------------------------------------------------------
     @property
@@ -126,7 +147,7 @@ class Engine:
                 self.unknown_devices += 1
                 return out
             if event.up:
-                self.down.discard(event.device)
+                self._seen(event.device)
             else:
                 self.down.add(event.device)
                 self._silent(event.device, event.ts, out)
@@ -158,7 +179,7 @@ class Engine:
         d = s.device
         if s.ts > self.last_seen[d]:
             self.last_seen[d] = s.ts
-        self.down.discard(d)
+        self._seen(d)
         if self.corr.answered(d, s.ts):
             self._dirty = True
         self.ctx.last_values[d] = s.values
@@ -171,6 +192,13 @@ class Engine:
         for k in self.by_device[d]:
             for sub, cond, value in k.on_sample(node, s, self.ctx):
                 self._apply(k.info, d, sub, cond, value, s.ts, out)
+
+    def _seen(self, d: str) -> None:
+        """`d` is up (a sample, or its source says so): its absence timer runs again from last_seen."""
+        self.down.discard(d)
+        if d not in self._abs_queued and d in self._stale:
+            self._abs_queued.add(d)
+            heapq.heappush(self._abs_heap, (self.last_seen[d] + self._stale[d], d))
 
     def _silent(self, d: str, ts: float, out: list[Transition]) -> None:
         self.corr.went_silent(d)
@@ -218,25 +246,57 @@ class Engine:
         return out
 
     def next_wakeup(self) -> float | None:
-        """The earliest time a tick could change something, for replay in virtual time."""
-        cands: list[float] = []
-        for d, abs_rules in self.absence.items():
-            if abs_rules and d not in self.down:
-                due = self.last_seen[d] + min(ab.stale_after[d] for ab in abs_rules)
-                if self.data_end is None or due <= self.data_end:
-                    cands.append(due)
-        for a in self.alerts.values():
-            if a.state == AlertState.PENDING and self._confirmed(a, self.infos[a.rule]):
-                cands.append(a.since + self.infos[a.rule].for_)  # unconfirmed: only a sample can fire it
+        """The earliest time a tick could change something, for replay in virtual time and the detector's
+        sleep. Exactly what _scan_wakeup (the full scan it replaces) returns, from the heaps."""
+        now = self.now
+        best = INF
+        heap, last_seen, stale, down = self._abs_heap, self.last_seen, self._stale, self.down
+        while heap:
+            due, d = heap[0]
+            if d in down:  # no absence timer while down; _seen queues it again
+                heapq.heappop(heap)
+                self._abs_queued.discard(d)
+                continue
+            cur = last_seen[d] + stale[d]
+            if due != cur:  # seen since it was queued: re-key, it may no longer be the earliest
+                heapq.heapreplace(heap, (cur, d))
+                continue
+            if cur <= now:  # passed, and engine time never goes back: only a new sample makes it due again
+                heapq.heappop(heap)
+                self._abs_queued.discard(d)
+                continue
+            # the earliest of all: if it falls after the recording's end, every other one does too
+            if self.data_end is None or cur <= self.data_end:
+                best = cur
+            break
+        pend = self._pend_heap
+        while pend:
+            due, key = pend[0]
+            a = self.alerts.get(key)
+            if a is not None and due > now and a.state == AlertState.PENDING:
+                info = self.infos[a.rule]
+                if a.since + info.for_ == due and self._confirmed(a, info):
+                    best = min(best, due)
+                    break
+            heapq.heappop(pend)  # stale (fired, dropped, restarted, unconfirmed) or passed
+            if self._pend_due.get(key) == due:
+                del self._pend_due[key]
         for k in self._timed:
             w = k.wakeup()
-            if w is not None:
-                cands.append(w)
+            if w is not None and now < w < best:
+                best = w
         hold = self.corr.hold_deadline()
-        if hold is not None:
-            cands.append(hold)
-        future = [c for c in cands if c > self.now]
-        return min(future) if future else None
+        if hold is not None and now < hold < best:
+            best = hold
+        return None if best == INF else best
+
+    def _track(self, a: Alert, info: RuleInfo) -> None:
+        """Queue a pending alert's fire time once it is confirmed, and again whenever its hold restarts."""
+        if a.state == AlertState.PENDING and self._confirmed(a, info):
+            due = a.since + info.for_
+            if self._pend_due.get(a.key) != due:
+                self._pend_due[a.key] = due
+                heapq.heappush(self._pend_heap, (due, a.key))
 
     # ---------------------------------------------------------------------------------------------------
     def _apply(
@@ -261,6 +321,8 @@ class Engine:
                 )
                 if info.for_ <= 0 and self._confirmed(a, info):
                     self._set(a, AlertState.FIRING, ts, out)
+                else:
+                    self._track(a, info)
             return
         if ts < a.last_evidence:
             return  # late, out-of-order evidence cannot rewrite what is already decided
@@ -275,6 +337,8 @@ class Engine:
                 self.streak[key] = 1 if gap else self.streak.get(key, 0) + 1
                 if _held(a, ts, gap, info.for_) and self._confirmed(a, info):
                     self._set(a, AlertState.FIRING, ts, out)
+                else:
+                    self._track(a, info)  # newly confirmed, or its hold restarted after a gap
             elif a.state == AlertState.RECOVERING:
                 a.flaps += 1
                 self._set(a, AlertState.FIRING, ts, out, "flap")
@@ -335,6 +399,7 @@ class Engine:
             if a.state in (AlertState.PENDING, AlertState.RECOVERING):
                 a.last_evidence = -INF
             self.alerts[a.key] = a
+            self._track(a, self.infos[a.rule])
         for inc in incidents:
             self.corr.restore_incident(inc)
         for k in self.kinds:
@@ -343,6 +408,9 @@ class Engine:
                 k.restore(st)
         for d in self.last_seen:
             self.last_seen[d] = max(self.last_seen[d], self.now)
+            if d in self._stale and d not in self._abs_queued and d not in self.down:
+                self._abs_queued.add(d)  # its timer restarts from now, also if it had passed
+                heapq.heappush(self._abs_heap, (self.last_seen[d] + self._stale[d], d))
         self._dirty = True
 
 
@@ -353,6 +421,29 @@ def _held(a: Alert, ts: float, gap: bool, hold: float) -> bool:
         a.since = ts
         return False
     return ts - a.since >= hold
+
+
+def _scan_wakeup(eng: Engine) -> float | None:
+    """The full scan Engine.next_wakeup replaced (every device, every alert): the reference it must equal
+    in every state, kept for the test that checks so (tests/rules/test_wakeup.py) and the bench's before."""
+    cands: list[float] = []
+    for d, abs_rules in eng.absence.items():
+        if abs_rules and d not in eng.down:
+            due = eng.last_seen[d] + min(ab.stale_after[d] for ab in abs_rules)
+            if eng.data_end is None or due <= eng.data_end:
+                cands.append(due)
+    for a in eng.alerts.values():
+        if a.state == AlertState.PENDING and eng._confirmed(a, eng.infos[a.rule]):
+            cands.append(a.since + eng.infos[a.rule].for_)  # unconfirmed: only a sample can fire it
+    for k in eng._timed:
+        w = k.wakeup()
+        if w is not None:
+            cands.append(w)
+    hold = eng.corr.hold_deadline()
+    if hold is not None:
+        cands.append(hold)
+    future = [c for c in cands if c > eng.now]
+    return min(future) if future else None
 
 
 __all__ = ["MAINS_RULE", "Engine"]

@@ -84,11 +84,15 @@ def scope_to_trace(site: Site, events: list[Event], strict: bool = False) -> tup
 
 
 def run_replay(
-    site: Site, events: Iterable[Event], tail: float = 0.0, start: float | None = None
+    site: Site,
+    events: Iterable[Event],
+    tail: float = 0.0,
+    start: float | None = None,
+    engine_type: type[Engine] = Engine,  # a test replays with a subclass that checks every step
 ) -> ReplayResult:
     evs = list(events)
     t0 = start if start is not None else (evs[0].ts if evs else 0.0)
-    engine = build_engine(site, start=t0)
+    engine = build_engine(site, start=t0, engine_type=engine_type)
     out: list[Transition] = []
 
     def advance(until: float, inclusive: bool) -> None:

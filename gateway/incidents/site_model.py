@@ -52,7 +52,7 @@ def topology_from_site(site: Site) -> Topology:
     )
 
 
-def build_engine(site: Site, start: float) -> Engine:
+def build_engine(site: Site, start: float, engine_type: type[Engine] = Engine) -> Engine:
     topo = topology_from_site(site)
     kinds = compile_rules(effective_rules(site.config.rules), topo)
-    return Engine(topo, kinds, settings(site.config.detection), start=start)
+    return engine_type(topo, kinds, settings(site.config.detection), start=start)
