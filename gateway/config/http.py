@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -35,6 +35,15 @@ class HttpConfig(Strict):
     host: str = Field(default="127.0.0.1", description="address to listen on; 0.0.0.0 for every interface")
     port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port (tests)")
     enabled: bool = Field(default=True, description="false: no HTTP server (no /metrics, no /api)")
+    metrics_detail: Literal["device", "line"] = Field(
+        default="device",
+        description="device: every per-device series on /metrics (about 30 lines a device); line: per "
+        "device only up, last success, skipped cycles and info, with requests, errors by kind, round-trip "
+        "times, poll cycles and samples summed per line (and per source for MQTT) under the same metric "
+        "names without the device label. The deploy kit's alerts and dashboards work with both (in line mode "
+        "the 'devices with errors' panel shows one unlabelled sum); use line from several hundred devices on "
+        "shared lines (RS485 buses, gateways), where /metrics would otherwise be megabytes",
+    )
     tokens: list[ApiToken] = Field(
         default_factory=list,
         description="named bearer tokens for the write endpoints (POST /api/...) and the staff console; "

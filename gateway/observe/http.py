@@ -34,7 +34,7 @@ import h11
 import uvicorn
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,7 +43,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from gateway.config import Site
 from gateway.core.bus import Bus
 from gateway.observe.health import Readiness
-from gateway.observe.metrics import Exported, make_registry
+from gateway.observe.metrics import Exported, MetricsRenderer
 
 log = logging.getLogger("meterwatch.http")
 
@@ -155,17 +155,20 @@ def make_app(
     readiness: Readiness,
     routers: Sequence[APIRouter] = (),
     bus: Bus | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> FastAPI:
+    """`collectors`: more families for /metrics, called in the rendering thread (see MetricsRenderer)."""
     app = FastAPI(title="meterwatch", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    registry = make_registry(site, exported, bus)
-    registry.register(_GuardCollector())
+    renderer = MetricsRenderer(site, exported, bus, extra=[_GuardCollector(), *collectors])
 
     # These handlers are `async` on purpose: they run on the daemon's loop, the only thread that mutates the
     # counters and dicts they read (a sync handler would run in a worker thread, racing the loop). They
-    # take a few milliseconds; a hung loop therefore also shows as a failing /healthz.
+    # take a few milliseconds; a hung loop therefore also shows as a failing /healthz. /metrics copies
+    # the counters here and renders the copy in a worker thread (0.46 CPU-s at 1,000 devices on the loop
+    # stalled polling for half a second at every scrape).
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await renderer.scrape(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
