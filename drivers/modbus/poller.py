@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ INFO_RETRY_CYCLES = 10  # an info read that got no answer is tried again after t
 
 @dataclass(slots=True)
 class ReadOutcome:
-    """What one read produced. Exactly one of: words, exception_code, failure."""
+    """What one read produced. Exactly one of: words or data, exception_code, failure."""
 
     words: list[int] | None = None  # registers, or bits as 0/1, len == request.count
     exception_code: int | None = None  # the device answered with a Modbus exception
@@ -51,6 +52,18 @@ class ReadOutcome:
     # (kind, why) of each frame dropped while waiting, kinds of drivers/modbus/answer.py; the one that made
     # the read fail is its `failure`, not listed here
     dropped: list[tuple[str, str]] = field(default_factory=list)
+    # Register reads only: the register payload as on the wire (big-endian within each register, registers
+    # in order, len == 2 * request.count). A lean transport fills this instead of `words`, which saves
+    # building a list of ints per read; the compiled decoders unpack it directly.
+    data: bytes | None = None
+
+    def registers(self) -> list[int] | None:
+        """The register (or bit) values: `words` when set, else `data` unpacked; None when neither."""
+        if self.words is not None:
+            return self.words
+        if self.data is not None:
+            return list(struct.unpack(f">{len(self.data) // 2}H", self.data))
+        return None
 
 
 Read = Callable[[ReadRequest], Awaitable[ReadOutcome]]
@@ -121,8 +134,9 @@ class DevicePoller:
             if outcome.failure is not None:
                 break  # remaining reads skipped this cycle: the line is shared with other devices
             answered = True
-            if outcome.words is not None:
-                await self._publish(request, outcome.words)
+            words = outcome.registers()
+            if words is not None:
+                await self._publish(request, words)
         await self._verdict(answered)
         if answered and self.device.info_requests and time.monotonic() >= self.info_due:
             await self.read_info()
@@ -140,12 +154,11 @@ class DevicePoller:
                 retry = min(self.device.info_refresh, INFO_RETRY_CYCLES * self.device.poll_interval)
                 self.info_due = time.monotonic() + retry
                 break
-            if outcome.words is None:
+            words = outcome.registers()
+            if words is None:
                 continue
             for slot in self._slots[id(request)]:
-                value = self._decode_info(
-                    slot.point, outcome.words[slot.start : slot.start + slot.point.width]
-                )
+                value = self._decode_info(slot.point, words[slot.start : slot.start + slot.point.width])
                 if value is not None:
                     text[slot.point.quantity] = value
         if text:
@@ -189,11 +202,14 @@ class DevicePoller:
                 dev, self.device.unit, self.line.id, outcome.exception_code, where,
                 " ".join(p.quantity for p in request.points),
             )  # fmt: skip
-        elif outcome.words is not None and len(outcome.words) != request.count:
-            # The line's framers refuse such answers; should one get through, it is still no answer.
-            return self._failed(
-                request, ReadOutcome(failure="framing", detail=f"{len(outcome.words)} values")
-            )
+        elif outcome.words is not None:
+            if len(outcome.words) != request.count:
+                # The line's framers refuse such answers; should one get through, it is still no answer.
+                return self._failed(
+                    request, ReadOutcome(failure="framing", detail=f"{len(outcome.words)} values")
+                )
+        elif outcome.data is not None and len(outcome.data) != 2 * request.count:
+            return self._failed(request, ReadOutcome(failure="framing", detail=f"{len(outcome.data)} bytes"))
         return outcome
 
     def _failed(self, request: ReadRequest, outcome: ReadOutcome) -> ReadOutcome:

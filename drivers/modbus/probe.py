@@ -213,16 +213,17 @@ async def run_probe(
         f"address {start} (0x{start:04X}) count {count}"
     )
     problem = describe_outcome(outcome)
-    if problem is not None or outcome.words is None:
+    words = outcome.registers()
+    if problem is not None or words is None:
         print(f"probe: no data from {request}: {problem}", file=sys.stderr)
         return 1
     print(request)
     if bits:  # coils and discrete inputs are one bit each: list them, eight to a row
-        for i in range(0, len(outcome.words), 8):
-            row = " ".join(str(b) for b in outcome.words[i : i + 8])
+        for i in range(0, len(words), 8):
+            row = " ".join(str(b) for b in words[i : i + 8])
             print(f"{start + i:5d} (0x{start + i:04X}): {row}")
         return 0
-    print("raw: " + " ".join(f"{w:04X}" for w in outcome.words))
-    for text in format_interpretations(start, outcome.words):
+    print("raw: " + " ".join(f"{w:04X}" for w in words))
+    for text in format_interpretations(start, words):
         print(text)
     return 0
