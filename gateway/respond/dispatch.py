@@ -47,6 +47,7 @@ from gateway.respond.context import incident_context
 from gateway.respond.desk_api import Note, ResponseView
 from gateway.respond.model import Owed, Stage
 from gateway.respond.policy import Notices
+from gateway.respond.replay_guard import ReplayGuard
 from gateway.respond.roster import Roster
 from rules.model import Incident, IncidentChange, IncidentEvent, IncidentState, Transition
 
@@ -120,15 +121,14 @@ class Dispatcher:
         self._cases: dict[int, _Case] = {}
         self._clock: float | None = None
         self._floor = _NEVER
-        self._fed_until: float | None = None
-        self._fed_at_last: set[str] = set()
+        self._guard = ReplayGuard()
         self._owed: list[Owed] = []
         self._timeline: list[IncidentChange] = []
 
     # ---- the calls ------------------------------------------------------------------------------------
     def feed(self, changes: Iterable[Transition], incidents: Mapping[int, Incident]) -> Notices:
         for c in changes:
-            if isinstance(c, IncidentChange) and self._first_time(c):
+            if isinstance(c, IncidentChange) and self._guard.first_time(c):
                 self._advance(c.ts, strictly_before=True)
                 self._apply(c, incidents)
         return self._take()
@@ -205,8 +205,7 @@ class Dispatcher:
         return {
             "version": STATE_VERSION,
             "clock": self._clock,
-            "fed_until": self._fed_until,
-            "fed_at_last": sorted(self._fed_at_last),
+            **self._guard.export(),
             "cases": [c.to_dict() for _, c in sorted(self._cases.items())],
             "overrides": [
                 {"oncall": o.oncall, "backup": o.backup, "start": o.start, "end": o.end}
@@ -223,9 +222,7 @@ class Dispatcher:
             raise ValueError(f"unknown dispatcher state version {state.get('version')!r}")
         clock = state.get("clock")
         self._clock = None if clock is None else float(clock)
-        fed = state.get("fed_until")
-        self._fed_until = None if fed is None else float(fed)
-        self._fed_at_last = {str(s) for s in state.get("fed_at_last", [])}
+        self._guard.restore(state)
         self._cases = {int(d["id"]): _Case.from_dict(d) for d in state.get("cases", [])}
         self.roster.restore_overrides(
             OncallOverride(
@@ -239,16 +236,6 @@ class Dispatcher:
         self._floor = now
 
     # ---- transitions ----------------------------------------------------------------------------------
-    def _first_time(self, c: IncidentChange) -> bool:
-        sig = f"{c.incident}|{c.event}|{c.detail}"
-        last = self._fed_until
-        if last is not None and (c.ts < last or (c.ts == last and sig in self._fed_at_last)):
-            return False
-        if last is None or c.ts > last:
-            self._fed_until, self._fed_at_last = c.ts, set()
-        self._fed_at_last.add(sig)
-        return True
-
     def _apply(self, c: IncidentChange, incidents: Mapping[int, Incident]) -> None:
         case = self._cases.get(c.incident)
         inc = incidents.get(c.incident)

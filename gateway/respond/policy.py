@@ -64,6 +64,7 @@ from gateway.config.notify import MaintenanceWindow
 from gateway.core.timefmt import local_iso
 from gateway.respond.context import ADVICE, buildings_of, incident_context
 from gateway.respond.model import Owed, Stage
+from gateway.respond.replay_guard import ReplayGuard
 from rules.model import Incident, IncidentChange, IncidentEvent, IncidentState, Transition
 
 # Staff notices of incidents this severe are never held by quiet hours.
@@ -203,8 +204,7 @@ class NoticePolicy:
         self._announced: set[str] = set()  # maintenance windows whose advance notice is owed
         self._clock: float | None = None  # the timers have run up to here
         self._floor = _NEVER  # after a restore: timers that came due while down fire at the restart
-        self._fed_until: float | None = None  # the latest transition applied, and those at that instant
-        self._fed_at_last: set[str] = set()
+        self._guard = ReplayGuard()
         self._owed: list[Owed] = []
         self._cancelled: list[str] = []
 
@@ -216,7 +216,7 @@ class NoticePolicy:
         state from the transitions. Timers due before each transition run first. A transition fed again
         (a replay after a restart) owes nothing."""
         for c in changes:
-            if isinstance(c, IncidentChange) and self._first_time(c):
+            if isinstance(c, IncidentChange) and self._guard.first_time(c):
                 self._advance(c.ts)
                 self._apply(c, incidents)
         return self._take()
@@ -280,8 +280,7 @@ class NoticePolicy:
         return {
             "version": STATE_VERSION,
             "clock": self._clock,
-            "fed_until": self._fed_until,
-            "fed_at_last": sorted(self._fed_at_last),
+            **self._guard.export(),
             "incidents": [st.to_dict() for _, st in sorted(self._incidents.items())],
             "maintenance": [w.spec.model_dump(mode="json") for w in self._windows.values() if w.from_api],
             "announced": sorted(self._announced),
@@ -295,9 +294,7 @@ class NoticePolicy:
             raise ValueError(f"unknown notice policy state version {state.get('version')!r}")
         clock = state.get("clock")
         self._clock = None if clock is None else float(clock)
-        fed = state.get("fed_until")
-        self._fed_until = None if fed is None else float(fed)
-        self._fed_at_last = {str(s) for s in state.get("fed_at_last", [])}
+        self._guard.restore(state)
         self._incidents = {}
         for d in state.get("incidents", []):
             st = _Response.from_dict(d)
@@ -312,18 +309,6 @@ class NoticePolicy:
         self._floor = now
 
     # ---- transitions ----------------------------------------------------------------------------------
-    def _first_time(self, c: IncidentChange) -> bool:
-        """Whether a transition is new: transitions come in time order, so one older than the latest
-        applied, or one already applied at that instant, is a replay."""
-        sig = f"{c.incident}|{c.event}|{c.detail}"
-        last = self._fed_until
-        if last is not None and (c.ts < last or (c.ts == last and sig in self._fed_at_last)):
-            return False
-        if last is None or c.ts > last:
-            self._fed_until, self._fed_at_last = c.ts, set()
-        self._fed_at_last.add(sig)
-        return True
-
     def _adopt(self, incident_id: int, incidents: Mapping[int, Incident]) -> _Response | None:
         """The state of an incident, its snapshot refreshed. One first seen after its opening (the policy
         started after it) is taken on from its snapshot: no staff notice for an opening it did not see; its
