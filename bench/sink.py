@@ -16,11 +16,22 @@ RSS is this process's resident size, peak during the phase. The phases share one
 phase also carries heap Python kept from an earlier one (the best-effort phase's memory buffer, which fills
 because publishing outruns writing). Finally every sample sent is counted in VictoriaMetrics.
 
-Prints one human line per figure and one JSON line with all of them. Runtime under a minute on 2 cores.
+0. Per point against raw influxdb-client (issue 11, item 4): the same VictoriaMetrics, in the same run. The
+   raw peer writes prebuilt line protocol (encoded before its clock starts, joined per batch of BATCH
+   lines) through influxdb-client's synchronous write API; the sink takes pre-built Samples from the bus
+   to HTTP 204 (encoding, spool commit with synchronous=FULL, read back, write, delete). Both are counted
+   in CPU-seconds of this process (all its threads: the sink's work, the spool and HTTP threads, and the
+   publisher putting Samples on the bus), so the figure does not depend on how busy the machine's other
+   cores are. The raw peer runs before and after the sink and the mean is the baseline; the ratio is
+   (sink points per CPU-second) / (raw points per CPU-second).
+
+Prints one human line per figure and one JSON line with all of them. Runtime about a minute on 2 cores
+(--quick: the per-point comparison only).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -37,6 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures.victoria
+
+from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
 
 from gateway.config import Site, load_site
 from gateway.config.store import InfluxConfig, SpoolConfig
@@ -55,6 +69,7 @@ QUANTITIES = [f"q{i}" for i in range(10)]
 SITE_RATE = BUILDINGS * DEVICES_PER_BUILDING  # samples per second at a 1 s poll interval
 OUTAGE_S = 600
 THROUGHPUT_SAMPLES = 200_000
+RAW_POINTS = 400_000
 BATCH = 1000  # the shipped influx.batch_size default
 DEFAULT_REPLAY = SpoolConfig().replay_rate
 
@@ -139,6 +154,7 @@ class Meter:
         wall = time.perf_counter() - self.t0
         ru = resource.getrusage(resource.RUSAGE_SELF)
         cpu = ru.ru_utime + ru.ru_stime - self.cpu0
+        self.cpu_seconds = cpu
         self._run = False
         assert self._thread is not None
         self._thread.join()
@@ -175,11 +191,12 @@ class Bench:
     async def throughput(self, buffer: Buffer, source: SampleSource) -> dict[str, float]:
         bus = Bus()
         fw = self.forwarder(bus, buffer, replay_rate=1e9)
+        samples = list(source.take(THROUGHPUT_SAMPLES))  # made before the clock starts: the source's cost
         stop = asyncio.Event()
         task = asyncio.create_task(fw.run(stop))
         meter = Meter()
         meter.start()
-        for s in source.take(THROUGHPUT_SAMPLES):
+        for s in samples:
             await bus.publish(s)
         await _until(lambda: fw.stats.points_written >= THROUGHPUT_SAMPLES, task, 0.005)
         wall, cpu, peak = meter.stop()
@@ -193,7 +210,32 @@ class Bench:
             "samples_per_s": round(THROUGHPUT_SAMPLES / wall),
             "values_per_s": round(THROUGHPUT_SAMPLES * len(QUANTITIES) / wall),
             "cpu_percent": round(cpu, 1),
+            "cpu_seconds": round(meter.cpu_seconds, 3),
+            "points_per_cpu_s": round(THROUGHPUT_SAMPLES / meter.cpu_seconds),
             "peak_rss_mb": round(peak / 2**20, 1),
+        }
+
+    def raw(self, source: SampleSource) -> dict[str, float]:
+        """The peer: influxdb-client's synchronous write API sending prebuilt line protocol, BATCH lines per
+        request, to the same VictoriaMetrics."""
+        enc = LineEncoder(self.site)
+        lines = [line for s in source.take(RAW_POINTS) if (line := enc.encode(s))]
+        batches = [lines[i : i + BATCH] for i in range(0, len(lines), BATCH)]
+        client = InfluxDBClient(url=self.vm.url, token="", org="bench", timeout=30_000, retries=False)
+        api = client.write_api(write_options=SYNCHRONOUS)
+        meter = Meter()
+        meter.start()
+        for batch in batches:
+            api.write(bucket="bench", org="bench", record="\n".join(batch), write_precision=WritePrecision.US)  # type: ignore[arg-type]
+        wall, cpu, _ = meter.stop()
+        client.close()
+        return {
+            "points": len(lines),
+            "seconds": round(wall, 2),
+            "points_per_s": round(len(lines) / wall),
+            "cpu_percent": round(cpu, 1),
+            "cpu_seconds": round(meter.cpu_seconds, 3),
+            "points_per_cpu_s": round(len(lines) / meter.cpu_seconds),
         }
 
     def fill_spool(self, path: Path, source: SampleSource) -> dict[str, float]:
@@ -262,13 +304,30 @@ class Bench:
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - time.monotonic()))
 
 
-async def run(bench: Bench) -> dict[str, object]:
+def compare(
+    raw_before: dict[str, float], sink: dict[str, float], raw_after: dict[str, float]
+) -> dict[str, float]:
+    raw = (raw_before["points_per_cpu_s"] + raw_after["points_per_cpu_s"]) / 2
+    return {
+        "raw_points_per_cpu_s": round(raw),
+        "sink_points_per_cpu_s": sink["points_per_cpu_s"],
+        "ratio": round(sink["points_per_cpu_s"] / raw, 3),
+    }
+
+
+async def run(bench: Bench, quick: bool) -> dict[str, object]:
     now = time.time()
     results: dict[str, object] = {}
     # distinct time ranges per phase, so no phase overwrites another's points
+    results["raw_before"] = bench.raw(SampleSource(bench.site, now - 96000))
     results["durable"] = await bench.throughput(
         Spool(bench.work / "through.sqlite", 512 * 2**20, 7 * 86400.0), SampleSource(bench.site, now - 86400)
     )
+    results["raw_after"] = bench.raw(SampleSource(bench.site, now - 92000))
+    results["per_point"] = compare(results["raw_before"], results["durable"], results["raw_after"])  # type: ignore[arg-type]
+    sent = 2 * RAW_POINTS + THROUGHPUT_SAMPLES
+    if quick:
+        return await _check(bench, results, sent)
     results["best_effort"] = await bench.throughput(
         MemoryBuffer(512 * 2**20, 7 * 86400.0), SampleSource(bench.site, now - 80000)
     )
@@ -281,9 +340,13 @@ async def run(bench: Bench) -> dict[str, object]:
     bench.fill_spool(path2, SampleSource(bench.site, now - 50000))
     live = SampleSource(bench.site, now - 40000)
     results["replay_unlimited"] = await bench.replay(path2, live, 1e9, live=False)
-    # every sample of every phase is a point of power_q0: count them in VictoriaMetrics
-    sent = 2 * THROUGHPUT_SAMPLES + 2 * SITE_RATE * OUTAGE_S
+    sent += THROUGHPUT_SAMPLES + 2 * SITE_RATE * OUTAGE_S
     sent += results["replay_default"]["live_samples_written"]  # type: ignore[index]
+    return await _check(bench, results, sent)
+
+
+async def _check(bench: Bench, results: dict[str, object], sent: int) -> dict[str, object]:
+    """Every sample of every phase is a point of power_q0: count them in VictoriaMetrics."""
     stored = await asyncio.to_thread(bench.vm.count, '{__name__="power_q0",site="bench"}')
     results["check"] = {"samples_sent": sent, "points_stored": stored}
     if stored < sent:
@@ -292,23 +355,40 @@ async def run(bench: Bench) -> dict[str, object]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument(
+        "--quick", action="store_true", help="only the per-point comparison with raw influxdb-client"
+    )
+    args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="meterwatch-bench-sink-"))
     vm = Victoria(work / "victoria-data")
+    load = os.getloadavg()[0]
     try:
         vm.start()
         site = write_site(work)
-        r = asyncio.run(run(Bench(site, vm, work)))
+        r = asyncio.run(run(Bench(site, vm, work), args.quick))
     finally:
         vm.stop()
         shutil.rmtree(work, ignore_errors=True)
-    d, b, f = r["durable"], r["best_effort"], r["spool_fill"]
-    rd, ru = r["replay_default"], r["replay_unlimited"]
-    assert isinstance(d, dict) and isinstance(b, dict) and isinstance(f, dict)
-    assert isinstance(rd, dict) and isinstance(ru, dict)
+    r["load_avg_1m_at_start"] = round(load, 2)
+    pp, d, rb, ra = r["per_point"], r["durable"], r["raw_before"], r["raw_after"]
+    assert isinstance(pp, dict) and isinstance(d, dict) and isinstance(rb, dict) and isinstance(ra, dict)
     print(
         f"site: {SITE_RATE} devices x {len(QUANTITIES)} quantities at 1 s = {SITE_RATE} samples/s; "
-        f"batch {BATCH}; VictoriaMetrics on localhost; {os.cpu_count()} cores"
+        f"batch {BATCH}; VictoriaMetrics on localhost; {os.cpu_count()} cores, load {load:.2f} at start"
     )
+    print(
+        f"per point: spool-first sink {pp['sink_points_per_cpu_s']:,} points/CPU-s vs raw influxdb-client "
+        f"{pp['raw_points_per_cpu_s']:,} points/CPU-s (before {rb['points_per_cpu_s']:,}, after "
+        f"{ra['points_per_cpu_s']:,}): ratio {pp['ratio']:.3f} (goal >= 0.25)"
+    )
+    if args.quick:
+        print(json.dumps({"bench": "sink", "quick": True, **r}))
+        return
+    b, f = r["best_effort"], r["spool_fill"]
+    rd, ru = r["replay_default"], r["replay_unlimited"]
+    assert isinstance(b, dict) and isinstance(f, dict)
+    assert isinstance(rd, dict) and isinstance(ru, dict)
     for name, x in (("spool-first (durable)", d), ("best-effort (memory) ", b)):
         print(
             f"{name}: {x['samples_per_s']:>7,} samples/s ({x['values_per_s']:,} values/s) stored, "
@@ -327,7 +407,17 @@ def main() -> None:
         f"replay without limit, site idle: {ru['seconds']} s ({ru['backlog_per_s']:,} samples/s), "
         f"CPU {ru['cpu_percent']}%, peak RSS {ru['peak_rss_mb']} MB"
     )
-    print(json.dumps({"bench": "sink", "site_samples_per_s": SITE_RATE, "quantities": len(QUANTITIES), **r}))
+    print(
+        json.dumps(
+            {
+                "bench": "sink",
+                "quick": False,
+                "site_samples_per_s": SITE_RATE,
+                "quantities": len(QUANTITIES),
+                **r,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
