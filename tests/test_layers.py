@@ -27,6 +27,7 @@ _BELOW_APP = frozenset(
         "gateway.observe",
         "gateway.web",
         "gateway.review",
+        "gateway.fleet",
         "drivers",
         "rules",
     }
@@ -47,6 +48,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     # reports and the monthly review: read the incident store, never the time-series database
     "gateway.review": frozenset(
         {"gateway.core", "gateway.config", "gateway.incidents", "gateway.respond", "rules"}
+    ),
+    # the fleet bridge: incident transitions, notices and KPIs to the company's broker
+    "gateway.fleet": frozenset(
+        {"gateway.core", "gateway.config", "gateway.incidents", "gateway.respond", "gateway.review", "rules"}
     ),
     # the HTTP edge of the respond side: the API, the console and the public pages
     "gateway.web": frozenset(

@@ -1,7 +1,8 @@
 """Live detection and the response to it: the incident store (restoring the engine and writing the downtime
 since the last heartbeat), a blocking bus subscription (samples and statuses are never dropped for the
 rules), the respond side (notices, dispatch, escalation) and the incidents' evidence committed with each
-round, the desk staff act through, and the store's retention.
+round, the desk staff act through, the store's retention, and the fleet bridge when the site has a `fleet:`
+section (its events are committed with the round that owes them, after the respond side's own steps).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.app import fleet as fleet_app
 from gateway.app.component import state_file
 from gateway.config import Site
 from gateway.core.bus import Bus
@@ -21,6 +23,7 @@ from gateway.incidents.evidence import EvidenceKeeper
 from gateway.incidents.manager import IncidentManager
 from gateway.incidents.retention import Retention
 from gateway.incidents.store import Batch, IncidentStore
+from gateway.observe.presence import DevicePresence
 from gateway.respond.desk import DaemonDesk
 from gateway.respond.responder import Responder
 
@@ -48,6 +51,19 @@ def each_round(*hooks: Hook) -> Hook:
     return run
 
 
+def each_commit(*hooks: Callable[[], None]) -> Callable[[], None]:
+    """One on_commit calling each of `hooks` (a waker that fails is logged; the others are still woken)."""
+
+    def run() -> None:
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("a part failed to wake after a commit", extra={"fields": {"hook": repr(hook)}})
+
+    return run
+
+
 def store_path(site: Site, state_dir: Path) -> Path:
     return state_file(site.path.parent, state_dir, site.config.incidents.path, "incidents.sqlite")
 
@@ -60,9 +76,10 @@ class Detection:
     desk: DaemonDesk
     evidence: EvidenceKeeper
     retention: Retention
+    fleet: fleet_app.Fleet | None = None
 
 
-def build(site: Site, bus: Bus, state_dir: Path) -> Detection:
+def build(site: Site, bus: Bus, state_dir: Path, presence: DevicePresence | None = None) -> Detection:
     """The incident manager, its detector, and the respond side: the notices and response steps each round
     owes are committed with the round's transitions; staff's actions run between rounds (Detector.call)."""
     path = store_path(site, state_dir)
@@ -77,7 +94,12 @@ def build(site: Site, bus: Bus, state_dir: Path) -> Detection:
         site, site.config.incidents.evidence, ev_sub, lambda: mgr.engine.incidents, store
     )
     hooks: list[Hook] = [responder.on_batch, evidence.on_batch]
-    detector = Detector(mgr, sub, on_batch=each_round(*hooks), on_commit=responder.on_commit)
+    wakers = [responder.on_commit]
+    fleet = fleet_app.build(site, mgr, path, presence, now)
+    if fleet is not None:  # last: it publishes the response steps the respond side added to the round
+        hooks.append(fleet.bridge.on_batch)
+        wakers.append(fleet.publisher.wake)
+    detector = Detector(mgr, sub, on_batch=each_round(*hooks), on_commit=each_commit(*wakers))
     responder.bind(detector.call)
     desk = DaemonDesk(site, mgr, responder, detector.call)
 
@@ -85,4 +107,4 @@ def build(site: Site, bus: Bus, state_dir: Path) -> Detection:
         return set(mgr.engine.incidents) | evidence.held_incidents()
 
     retention = Retention(store, site.config.review.retention, held, detector.call)
-    return Detection(mgr, detector, responder, desk, evidence, retention)
+    return Detection(mgr, detector, responder, desk, evidence, retention, fleet)

@@ -9,6 +9,7 @@ from pydantic import Field
 from gateway.config.base import Strict
 from gateway.config.detection import Detection, GatewaySection
 from gateway.config.devices import Device
+from gateway.config.fleet import FleetConfig
 from gateway.config.http import HttpConfig
 from gateway.config.incidents import IncidentsConfig
 from gateway.config.modbus import Line
@@ -55,4 +56,8 @@ class SiteConfig(Strict):
     review: ReviewConfig = Field(
         default_factory=ReviewConfig,
         description="the targets incident reports and the monthly review measure against; retention",
+    )
+    fleet: FleetConfig | None = Field(
+        default=None,
+        description="the event bridge to the company's broker (docs/fleet-topics.md); absent: none",
     )

@@ -1,0 +1,372 @@
+"""The publisher: sends the fleet outbox to the company's broker, in order, with QoS 1, and says how the
+gateway is (its retained state, a heartbeat, the last will, the daily KPIs).
+
+One thread of its own drives the outbox; paho's network loop runs in paho's thread (paho-mqtt 2.x, MQTT 5,
+clean_start False with a session expiry, so the broker keeps the session through a short absence). At most
+WINDOW rows are in flight; a row is deleted only when its PUBACK comes back. A connection lost with rows in
+flight: paho sends them again on reconnect under the same packet ids. The gateway restarted: every row still
+in the outbox is sent again from the oldest, under the same event ids (a row in flight at the stop may so
+arrive twice; a subscriber recognises it by its id). The outbox is bounded (fleet.buffer): an outage longer
+than the buffer drops the oldest events and counts them (FleetStats.dropped).
+
+The gateway's state and the KPI snapshot are not queued: they are current state, published again at every
+connect, every heartbeat and every day at fleet.kpi_at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessageInfo
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.config import Site
+from gateway.config.fleet import FleetConfig
+from gateway.fleet.bridge import FleetBridge, NoticeEvents
+from gateway.fleet.kpi import kpi_payload, next_due
+from gateway.fleet.outbox import FleetOutbox, Owed
+from gateway.fleet.topics import VERSION, dumps, with_id
+
+log = logging.getLogger("meterwatch.fleet")
+
+WINDOW = 100  # outbox rows in flight at once: bounds paho's memory whatever the backlog
+IDLE = 1.0  # seconds the thread sleeps with nothing to do (commits and acks wake it sooner)
+NOTICE_EVERY = 2.0  # seconds between two reads of the respond side's delivery log
+PENDING_EVERY = 1.0  # seconds between two counts of the outbox (for the metrics)
+
+
+@dataclass
+class FleetStats:
+    """What /metrics reads (plain attributes, written by the publisher's threads)."""
+
+    connected: bool = False
+    published: int = 0  # outbox rows handed to the broker since start (a resend counts again)
+    acked: int = 0  # outbox rows the broker acknowledged (and so deleted) since start
+    pending: int = 0  # rows in the outbox now (written, not yet acknowledged)
+    dropped: int = 0  # rows dropped past fleet.buffer, in this store's whole life
+    refused: int = 0  # rows the broker refused (a PUBACK error code, e.g. not authorized): logged, deleted
+    connects: int = 0  # successful connections since start
+
+
+# The gateway's own state for its retained topic: buildings, devices up and total, open incidents
+GatewayFacts = Callable[[], dict[str, Any]]
+
+
+class FleetPublisher:
+    name = "fleet"
+
+    def __init__(
+        self,
+        site: Site,
+        cfg: FleetConfig,
+        bridge: FleetBridge,
+        facts: GatewayFacts,
+        version: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.site = site
+        self.cfg = cfg
+        self.bridge = bridge
+        self.topics = bridge.topics
+        self.facts = facts
+        self.version = version
+        self.clock = clock
+        self.stats = FleetStats()
+        self.started_at = clock()
+        self.client_id = f"meterwatch-fleet-{self.topics.site}-{self.topics.gateway}"[:128]
+        self._cond = threading.Condition()
+        self._woken = False
+        self._stopping = False
+        self._acks: collections.deque[tuple[int, bool]] = collections.deque()  # (mid, refused)
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
+        self._sent_to = 0  # the last seq handed to paho
+        self._announce = False  # connected: publish the state and the KPIs
+        self._thread: threading.Thread | None = None
+        self._client: Client | None = None
+        self._kpi: str | None = None
+        self._kpi_due = 0.0
+        self._notice = NoticeEvents(self.topics)
+        self._facts: dict[str, Any] = {}
+        self._outbox: FleetOutbox | None = None
+        self._snapshot: Sequence[Owed] = ()
+
+    # ---- the component -----------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self.start()
+        try:
+            while not stop.is_set():
+                # the gateway's facts are read on the loop, where the parts that keep them live
+                self._facts = self.facts()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(self.cfg.heartbeat, 5.0))
+        finally:
+            await asyncio.to_thread(self.stop, 5.0)
+
+    def start(self) -> None:
+        """Start the thread (and paho's): the open incidents' retained state is owed once more first."""
+        self._facts = self.facts()
+        self._snapshot = self.bridge.snapshot(self.clock())
+        self._thread = threading.Thread(target=self._main, name="fleet-publisher", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Rows were committed (the detector's on_commit): send them now."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify()
+
+    def stop(self, timeout: float) -> None:
+        """Publish the offline state (a clean stop fires no last will), disconnect, end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout + 1.0)
+
+    # ---- payloads ------------------------------------------------------------------------------------------
+    def state_payload(self, state: str, now: float) -> str:
+        facts = self._facts
+        return dumps(
+            {
+                "v": VERSION,
+                "type": "gateway",
+                "site": self.topics.site,
+                "gateway": self.topics.gateway,
+                "state": state,
+                "at": now,
+                "started_at": self.started_at,
+                "version": self.version,
+                "buildings": facts.get("buildings", []),
+                "devices_up": facts.get("devices_up", 0),
+                "devices_total": facts.get("devices_total", 0),
+                "open_incidents": facts.get("open_incidents", 0),
+                "keepalive": self.cfg.keepalive,
+                "heartbeat": self.cfg.heartbeat,
+            }
+        )
+
+    # ---- paho --------------------------------------------------------------------------------------------
+    def _make_client(self) -> Client:
+        cfg = self.cfg
+        client = Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        if cfg.username is not None:
+            client.username_pw_set(
+                cfg.username, cfg.password.get_secret_value() if cfg.password is not None else None
+            )
+        if cfg.address.tls:
+            base = self.site.path.parent
+
+            def path(p: Path | None) -> str | None:
+                return None if p is None else str(p if p.is_absolute() else base / p)
+
+            tls = cfg.tls
+            client.tls_set(
+                ca_certs=path(tls.ca_file) if tls else None,
+                certfile=path(tls.cert_file) if tls else None,
+                keyfile=path(tls.key_file) if tls else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            if tls is not None and tls.insecure:
+                client.tls_insecure_set(True)
+        # the broker says this for us when we vanish without a DISCONNECT (kill -9, power, network)
+        client.will_set(self.topics.state, self.state_payload("offline", self.clock()), qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(cfg.reconnect_max)))
+        client.max_inflight_messages_set(WINDOW + 10)  # the state and KPI messages go beside the window
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _on_connect(
+        self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode, props: Properties | None
+    ) -> None:
+        if reason.is_failure:
+            log.error(
+                "the fleet broker refused the connection",
+                extra={"fields": {"broker": self.cfg.broker, "reason": str(reason)}},
+            )
+            return
+        self.stats.connected = True
+        self.stats.connects += 1
+        log.info(
+            "connected to the fleet broker",
+            extra={"fields": {"broker": self.cfg.broker, "session_present": flags.session_present}},
+        )
+        with self._cond:
+            self._announce = True
+            self._woken = True
+            self._cond.notify()
+
+    def _on_disconnect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        was = self.stats.connected
+        self.stats.connected = False
+        if was and not self._stopping:
+            log.warning(
+                "lost the fleet broker; events are kept and sent on return",
+                extra={"fields": {"broker": self.cfg.broker, "reason": str(reason)}},
+            )
+
+    def _on_publish(
+        self, client: Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties | None
+    ) -> None:
+        with self._cond:
+            self._acks.append((mid, reason.is_failure))
+            self._woken = True
+            self._cond.notify()
+
+    # ---- the thread --------------------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self._outbox = FleetOutbox(self.bridge.store_path)
+            now = self.clock()
+            if self._snapshot:
+                self._outbox.add(self._snapshot, now, self.cfg.buffer)
+            self._kpi_due = now  # one snapshot at start, then daily at kpi_at
+            client = self._client = self._make_client()
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = int(self.cfg.session_expiry)
+            addr = self.cfg.address
+            client.connect_async(
+                addr.host, addr.port, keepalive=self.cfg.keepalive, clean_start=False, properties=props
+            )
+            client.loop_start()
+            next_notice = next_pending = next_beat = 0.0
+            while True:
+                with self._cond:
+                    if not self._woken and not self._stopping:
+                        self._cond.wait(IDLE)
+                    self._woken = False
+                    stopping = self._stopping
+                if stopping:
+                    break
+                now = self.clock()
+                self._take_acks()
+                if now >= next_notice:
+                    next_notice = now + NOTICE_EVERY
+                    self._take_notices(now)
+                if now >= next_pending:
+                    next_pending = now + PENDING_EVERY
+                    self.stats.pending = self._outbox.pending()
+                    self.stats.dropped = self._outbox.dropped()
+                if not self.stats.connected:
+                    continue
+                if self._announce or now >= next_beat:
+                    self._announce = False
+                    next_beat = now + self.cfg.heartbeat
+                    self._publish_direct(self.topics.state, self.state_payload("online", now).encode())
+                    if self._kpi is not None:
+                        self._publish_direct(self.topics.kpi, self._kpi.encode())
+                if now >= self._kpi_due:
+                    self._make_kpi(now)
+                self._fill()
+        except Exception:
+            log.exception("the fleet publisher failed; fleet events are kept in the outbox")
+            raise
+        finally:
+            self._shutdown()
+
+    def _publish_direct(self, topic: str, payload: bytes) -> MQTTMessageInfo | None:
+        assert self._client is not None
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        return info if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+
+    def _make_kpi(self, now: float) -> None:
+        self._kpi_due = next_due(now, self.cfg.kpi_clock, self.site.config.site.timezone)
+        try:
+            self._kpi = kpi_payload(self.site, self.bridge.store_path, self.topics, now)
+        except Exception:
+            log.exception("cannot compute the KPI snapshot; tried again at the next kpi_at")
+            return
+        self._publish_direct(self.topics.kpi, self._kpi.encode())
+
+    def _take_notices(self, now: float) -> None:
+        assert self._outbox is not None
+        try:
+            self._outbox.take_notices(self._notice, now, self.cfg.buffer)
+        except Exception:
+            log.exception("cannot read the notices' delivery log for the fleet; tried again")
+
+    def _take_acks(self) -> None:
+        assert self._outbox is not None
+        done: list[int] = []
+        while self._acks:
+            mid, refused = self._acks.popleft()
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue  # the state or a KPI message
+            if refused:
+                self.stats.refused += 1
+                log.error("the fleet broker refused an event; it is dropped", extra={"fields": {"seq": seq}})
+            else:
+                self.stats.acked += 1
+            done.append(seq)
+        if done:
+            self._outbox.acked(done)
+
+    def _fill(self) -> None:
+        """Hand paho the next rows, up to WINDOW in flight."""
+        assert self._outbox is not None and self._client is not None
+        room = WINDOW - len(self._inflight)
+        if room <= 0:
+            return
+        for row in self._outbox.after(self._sent_to, room):
+            payload = with_id(row.payload, self.topics.event_id(row.seq))
+            info = self._client.publish(row.topic, payload, qos=1, retain=row.retain)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                log.warning(
+                    "paho refused a fleet message; tried again", extra={"fields": {"rc": int(info.rc)}}
+                )
+                return
+            # NO_CONN: paho keeps a QoS 1 message and sends it on reconnect, so it is in flight all the same
+            self._inflight[info.mid] = row.seq
+            self._sent_to = row.seq
+            self.stats.published += 1
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                return
+
+    def _shutdown(self) -> None:
+        client = self._client
+        if client is not None:
+            if self.stats.connected:
+                info = self._publish_direct(
+                    self.topics.state, self.state_payload("offline", self.clock()).encode()
+                )
+                if info is not None:
+                    with contextlib.suppress(RuntimeError, ValueError):
+                        info.wait_for_publish(3.0)
+                self._take_acks_quietly()
+                client.disconnect()
+            client.loop_stop()
+        if self._outbox is not None:
+            self._take_acks_quietly()
+            self._outbox.close()
+        self.stats.connected = False
+
+    def _take_acks_quietly(self) -> None:
+        try:
+            self._take_acks()
+        except Exception:
+            log.exception("cannot record the fleet broker's last acknowledgements; those rows are sent again")
