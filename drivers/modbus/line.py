@@ -3,7 +3,9 @@
 - RTU lines (a serial port, or RTU framing over TCP to a serial device server) carry exactly one request
   at a time: one connection, and after every exchange the 3.5-character silence of the baud rate plus the
   line's inter_request_delay before the next request.
-- A TCP line allows up to `max_connections` requests in flight, one per connection.
+- A TCP line allows up to `max_connections` connections, each with up to `pipeline` requests in flight
+  (built-in client; pymodbus: one). Modbus TCP lines are read through the built-in client of
+  drivers/modbus/tcp.py unless the line says `client: pymodbus`; RTU framing always goes through pymodbus.
 - Each device has its own schedule (its poll interval). A cycle that overruns skips the cycles it missed
   (counted in DeviceStats.skipped_cycles); nothing is queued behind it.
 - Nothing a device or the network does may end the actor: every failure becomes a counted ReadOutcome and
@@ -27,8 +29,9 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from drivers.modbus.answer import expected
 from drivers.modbus.framers import CheckedRtuFramer, CheckedSocketFramer, Exchange, FrameWatch, OnStray
 from drivers.modbus.planner import ReadRequest, silence
-from drivers.modbus.poller import DevicePoller, Emit, ReadOutcome
+from drivers.modbus.poller import DevicePoller, Emit, Read, ReadOutcome
 from drivers.modbus.spec import DeviceSpec, LineSpec
+from drivers.modbus.tcp import RECONNECT_MAX, RECONNECT_MIN, TcpConnection
 from gateway.core.once import OnceLog
 from gateway.core.stats import DeviceStats, LineStats
 from gateway.core.types import SourceStatus
@@ -38,8 +41,7 @@ log = logging.getLogger("meterwatch.modbus")
 # pymodbus logs every timeout at ERROR level; we count them and log once per cause instead.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
-RECONNECT_MIN = 0.2  # seconds between connection attempts at first; doubles up to RECONNECT_MAX
-RECONNECT_MAX = 5.0
+__all__ = ["RECONNECT_MAX", "RECONNECT_MIN", "Connection", "LineActor"]
 
 
 class Connection:
@@ -238,9 +240,11 @@ class Connection:
         if dropped:
             kind, why = dropped.pop()
             return ReadOutcome(failure=kind, detail=why)
-        if not seen.rx or not self.line.serial_timing:
+        if not seen.rx:
             return failure
-        if seen.bad_crc:
+        # Bytes arrived but made no frame (TCP: an MBAP header with a protocol id other than 0, or a frame
+        # cut short): framing, as the built-in TCP client says too.
+        if seen.bad_crc and self.line.serial_timing:
             return ReadOutcome(failure="crc", detail=f"bad CRC in {seen.bad_crc[:32].hex(' ')}")
         return ReadOutcome(failure="framing", detail=f"unusable answer {seen.rx[:32].hex(' ')}")
 
@@ -262,21 +266,34 @@ class Connection:
             self.client.close()
 
 
+AnyConnection = Connection | TcpConnection
+
+
 class ConnectionWatcher:
     """Callable the connections report to; publishes SourceStatus when the line's state changes."""
 
     def __init__(self, actor: LineActor) -> None:
         self.actor = actor
 
-    def __call__(self, conn: Connection, connected: bool) -> None:
+    def __call__(self, conn: AnyConnection, connected: bool) -> None:
         self.actor.connection_changed(conn, connected)
 
 
 class LineActor:
-    """The component that polls every device of one line. Publishes Samples, DeviceStatus, SourceStatus."""
+    """The component that polls every device of one line. Publishes Samples, DeviceStatus, SourceStatus.
+
+    `phase` (0 <= phase < 1) shifts the line's schedule by that fraction of one device's share of the poll
+    interval: the site gives its k-th of K lines k/K, so that devices of all lines start their cycles spread
+    over the interval instead of every line firing in step.
+    """
 
     def __init__(
-        self, line: LineSpec, devices: Sequence[DeviceSpec], emit: Emit, seed: int | None = None
+        self,
+        line: LineSpec,
+        devices: Sequence[DeviceSpec],
+        emit: Emit,
+        seed: int | None = None,
+        phase: float = 0.0,
     ) -> None:
         self.line = line
         self.name = f"modbus:{line.id}"
@@ -288,22 +305,32 @@ class LineActor:
             s.up = False  # not answered yet
         self.once = OnceLog(log)
         self.rng = random.Random(seed)
+        if not 0.0 <= phase < 1.0:
+            raise ValueError(f"line {line.id}: phase {phase} is not in [0, 1)")
+        self.phase = phase
         size = line.max_connections if line.transport == "tcp" else 1
         watcher = ConnectionWatcher(self)
-        self.connections = [
-            Connection(line, self.stats, f"{line.id}#{i}", watcher, self.stray) for i in range(size)
+        self.connections: list[AnyConnection] = [
+            TcpConnection(line, self.stats, f"{line.id}#{i}", watcher, self.stray)
+            if line.builtin_client
+            else Connection(line, self.stats, f"{line.id}#{i}", watcher, self.stray)
+            for i in range(size)
         ]
         self._by_unit = {d.unit: d.id for d in devices}
-        self._pool: asyncio.Queue[Connection] | None = None
+        self._pool: asyncio.Queue[AnyConnection] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._connected_count = 0
+        read: Read = self.read
+        if size == 1 and isinstance(self.connections[0], TcpConnection):
+            # One built-in connection admits its own `pipeline` requests: no pool, no lock in between.
+            read = self.connections[0].read
         self.pollers = {
-            d.id: DevicePoller(line, d, self.read, emit, self.device_stats[d.id], self.once, self.rng)
+            d.id: DevicePoller(line, d, read, emit, self.device_stats[d.id], self.once, self.rng)
             for d in devices
         }
 
     # --- connection bookkeeping -------------------------------------------------------------------
-    def connection_changed(self, conn: Connection, connected: bool) -> None:
+    def connection_changed(self, conn: AnyConnection, connected: bool) -> None:
         if connected:
             if conn.was_connected:
                 self.stats.reconnects += 1
@@ -356,7 +383,9 @@ class LineActor:
     async def run(self, stop: asyncio.Event) -> None:
         self._pool = asyncio.Queue()
         for conn in self.connections:
-            self._pool.put_nowait(conn)
+            # A built-in connection takes `pipeline` requests at once: it is in the pool that many times.
+            for _ in range(conn.depth if isinstance(conn, TcpConnection) else 1):
+                self._pool.put_nowait(conn)
         log.info(
             "modbus line starting",
             extra={
@@ -367,7 +396,8 @@ class LineActor:
         n = max(1, len(self.devices))
         tasks = [
             asyncio.create_task(
-                self._device_loop(d, stop, start + d.poll_interval * i / n), name=f"poll:{d.id}"
+                self._device_loop(d, stop, start + d.poll_interval * (i + self.phase) / n),
+                name=f"poll:{d.id}",
             )
             for i, d in enumerate(self.devices)
         ]

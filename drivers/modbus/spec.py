@@ -11,6 +11,7 @@ from typing import Literal
 from drivers.modbus.planner import ReadRequest
 
 Transport = Literal["tcp", "rtu", "rtu_over_tcp"]
+Client = Literal["builtin", "pymodbus"]
 
 # Device information (serial number, firmware) is read when a device comes up and then at most this often:
 # it changes only when the meter is replaced or updated, and a swap makes the device drop out and come back.
@@ -35,12 +36,21 @@ class LineSpec:
     down_after: int = 3
     backoff_max: float = 300.0
     backoff_min: float = 1.0  # first re-probe delay of a down device
+    # Modbus TCP lines: the built-in client (drivers/modbus/tcp.py) or pymodbus (the reference); RTU framing
+    # is always read through pymodbus.
+    client: Client = "builtin"
+    pipeline: int = 1  # requests outstanding per connection (built-in client only)
 
     @property
     def endpoint(self) -> str:
         if self.transport == "rtu":
             return f"{self.device} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
         return f"{self.host}:{self.port}"
+
+    @property
+    def builtin_client(self) -> bool:
+        """True when the line is read through the built-in Modbus TCP client rather than pymodbus."""
+        return self.transport == "tcp" and self.client == "builtin"
 
     @property
     def serial_timing(self) -> bool:

@@ -26,6 +26,8 @@ def line_spec(line: Line) -> LineSpec:
         max_connections=line.max_connections,
         down_after=line.down_after,
         backoff_max=float(line.backoff_max),
+        client=line.client,
+        pipeline=line.pipeline,
     )
 
 
@@ -63,5 +65,13 @@ def modbus_specs(site: Site) -> list[tuple[LineSpec, list[DeviceSpec]]]:
 
 
 def build(site: Site, bus: Bus) -> list[LineActor]:
-    """One line actor per Modbus line that has devices; they publish to the bus."""
-    return [LineActor(line, devices, bus.publish) for line, devices in modbus_specs(site) if devices]
+    """One line actor per Modbus line that has devices; they publish to the bus.
+
+    The k-th of K lines starts its schedule at phase k/K: the devices of all lines begin their cycles spread
+    over the poll interval, not every line in step (issue 11: +10 % requests/s, 4x fewer skipped cycles).
+    """
+    polled = [(line, devices) for line, devices in modbus_specs(site) if devices]
+    count = len(polled)
+    return [
+        LineActor(line, devices, bus.publish, phase=k / count) for k, (line, devices) in enumerate(polled)
+    ]

@@ -30,6 +30,18 @@ class Line(Strict):
     retries: int = Field(default=0, ge=0, le=5, description="extra attempts of a failed request")
     inter_request_delay: Duration = Field(default=0.0, description="pause between requests on this line")
     max_connections: int = Field(default=1, ge=1, le=32, description="TCP only: parallel connections allowed")
+    client: Literal["builtin", "pymodbus"] = Field(
+        default="builtin",
+        description="tcp only: the Modbus TCP client; builtin: the gateway's own (fast), pymodbus: the"
+        " reference, as a fallback. RTU and rtu_over_tcp lines always use pymodbus",
+    )
+    pipeline: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="tcp with the builtin client only: requests outstanding per connection; 1 (one at a"
+        " time) unless the device is known to queue requests (most meters and serial gateways do not)",
+    )
     down_after: int = Field(
         default=3, ge=1, le=100, description="failed cycles before a device is marked down"
     )
@@ -48,5 +60,15 @@ class Line(Strict):
         if self.transport != "tcp" and self.max_connections != 1:
             raise ValueError(
                 "max_connections applies to tcp lines only: an RTU line carries one request at a time"
+            )
+        if self.transport != "tcp" and "client" in self.model_fields_set and self.client != "pymodbus":
+            raise ValueError(
+                f"client: {self.client} reads Modbus TCP only; a {self.transport} line is always read"
+                " through pymodbus (leave client out)"
+            )
+        if self.pipeline != 1 and (self.transport != "tcp" or self.client != "builtin"):
+            raise ValueError(
+                "pipeline applies to tcp lines read by the builtin client only"
+                f" (this line: transport {self.transport}, client {self.client})"
             )
         return self
