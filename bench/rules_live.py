@@ -50,14 +50,20 @@ def write_live_site(
     clear_for: float = CLEAR_FOR,
     heartbeat: float = 1.0,
     http_port: int = 0,
+    http_tokens: dict[str, str] | None = None,
     extra: str = "",
 ) -> Path:
-    """Two buildings on one Modbus TCP line (its converter is not powered by either building).
+    """Two buildings on one Modbus TCP line (its converter is not powered by either building). `http_tokens`
+    (token name -> the environment variable holding it) become the site's http.tokens.
 
     B1-main and B2-main are main meters with their own auxiliary supply: a cut makes them read 0 V on every
     phase. B1-unit is powered by the circuit it measures: a cut silences it (a symptom of B1's outage).
     """
     port = port or free_port()
+    tokens = ""
+    if http_tokens:
+        listed = ", ".join(f"{{name: {n}, token: '${{{env}}}'}}" for n, env in http_tokens.items())
+        tokens = f", tokens: [{listed}]"
     text = f"""\
 site: {{id: livetest, name: Live detection test site, timezone: Asia/Shanghai}}
 buildings:
@@ -78,7 +84,7 @@ rules:
      clear_for: {clear_for}s}}
   - {{id: comm.absent, kind: absence, category: comm_fault, severity: minor, for: {for_}s,
      clear_for: {clear_for}s}}
-http: {{host: 127.0.0.1, port: {http_port}}}
+http: {{host: 127.0.0.1, port: {http_port}{tokens}}}
 incidents: {{heartbeat: {heartbeat}s}}
 """
     path = directory / "site.yaml"

@@ -77,11 +77,7 @@ class DrillSite(LiveSite):
             residents=receiver.url("json", "/residents"),
             residents_too="true" if residents_too else "false",
         )
-        path = write_live_site(directory, http_port=http_port, extra=extra)
-        token = f"tokens: [{{name: desk, token: '${{{TOKEN_ENV}}}'}}]"
-        text, n = re.subn(r"^http: \{(.*)\}$", rf"http: {{\1, {token}}}", path.read_text("utf-8"), flags=re.M)
-        assert n == 1, "the live site's http line changed"
-        path.write_text(text, encoding="utf-8")
+        path = write_live_site(directory, http_port=http_port, http_tokens={"desk": TOKEN_ENV}, extra=extra)
         self.directory = directory
         self.site_path = path
         self.site = load_site(path)

@@ -19,7 +19,6 @@ at the receiver or in the API, with generous time-outs; nothing here is a speed 
 from __future__ import annotations
 
 import json
-import re
 import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -108,11 +107,7 @@ def live_site(
         residents=receiver.url("json", "/residents"),
         maintenance=maintenance,
     )
-    path = write_live_site(directory, http_port=http_port, extra=extra)
-    token = f"tokens: [{{name: desk, token: '${{{TOKEN_ENV}}}'}}]"
-    text, n = re.subn(r"^http: \{(.*)\}$", rf"http: {{\1, {token}}}", path.read_text("utf-8"), flags=re.M)
-    assert n == 1, "the live site's http line changed"
-    path.write_text(text, encoding="utf-8")
+    path = write_live_site(directory, http_port=http_port, http_tokens={"desk": TOKEN_ENV}, extra=extra)
     return ResponseSite(directory, path)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import struct
 import subprocess
@@ -79,11 +78,7 @@ class ReportSite(LiveSite):
             team=receiver.url("json", "/team"),
             residents=receiver.url("json", "/residents"),
         )
-        path = write_live_site(directory, http_port=http_port, extra=extra)
-        token = f"tokens: [{{name: desk, token: '${{{TOKEN_ENV}}}'}}]"
-        text, n = re.subn(r"^http: \{(.*)\}$", rf"http: {{\1, {token}}}", path.read_text("utf-8"), flags=re.M)
-        assert n == 1, "the live site's http line changed"
-        path.write_text(text, encoding="utf-8")
+        path = write_live_site(directory, http_port=http_port, http_tokens={"desk": TOKEN_ENV}, extra=extra)
         self.directory = directory
         self.site_path = path
         self.site = load_site(path)

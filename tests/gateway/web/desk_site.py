@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -52,13 +51,12 @@ notify:
 
 def write_desk_site(directory: Path, staff_url: str, *, tokens: bool = True, http_port: int = 0) -> Path:
     """The live site with the roster and staff channel above and (unless `tokens` is false) http.tokens."""
-    path = write_live_site(directory, http_port=http_port, extra=ROSTER.replace("STAFF_URL", staff_url))
-    if tokens:
-        text = path.read_text(encoding="utf-8")
-        listed = ", ".join(f"{{name: {n}, token: '${{{env}}}'}}" for n, (env, _) in TOKENS.items())
-        text, n = re.subn(r"^http: \{(.*)\}$", rf"http: {{\1, tokens: [{listed}]}}", text, flags=re.M)
-        assert n == 1, "the live site's http line changed: update write_desk_site"
-        path.write_text(text, encoding="utf-8")
+    path = write_live_site(
+        directory,
+        http_port=http_port,
+        http_tokens={n: env for n, (env, _) in TOKENS.items()} if tokens else None,
+        extra=ROSTER.replace("STAFF_URL", staff_url),
+    )
     return path
 
 
