@@ -32,6 +32,7 @@ QUALITY_FIELD = "quality"
 PRECISION = "us"  # of the timestamps we write; the writer sends it as the precision parameter
 QUALITY_CODES: dict[Quality, int] = {"good": 0, "stale": 1, "comm_error": 2, "decode_error": 3}
 MQTT_PROFILE_TAG = "mqtt"
+MAX_TEMPLATES = 100_000  # line templates kept (device x quantity set); past it new ones are made per sample
 
 _ROLE_MEASUREMENT: dict[str, str] = {
     "main_power": "power",
@@ -82,6 +83,11 @@ def _escape_measurement(s: str) -> str:
     return s.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ")
 
 
+def _literal(text: str) -> str:
+    """`text` as a literal part of a str.format template."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 @dataclass(frozen=True, slots=True)
 class SeriesKey:
     measurement: str
@@ -93,12 +99,16 @@ class SeriesKey:
 
 
 class LineEncoder:
-    """Encodes Samples of one site. Prefixes (measurement + tags) are computed once per device."""
+    """Encodes Samples of one site. Prefixes (measurement + tags) are computed once per device, and for each
+    device and set of quantities one template holds everything constant in a line (prefix, escaped field
+    keys, separators), so a sample costs one str.format: the values' repr, the quality code, the stamp."""
 
     def __init__(self, site: Site) -> None:
         self.site_id = site.config.site.id
         self.keys: dict[str, SeriesKey] = {}
         self._prefix: dict[str, str] = {}
+        # (device, quantities in the sample's order) -> template: "<prefix> k1={!r},k2={!r},quality={}i {}"
+        self._templates: dict[tuple[str, tuple[str, ...]], str] = {}
         for dev in site.config.devices:
             profile = site.profiles.get(dev.profile) if dev.profile else None
             tags = [
@@ -116,12 +126,39 @@ class LineEncoder:
 
     def encode(self, sample: Sample) -> str | None:
         """One line, or None when the sample carries no finite value at all."""
-        prefix = self._prefix.get(sample.device)
+        values = sample.values
+        floats = tuple(map(float, values.values()))
+        # finite sum <=> every value finite (an overflow to inf only sends a finite sample the long way)
+        if floats and math.isfinite(sum(floats)):
+            quantities = tuple(values)
+            template = self._templates.get((sample.device, quantities))
+            if template is None:
+                template = self._template(sample.device, quantities)
+            return template.format(
+                *floats, QUALITY_CODES.get(sample.quality, 0), round(sample.ts * 1_000_000)
+            )
+        return self._encode_skipping(sample)
+
+    def _template(self, device: str, quantities: tuple[str, ...]) -> str:
+        fields = ",".join(_literal(_escape_key(field_name(q))) + "={!r}" for q in quantities)
+        template = f"{_literal(self._device_prefix(device))} {fields},{QUALITY_FIELD}={{}}i {{}}"
+        if len(self._templates) < MAX_TEMPLATES:  # quantity sets come from profiles and payloads: bounded
+            self._templates[(device, quantities)] = template
+        return template
+
+    def _device_prefix(self, device: str) -> str:
+        prefix = self._prefix.get(device)
         if prefix is None:
             # Sources are inventory-driven, so this is a programming error upstream; still store it.
             self.unknown_devices += 1
-            key = SeriesKey("other", (("site", self.site_id), ("device", sample.device)))
-            prefix = self._prefix[sample.device] = key.prefix()
+            key = SeriesKey("other", (("site", self.site_id), ("device", device)))
+            prefix = self._prefix[device] = key.prefix()
+        return prefix
+
+    def _encode_skipping(self, sample: Sample) -> str | None:
+        """The long way, for a sample with a NaN or infinite value (or none at all): those values are
+        skipped and counted."""
+        prefix = self._device_prefix(sample.device)
         fields = []
         for quantity, value in sample.values.items():
             v = float(value)
