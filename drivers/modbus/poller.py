@@ -20,11 +20,12 @@ import math
 import random
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from drivers.modbus.answer import KINDS as ANSWER_KINDS
 from drivers.modbus.codec import NotAvailable, decode, decode_text
+from drivers.modbus.decoders import Problem, ReadPlan, plans_for
 from drivers.modbus.planner import ReadRequest
 from drivers.modbus.spec import DeviceSpec, LineSpec
 from gateway.config.profile import Point
@@ -69,13 +70,6 @@ class ReadOutcome:
 Read = Callable[[ReadRequest], Awaitable[ReadOutcome]]
 
 
-@dataclass(frozen=True, slots=True)
-class _Slot:
-    point: Point
-    start: int  # offset of the point's words in the request's answer
-    decimals_key: tuple[str, int] | None
-
-
 class DevicePoller:
     """Polls one device; keeps its liveness (up/down after `line.down_after` unanswered cycles)."""
 
@@ -101,11 +95,21 @@ class DevicePoller:
         self.probe_attempts = 0
         self.last_failure = ""
         self.decimals: dict[tuple[str, int], int] = {}
-        self._slots = {id(r): self._layout(r) for r in (*device.requests, *device.info_requests)}
         self.info_due = 0.0  # monotonic time of the next info read; 0: after the next answered cycle
-        self._decimals_keys = {
-            s.decimals_key for slots in self._slots.values() for s in slots if s.decimals_key
+        requests = (*device.requests, *device.info_requests)
+        decimals_keys = {
+            (r.function, p.decimals_register)
+            for r in requests
+            for p in r.points
+            if p.decimals_register is not None
         }
+        # Compiled once: the decoders of each read (drivers/modbus/decoders.py), in cycle order.
+        self._plans = plans_for(requests, decimals_keys)
+        self._cycle = tuple((r, self._plans[id(r)]) for r in device.requests)
+        # A failure kind was logged for this device since its last answer: the next answer forgets them
+        # (set only by _failed, the one place that logs under those keys).
+        self._failure_logged = False
+        self._failure_keys = tuple((device.id, kind) for kind in FAILURES)
         first = device.requests[0].points[0] if device.requests and device.requests[0].points else None
         self._probe = (
             ReadRequest(device.unit, first.function or "holding", first.pdu, first.width, ())
@@ -113,30 +117,18 @@ class DevicePoller:
             else (device.requests[0] if device.requests else None)
         )
 
-    @staticmethod
-    def _layout(request: ReadRequest) -> list[_Slot]:
-        return [
-            _Slot(
-                p,
-                p.pdu - request.address,
-                (request.function, p.decimals_register) if p.decimals_register is not None else None,
-            )
-            for p in request.points
-        ]
-
     # ------------------------------------------------------------------------------------------------
     async def cycle(self) -> bool:
         """Run one poll cycle. Returns True when the device answered at least one read."""
         self.stats.cycles += 1
         answered = False
-        for request in self.device.requests:
+        for request, plan in self._cycle:
             outcome = await self._read(request)
             if outcome.failure is not None:
                 break  # remaining reads skipped this cycle: the line is shared with other devices
             answered = True
-            words = outcome.registers()
-            if words is not None:
-                await self._publish(request, words)
+            if outcome.words is not None or outcome.data is not None:
+                await self._publish(plan, outcome)
         await self._verdict(answered)
         if answered and self.device.info_requests and time.monotonic() >= self.info_due:
             await self.read_info()
@@ -157,8 +149,8 @@ class DevicePoller:
             words = outcome.registers()
             if words is None:
                 continue
-            for slot in self._slots[id(request)]:
-                value = self._decode_info(slot.point, words[slot.start : slot.start + slot.point.width])
+            for slot in self._plans[id(request)].slots:
+                value = self._decode_info(slot.point, words[slot.start : slot.start + slot.width])
                 if value is not None:
                     text[slot.point.quantity] = value
         if text:
@@ -181,19 +173,24 @@ class DevicePoller:
 
     # ------------------------------------------------------------------------------------------------
     async def _read(self, request: ReadRequest) -> ReadOutcome:
-        self.stats.requests += 1
+        stats = self.stats
+        stats.requests += 1
         outcome = await self.read(request)
-        dev = self.device.id
-        where = f"FC{request.code:02d} {request.address}+{request.count}"
-        for kind, why in outcome.dropped:
-            self.dropped(kind, f"on {where}: {why}")
+        if outcome.dropped:
+            where = _where(request)
+            for kind, why in outcome.dropped:
+                self.dropped(kind, f"on {where}: {why}")
         if outcome.failure is not None:
             return self._failed(request, outcome)
-        self.stats.rtt.observe(outcome.rtt)
-        self.stats.last_success = time.time()
-        for kind in FAILURES:
-            self.once.forget((dev, kind))
+        stats.rtt.observe(outcome.rtt)
+        stats.last_success = time.time()
+        if self._failure_logged:
+            self._failure_logged = False
+            for key in self._failure_keys:
+                self.once.forget(key)
         if outcome.exception_code is not None:
+            dev = self.device.id
+            where = _where(request)
             kind = f"exception_{outcome.exception_code}"
             self.stats.errors[kind] += 1
             self.once.warn(
@@ -214,9 +211,10 @@ class DevicePoller:
 
     def _failed(self, request: ReadRequest, outcome: ReadOutcome) -> ReadOutcome:
         dev = self.device.id
-        where = f"FC{request.code:02d} {request.address}+{request.count}"
+        where = _where(request)
         assert outcome.failure is not None
         self.stats.errors[outcome.failure] += 1
+        self._failure_logged = True
         self.last_failure = f"{outcome.failure}: {outcome.detail}" if outcome.detail else outcome.failure
         self.once.warn(
             (dev, outcome.failure),
@@ -259,42 +257,38 @@ class DevicePoller:
             self.device.id, p.quantity,
         )  # fmt: skip
 
-    async def _publish(self, request: ReadRequest, words: list[int]) -> None:
+    async def _publish(self, plan: ReadPlan, outcome: ReadOutcome) -> None:
         ts = time.time()
-        if self._decimals_keys:
-            for key in self._decimals_keys:
-                function, address = key
-                if function == request.function and request.address <= address < request.end:
-                    self.decimals[key] = words[address - request.address]
-        values: dict[str, float] = {}
-        quality: Quality = "good"
-        for slot in self._slots[id(request)]:
-            p = slot.point
-            try:
-                decimals = self.decimals.get(slot.decimals_key) if slot.decimals_key else None
-                value = decode(p, words[slot.start : slot.start + p.width], decimals)
-            except NotAvailable:
+        if outcome.words is not None:
+            values, problems = plan.decode_words(outcome.words, self.decimals)
+        else:
+            assert outcome.data is not None
+            values, problems = plan.decode(outcome.data, self.decimals)
+        quality: Quality = "decode_error" if problems and self._report(problems) else "good"
+        if values:
+            self.stats.samples += 1
+            await self.emit(Sample(self.device.id, ts, values, quality))
+
+    def _report(self, problems: Sequence[Problem]) -> bool:
+        """Counts and logs the values a read could not give; True when one makes the sample's quality bad."""
+        bad = False
+        for p, issue in problems:
+            if isinstance(issue, NotAvailable):
                 # The meter says it has no reading: not a decoding fault, the sample's quality stays.
                 self._not_available(p)
-                continue
-            except ValueError as exc:
-                quality = "decode_error"
+            elif isinstance(issue, Exception):
+                bad = True
                 self.stats.errors["decode"] += 1
-                self.once.warn((self.device.id, "decode", p.quantity), "%s: %s", self.device.id, exc)
-                continue
-            if not math.isfinite(value):
-                quality = "decode_error"
+                self.once.warn((self.device.id, "decode", p.quantity), "%s: %s", self.device.id, issue)
+            else:
+                bad = True
                 self.stats.errors["nan"] += 1
                 self.once.warn(
                     (self.device.id, "nan", p.quantity),
                     "%s: %s read %s, value dropped",
-                    self.device.id, p.quantity, value,
+                    self.device.id, p.quantity, issue,
                 )  # fmt: skip
-                continue
-            values[p.quantity] = value
-        if values:
-            self.stats.samples += 1
-            await self.emit(Sample(self.device.id, ts, values, quality))
+        return bad
 
     async def _verdict(self, answered: bool) -> None:
         if answered:
@@ -322,3 +316,7 @@ class DevicePoller:
                 "device down",
                 extra={"fields": {"device": self.device.id, "line": self.line.id, "reason": reason}},
             )
+
+
+def _where(request: ReadRequest) -> str:
+    return f"FC{request.code:02d} {request.address}+{request.count}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -360,3 +361,100 @@ async def test_daemon_builder_publishes_to_the_bus(sim: SimHandle, tmp_path: Pat
     by_line = {c.stats.line: c for c in components}
     assert by_line["tcp"].stats.requests > 0
     assert next(c.device_stats["P-tuf"] for c in components if "P-tuf" in c.device_stats).samples > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ReadOutcome.data (the lean TCP path) against ReadOutcome.words (pymodbus): the same Samples, stats, logs
+
+
+def register_bank_meter(script: list[str], bank: dict[tuple[str, int], int]) -> object:
+    """A device seen through the poller's read seam: answers from `bank`, as words or as wire data."""
+    from drivers.modbus.planner import ReadRequest
+    from drivers.modbus.poller import ReadOutcome
+
+    def read_for(as_data: bool) -> object:
+        calls = 0
+
+        async def read(request: ReadRequest) -> ReadOutcome:
+            nonlocal calls
+            step = script[calls % len(script)]
+            calls += 1
+            if step == "timeout":
+                return ReadOutcome(failure="timeout", detail="no answer within 1 s")
+            if step == "exception" and request.address > 0:
+                return ReadOutcome(exception_code=2, rtt=0.01)
+            words = [bank.get((request.function, request.address + i), 0) for i in range(request.count)]
+            if as_data and not request.is_bits:
+                return ReadOutcome(data=struct.pack(f">{len(words)}H", *words), rtt=0.01)
+            return ReadOutcome(words=words, rtt=0.01)
+
+        return read
+
+    return read_for
+
+
+async def test_data_outcomes_publish_exactly_what_words_outcomes_do(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from drivers.modbus.codec import encode
+    from drivers.modbus.planner import plan_reads
+    from drivers.modbus.poller import DevicePoller
+    from gateway.config.profile import Point
+    from gateway.core.once import OnceLog
+    from gateway.core.stats import DeviceStats
+
+    points = [
+        Point(quantity="voltage", function="input", address=0, type="float32"),
+        Point(quantity="current", function="input", address=2, type="float32", word_order="little"),
+        Point(quantity="gone", function="input", address=4, type="uint16", not_available=(0xFFFF,)),
+        Point(quantity="broken", function="input", address=5, type="float32"),  # NaN below
+        Point(quantity="decimals", function="input", address=7, type="uint16"),
+        Point(quantity="pressure", function="input", address=8, type="int16", decimals_register=7),
+        Point(
+            quantity="energy", function="input", address=40, type="uint32", scale=0.01, byte_order="little"
+        ),
+        Point(quantity="alarm", function="coil", address=3, type="bit"),
+    ]
+    requests = tuple(plan_reads(points, unit=1))
+    assert len(requests) == 3
+    bank: dict[tuple[str, int], int] = {}
+
+    def put(quantity: str, words: list[int]) -> None:
+        p = next(p for p in points if p.quantity == quantity)
+        for i, w in enumerate(words):
+            bank[(p.function or "", p.pdu + i)] = w
+
+    put("voltage", encode(points[0], 230.2))
+    put("current", encode(points[1], 1.25))
+    put("gone", [0xFFFF])
+    put("broken", [0x7FC0, 0x0000])
+    put("decimals", [2])
+    put("pressure", encode(points[5], -3.21, 2))
+    put("energy", encode(points[6], 123456.78))
+    put("alarm", [1])
+    script = ["ok", "ok", "ok", "ok", "exception", "ok", "timeout", "ok", "ok", "ok", "ok"]
+    line = LineSpec(id="bank", transport="tcp", host="127.0.0.1", port=1, down_after=2)
+    device = DeviceSpec(id="M1", unit=1, poll_interval=1.0, requests=requests)
+    runs = []
+    for as_data in (False, True):
+        caplog.clear()
+        rec = Recorder()
+        stats = DeviceStats("M1", "bank")
+        read = register_bank_meter(script, bank)(as_data)  # type: ignore[operator]
+        poller = DevicePoller(line, device, read, rec, stats, OnceLog(logging.getLogger("test.bank")))
+        for _ in range(6):
+            await poller.cycle()
+        samples = [(s.values, s.quality) for s in rec.samples("M1")]
+        logs = [r.getMessage() for r in caplog.records if r.name == "test.bank"]
+        runs.append((samples, dict(stats.errors), stats.samples, stats.requests, logs))
+    assert runs[0] == runs[1]
+    samples, errors, *_, logs = runs[1]
+    assert samples[0] == (
+        {"voltage": 230.2, "current": 1.25, "decimals": 2.0, "pressure": -3.21},
+        "decode_error",
+    )
+    assert ({"energy": 123456.78}, "good") in samples and ({"alarm": 1.0}, "good") in samples
+    assert (
+        errors["not_available"] == errors["nan"] > 0 and errors["exception_2"] > 0 and errors["timeout"] == 1
+    )
+    assert sum("timeout" in m for m in logs) == 1 and sum("Modbus exception" in m for m in logs) >= 1
