@@ -136,9 +136,10 @@ class TcpConnection:
     # --- reading ---------------------------------------------------------------------------------
     async def read(self, request: ReadRequest) -> ReadOutcome:
         """One request with the line's retries."""
-        if self._inflight >= self.depth or self._waiters:
-            await self._admitted()
-        self._inflight += 1
+        if self._inflight < self.depth and not self._waiters:
+            self._inflight += 1
+        else:
+            await self._admitted()  # returns holding a place handed over by a request that ended
         try:
             outcome = ReadOutcome(failure="timeout")
             dropped: list[tuple[str, str]] | None = None
@@ -164,21 +165,31 @@ class TcpConnection:
                 outcome.dropped = []  # counted already, with an attempt that came before
             return outcome
         finally:
-            self._inflight -= 1
-            if self._waiters:
-                self._waiters.popleft().set_result(None)
+            self._release()
+
+    def _release(self) -> None:
+        """A place among the outstanding requests is free: hand it to the first waiter, or give it back.
+
+        Handed over, never freed first: a caller arriving before the waiter runs must not take it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # not cancelled while it waited
+                waiter.set_result(None)
+                return
+        self._inflight -= 1
 
     async def _admitted(self) -> None:
-        """Wait for a free place among the connection's outstanding requests (first come, first served)."""
+        """Wait for a place among the connection's outstanding requests (first come, first served)."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            elif self._waiters:  # it was handed the place: pass it on
-                self._waiters.popleft().set_result(None)
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed the place, then cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
 
     def _want(self, request: ReadRequest) -> Expected:

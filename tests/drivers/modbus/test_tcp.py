@@ -273,6 +273,23 @@ async def test_one_at_a_time_by_default() -> None:
     assert all(o.failure is None for o in outcomes)
 
 
+async def test_a_read_cancelled_while_it_waits_for_its_turn_gives_its_turn_on() -> None:
+    async with device() as (dev, line):
+        conn = client(line)
+        try:
+            reads = [asyncio.create_task(conn.read(INPUT)) for _ in range(3)]
+            first = await dev.requests.get()
+            reads[1].cancel()  # waiting for the first to end
+            await dev.send(answer(first))
+            await dev.send(answer(await dev.requests.get()))  # the third goes out next
+            outcomes = await asyncio.gather(reads[0], reads[2])
+            assert reads[1].cancelled()
+        finally:
+            conn.close()
+    assert [registers_of(o) for o in outcomes] == [[0, 1], [0, 1]]
+    assert conn._inflight == 0 and not conn._waiters and conn.stats.requests == 2
+
+
 async def test_a_cancelled_read_leaves_no_request_behind() -> None:
     async with device() as (dev, line):
         conn = client(line)
