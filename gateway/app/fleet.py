@@ -21,6 +21,7 @@ from gateway.observe.presence import DevicePresence
 class Fleet:
     bridge: FleetBridge
     publisher: FleetPublisher
+    presence: DevicePresence | None = None  # the daemon's view of its devices (devices_up)
 
 
 def _version() -> str:
@@ -50,5 +51,10 @@ def build(
     if cfg is None:
         return None
     bridge = FleetBridge(site, cfg, manager, store_path, now)
-    publisher = FleetPublisher(site, cfg, bridge, lambda: gateway_facts(site, manager, presence), _version())
-    return Fleet(bridge, publisher)
+    fleet: Fleet
+
+    def facts() -> dict[str, Any]:
+        return gateway_facts(site, manager, fleet.presence)
+
+    fleet = Fleet(bridge, FleetPublisher(site, cfg, bridge, facts, _version()), presence)
+    return fleet

@@ -274,11 +274,11 @@ class FleetPublisher:
                 if not self.stats.connected:
                     continue
                 if self._announce or now >= next_beat:
-                    self._announce = False
                     next_beat = now + self.cfg.heartbeat
                     self._publish_direct(self.topics.state, self.state_payload("online", now).encode())
-                    if self._kpi is not None:
+                    if self._announce and self._kpi is not None:  # the broker may have lost it
                         self._publish_direct(self.topics.kpi, self._kpi.encode())
+                    self._announce = False
                 if now >= self._kpi_due:
                     self._make_kpi(now)
                 self._fill()
