@@ -279,15 +279,13 @@ def _message(topic: str, payload: bytes) -> MQTTMessage:
 async def _deliver(sub: MqttSubscriber, *messages: MQTTMessage) -> None:
     """What paho's thread and the consumer do with each message (QoS 0: nothing to acknowledge)."""
     sub._loop = asyncio.get_running_loop()
-    sub._inbox = asyncio.Queue()
     for m in messages:
         sub._on_message(None, None, m)  # type: ignore[arg-type]
-    await asyncio.sleep(0)  # call_soon_threadsafe hands them to the loop
-    while not sub._inbox.empty():
-        item = sub._inbox.get_nowait()
+    while sub._inbox:
+        item = sub._inbox.popleft()
         assert isinstance(item, _Inbound)
-        sub._qos0_waiting -= 1
-        await sub._handle(None, item)  # type: ignore[arg-type]
+        sub._qos0_taken += 1
+        await sub._handle(None, item)
 
 
 async def test_subscriber_keeps_no_more_than_max_payload_of_a_large_message(
@@ -297,10 +295,9 @@ async def test_subscriber_keeps_no_more_than_max_payload_of_a_large_message(
     tap = bus.subscribe("t", maxsize=100)
     sub = MqttSubscriber(_settings(max_payload=1000), bus)
     sub._loop = asyncio.get_running_loop()
-    sub._inbox = asyncio.Queue()
     sub._on_message(None, None, _message("tele/B3-pump/SENSOR", HUGE_TASMOTA))  # type: ignore[arg-type]
-    await asyncio.sleep(0)
-    item = sub._inbox.get_nowait()
+    item = sub._inbox.popleft()
+    sub._qos0_taken += 1
     assert isinstance(item, _Inbound)
     assert len(item.payload) == 1001  # what waits on the loop is cut, whatever the broker sent
     assert item.size == len(HUGE_TASMOTA)
