@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from drivers.modbus.line import LineActor
 from drivers.mqtt.subscriber import MqttSubscriber
 from gateway.core.stats import DeviceStats
+from gateway.fleet.publisher import FleetPublisher
 from gateway.incidents.evidence import EvidenceKeeper
 from gateway.incidents.manager import IncidentManager
 from gateway.incidents.retention import Retention
@@ -35,6 +36,7 @@ class Services:
     mqtt: MqttSubscriber | None = None
     routers: list[APIRouter] = field(default_factory=list)
     http: HttpServer | None = None
+    fleet: FleetPublisher | None = None  # the fleet bridge's publisher; its counters: fleet.stats
 
     @property
     def http_port(self) -> int | None:
