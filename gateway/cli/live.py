@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -46,6 +46,23 @@ def silent_after(device: Device) -> float:
 
 class IncidentSource(Protocol):
     def open_incidents(self) -> list[Incident]: ...
+
+
+class PaneSource(Protocol):
+    """Lines shown under the readings in a region of their own (the demo's messages: demo_pane.py)."""
+
+    title: str
+    total: int
+
+    def recent(self, n: int) -> Sequence[PaneRow]: ...
+
+
+class PaneRow(Protocol):
+    @property
+    def screen(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
 
 
 @dataclass
@@ -88,6 +105,8 @@ class LiveView:
     # one line under the table, e.g. the demo's scenario progress ("+32s · next +45s cut power B1")
     footer: Callable[[], str] | None = None
     logs: LogTail | None = None
+    # a pane of its own under the footer (the demo's messages); plain mode prints its lines itself
+    pane: PaneSource | None = None
     console: Console | None = None  # the terminal's by default
 
     @classmethod
@@ -230,6 +249,8 @@ class LiveView:
                 event = await asyncio.wait_for(self.sub.get(), timeout=remaining)
             except TimeoutError:
                 return
+            if stop.is_set():  # the gateway is stopping: its pollers' "connection lost" is not the site's
+                return
             self.apply(event)
 
     async def _run_rich(self, stop: asyncio.Event) -> None:
@@ -274,9 +295,20 @@ class LiveView:
                 print(line, flush=True)
 
 
+# Lines of the screen the pane keeps at least, whatever the log tail wants, when the terminal is short.
+PANE_MIN = 4
+# Open incidents listed on the screen at most (the rest are counted): the readings come first.
+INCIDENTS_SHOWN = 3
+PANE_STYLE = {"notice": "magenta", "demo": "bold cyan"}
+
+
 @dataclass
 class LiveScreen:
-    """What the live view draws, laid out for the console's width when rich renders it."""
+    """What the live view draws, laid out for the console's width and height when rich renders it.
+
+    Everything fits the terminal (rich crops what does not, from the bottom): the readings table first,
+    then the open incidents (at most INCIDENTS_SHOWN), the footer, the pane's newest lines (PANE_MIN of them
+    at least) and the log tail in whatever rows are left. Every line is one row: long ones are cut."""
 
     view: LiveView
     now: float | None = None
@@ -284,17 +316,36 @@ class LiveScreen:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         view = self.view
         now = time.time() if self.now is None else self.now
-        yield view.table(now, width=options.max_width)
+        table = view.table(now, width=options.max_width)
+        yield table
+        rows = options.height or console.height
+        left = rows - 1 - len(console.render_lines(table, options.update(height=None), pad=False))
         if view.incidents is not None:
             lines = view.incident_lines()
-            yield Text(f"open incidents: {len(lines)}", style="bold red" if lines else "green")
-            for line in lines:
-                yield Text(line, style="red")
+            shown = lines[:INCIDENTS_SHOWN]
+            more = f" (first {len(shown)} shown)" if len(shown) < len(lines) else ""
+            yield Text(f"open incidents: {len(lines)}{more}", style="bold red" if lines else "green")
+            for line in shown:
+                yield _row(line, "red")
+            left -= 1 + len(shown)
         if view.footer is not None:
-            yield Text(view.footer(), style="cyan")
-        if view.logs is not None:
-            recent = view.logs.recent()
-            if recent:
-                yield Text(f"log (last {len(recent)} of {view.logs.total}):", style="dim")
-                for line in recent:
-                    yield Text(line, style="dim")
+            yield _row(view.footer(), "cyan")
+            left -= 1
+        recent_logs = view.logs.recent() if view.logs is not None else []
+        if view.pane is not None:
+            # the pane's newest lines before old log lines; the logs keep up to 3 rows if there is room
+            logs_want = min(len(recent_logs), 3) + 1 if recent_logs else 0
+            recent = view.pane.recent(max(PANE_MIN - 1, left - 1 - logs_want))
+            yield Text(f"{view.pane.title} (last {len(recent)} of {view.pane.total}):", style="bold")
+            for row in recent:
+                yield _row(row.screen, PANE_STYLE.get(row.kind, ""))
+            left -= 1 + len(recent)
+            recent_logs = recent_logs[-(left - 1) :] if left > 1 else []
+        if view.logs is not None and recent_logs:
+            yield Text(f"log (last {len(recent_logs)} of {view.logs.total}):", style="dim")
+            for line in recent_logs:
+                yield _row(line, "dim")
+
+
+def _row(text: str, style: str) -> Text:
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis")
