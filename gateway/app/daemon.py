@@ -20,6 +20,7 @@ from gateway.app import detect, modbus, mqtt, store, web
 from gateway.app.component import Component
 from gateway.app.services import Services
 from gateway.config import Site
+from gateway.core import gctune
 from gateway.core.bus import Bus
 from gateway.observe.health import Readiness
 from gateway.observe.http import HttpServer, make_app
@@ -119,6 +120,11 @@ def run_daemon(site: Site, state_dir: Path | None = None, tap: Path | None = Non
     # every file the daemon creates (spool, incident store and its WAL, dead letters, the link secret) is
     # the owner's alone, whatever umask the service was started with
     os.umask(0o077)
+    try:  # read before anything starts: a bad METERWATCH_GC stops the daemon with one clear line
+        gc_settings = gctune.settings_from_env()
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -131,6 +137,8 @@ def run_daemon(site: Site, state_dir: Path | None = None, tap: Path | None = Non
             from gateway.sink.tap import SampleTap
 
             rt.components.insert(0, SampleTap(rt.bus, tap))
+        # last: freezes what start-up built and sets the collector (issue 11; gateway/core/gctune.py)
+        rt.components.append(gctune.AfterStart(gc_settings))
         await serve(rt, stop)
 
     asyncio.run(main())
