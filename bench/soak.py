@@ -81,10 +81,10 @@ MIB = 2**20
 # ----------------------------------------------------------------------------------------------- the site
 
 
-def site_text(ports: list[int], http_port: int, influx_url: str) -> str:
+def site_text(ports: list[int], http_port: int, influx_url: str, n_buildings: int = BUILDINGS) -> str:
     """The soak site: `ports` holds one port per TCP gateway, then one per RS-485 device server."""
     buildings, lines, devices = [], [], []
-    for b in range(1, BUILDINGS + 1):
+    for b in range(1, n_buildings + 1):
         bid = f"B{b:02d}"
         buildings.append(
             f"  - {{id: {bid}, households: 60, domains: [{{id: {bid}-power, kind: power}},"
@@ -103,7 +103,7 @@ def site_text(ports: list[int], http_port: int, influx_url: str) -> str:
         bid = f"B{r:02d}"
         line = f"{bid}-rs485"
         lines.append(
-            f"  - {{id: {line}, transport: rtu_over_tcp, host: 127.0.0.1, port: {ports[BUILDINGS + r - 1]},"
+            f"  - {{id: {line}, transport: rtu_over_tcp, host: 127.0.0.1, port: {ports[n_buildings + r - 1]},"
             f" baudrate: 19200, timeout: 500ms, powered_by: {bid}-power}}"
         )
         rtu = [
@@ -256,12 +256,13 @@ class Gateway:
     _cpu: tuple[float, float] = field(default=(0.0, 0.0))  # (monotonic, cpu seconds) at the last reading
 
     @classmethod
-    def start(cls, site: Path, state_dir: Path, http_port: int, log_path: Path) -> Gateway:
+    def start(cls, site: Path, state_dir: Path, http_port: int, log_path: Path, gc_mode: str) -> Gateway:
         cmd = [sys.executable, "-m", "gateway.cli", "run", str(site), "--state-dir", str(state_dir)]
-        cmd += ["--log-level", "warning"]
+        cmd += ["--log-level", "info"]  # info: the daemon's last line holds its GC pauses (gctune.summary)
+        env = dict(os.environ, METERWATCH_GC=gc_mode)
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True, env=env
             )
         gw = cls(proc, f"http://127.0.0.1:{http_port}", log_path)
         wait_for(gw.ready, 60, "the gateway's /readyz", interval=0.2, alive=gw.alive)
@@ -349,12 +350,12 @@ def human(r: Reading) -> str:
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     plan = Plan(total=60.0 * args.minutes)
-    ports = free_ports(BUILDINGS + RTU_LINES + 1)
+    ports = free_ports(args.buildings + RTU_LINES + 1)
     http_port = ports.pop()
     vm = Victoria(work / "victoria-data")
     vm.start()
     site = work / "site.yaml"
-    site.write_text(site_text(ports, http_port, vm.url), encoding="utf-8")
+    site.write_text(site_text(ports, http_port, vm.url, args.buildings), encoding="utf-8")
     scenario = work / "soak-scenario.yaml"
     scenario.write_text(scenario_text(plan), encoding="utf-8")
     readings: list[Reading] = []
@@ -363,8 +364,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     try:
         sim = SimulatorProcess.spawn(site, scenario, args=("--no-mqtt", "--log-level", "error"), timeout=60)
         t0 = time.monotonic()
-        gw = Gateway.start(site, work / "state", http_port, work / "gateway.log")
-        print(f"soak: {args.minutes:g} min, 100 devices at 1 s, gateway pid {gw.proc.pid}", flush=True)
+        gw = Gateway.start(site, work / "state", http_port, work / "gateway.log", args.gc)
+        print(
+            f"soak: {args.minutes:g} min, {devices(args.buildings)} devices at 1 s, METERWATCH_GC={args.gc}, "
+            f"gateway pid {gw.proc.pid}",
+            flush=True,
+        )
         events: list[tuple[float, str, Callable[[], None]]] = [
             (plan.vm_down, "VictoriaMetrics stopped", vm.stop),
             (plan.vm_up, "VictoriaMetrics started", vm.start),
@@ -387,7 +392,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 break
             wake = min([next_reading, plan.total, *(e[0] for e in events)])
             time.sleep(max(0.05, wake - (time.monotonic() - t0)))
-        return finish(plan, readings, sim, gw, vm)
+        result = finish(plan, readings, sim, gw, vm)
+        result["devices"] = devices(args.buildings)
+        result["gc_mode"] = args.gc
+        return result
     finally:
         if sim is not None:
             sim.stop()
@@ -432,6 +440,7 @@ def finish(
     stored = vm.count(f'{{__name__=~".+_quality",site="{SITE_ID}"}}')
     log_text = gw.log_path.read_text(errors="replace")
     errors = sum(1 for line in log_text.splitlines() if " error " in line.lower() or "level=error" in line)
+    gc_pauses = gc_summary(log_text)
     return summarise(
         plan,
         readings,
@@ -445,7 +454,7 @@ def finish(
             "spool_dropped_points": dropped,
             "delivered": stored >= published and received == published and dead == 0 and dropped == 0,
         },
-        {"exit_code": code, "log_error_lines": errors},
+        {"exit_code": code, "log_error_lines": errors, **gc_pauses},
     )
 
 
@@ -492,6 +501,18 @@ def summarise(
     }
 
 
+def devices(n_buildings: int) -> int:
+    return n_buildings * TCP_METERS + RTU_LINES * 5
+
+
+def gc_summary(log_text: str) -> dict[str, float]:
+    """The GC counters of the daemon's exit line ("garbage collector pauses", gateway/core/gctune.py)."""
+    import re
+
+    line = next((ln for ln in reversed(log_text.splitlines()) if "garbage collector pauses" in ln), "")
+    return {k: float(v) for k, v in re.findall(r"(gc_[a-z0-9_]+)=([0-9.]+)", line)}
+
+
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
@@ -516,6 +537,14 @@ def report(r: dict[str, Any]) -> None:
         f"incidents: {len(r['incidents'])} in all; power_outage opened {r['power_outage_opened']}, "
         f"resolved {r['power_outage_resolved']}"
     )
+    g = r["gateway"]
+    print(
+        f"GC ({r.get('gc_mode')}): {g.get('gc_collections_gen2', '?')} gen-2 collections, "
+        f"longest gen-2 pause "
+        f"{g.get('gc_gen2_longest_pause_ms', '?')} ms, longest pause {g.get('gc_longest_pause_ms', '?')} ms, "
+        f"{g.get('gc_pause_seconds_total', '?')} s paused in all, "
+        f"{g.get('gc_collections_gen0', '?')} young collections"
+    )
     print(
         f"delivered: {'yes' if r['delivered'] else 'NO'}: {r['samples_published']} samples published, "
         f"{r['sink_samples_received']} taken by the sink, {r['points_written']} points written, "
@@ -531,19 +560,74 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=6.0, help="length of the run (phases scale with it)")
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between readings")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (site, logs, spool)")
+    ap.add_argument(
+        "--buildings", type=int, default=BUILDINGS, help=f"buildings of {TCP_METERS} TCP meters each"
+    )
+    ap.add_argument(
+        "--gc",
+        default="tuned",
+        help="METERWATCH_GC of the gateway; several, comma-separated (tuned,off), run one after the other",
+    )
     args = ap.parse_args()
     if args.minutes * 60 < 10 * args.interval:
         ap.error("--minutes must allow at least 10 readings")
-    work = Path(tempfile.mkdtemp(prefix="meterwatch-soak-"))
-    try:
-        report(run(args, work))
-    finally:
-        if args.keep:
-            print(f"work folder kept: {work}")
-        else:
-            import shutil
+    modes = [m.strip() for m in args.gc.split(",") if m.strip()]
+    from gateway.core.gctune import settings_from_env
 
-            shutil.rmtree(work, ignore_errors=True)
+    for mode in modes:
+        try:
+            settings_from_env({"METERWATCH_GC": mode})
+        except ValueError as exc:
+            ap.error(str(exc))
+    results = []
+    for mode in modes:
+        args.gc = mode
+        work = Path(tempfile.mkdtemp(prefix=f"meterwatch-soak-{mode.replace(',', '-')}-"))
+        try:
+            result = run(args, work)
+            report(result)
+            results.append(result)
+        finally:
+            if args.keep:
+                print(f"work folder kept: {work}")
+            else:
+                import shutil
+
+                shutil.rmtree(work, ignore_errors=True)
+    if len(results) > 1:
+        compare(results)
+
+
+def compare(results: list[dict[str, Any]]) -> None:
+    """One line per GC mode side by side, and one JSON line with the comparison."""
+    rows = []
+    for r in results:
+        g = r["gateway"]
+        row = {
+            "gc_mode": r["gc_mode"],
+            "devices": r["devices"],
+            "minutes": r["minutes"],
+            "rss_mib_start": r["rss_mib_start"],
+            "rss_mib_after_warmup": r["rss_mib_after_warmup"],
+            "rss_mib_end": r["rss_mib_end"],
+            "rss_mib_peak": r["rss_mib_peak"],
+            "rss_drift_mib_after_warmup": round(r["rss_mib_end"] - r["rss_mib_after_warmup"], 2),
+            "rss_slope_mib_per_h_after_warmup": r["rss_slope_mib_per_h_after_warmup"],
+            "cpu_percent_mean": r["cpu_percent_mean"],
+            "samples_published": r["samples_published"],
+            "delivered": r["delivered"],
+            **{k: v for k, v in g.items() if k.startswith("gc_")},
+        }
+        rows.append(row)
+        print(
+            f"compare {row['gc_mode']:8s}: RSS {row['rss_mib_start']:.1f} -> {row['rss_mib_end']:.1f} MiB "
+            f"(drift after warm-up {row['rss_drift_mib_after_warmup']:+.1f} MiB, "
+            f"peak {row['rss_mib_peak']:.1f}), "
+            f"CPU {row['cpu_percent_mean']}%, gen-2 {row.get('gc_collections_gen2', '?')} "
+            f"(longest {row.get('gc_gen2_longest_pause_ms', '?')} ms), paused "
+            f"{row.get('gc_pause_seconds_total', '?')} s, delivered {row['delivered']}"
+        )
+    print(json.dumps({"bench": "soak_gc", "runs": rows}))
 
 
 if __name__ == "__main__":

@@ -142,4 +142,5 @@ def run_daemon(site: Site, state_dir: Path | None = None, tap: Path | None = Non
         await serve(rt, stop)
 
     asyncio.run(main())
+    log.info("garbage collector pauses", extra={"fields": gctune.summary()})
     return 0

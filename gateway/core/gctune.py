@@ -113,6 +113,20 @@ class GcPauses:
 PAUSES = GcPauses()
 
 
+def summary() -> dict[str, float | int]:
+    """PAUSES as flat fields (a log line at exit; bench/soak.py reads it)."""
+    p = PAUSES
+    return {
+        "gc_collections_gen0": p.collections[0],
+        "gc_collections_gen1": p.collections[1],
+        "gc_collections_gen2": p.gen2_collections,
+        "gc_longest_pause_ms": round(1000 * p.longest_pause_seconds, 2),
+        "gc_gen2_longest_pause_ms": round(1000 * p.gen2_longest_pause_seconds, 2),
+        "gc_pause_seconds_total": round(p.pause_seconds_total, 4),
+        "gc_collected_total": p.collected_total,
+    }
+
+
 def count_pauses() -> None:
     """Count every collection in PAUSES from now on (idempotent)."""
     if PAUSES.on_gc not in gc.callbacks:

@@ -113,6 +113,8 @@ def test_the_daemon_tunes_once_started(tmp_path: Path, monkeypatch: pytest.Monke
         tuned = next(i for i, ln in enumerate(lines) if "garbage collector set" in ln)
         assert tuned > started and "tuned: start-up objects frozen" in lines[tuned], lines[tuned]
         assert run.stop(signal.SIGTERM) == 0, run.dump()
+        pauses = [ln for ln in run.lines("err") if "garbage collector pauses" in ln]
+        assert len(pauses) == 1 and "gc_collections_gen2=" in pauses[0], run.dump()
     finally:
         run.kill()
 
