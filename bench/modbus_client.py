@@ -11,7 +11,10 @@ meter reading the SDM630's planned reads (3 FC04 reads, 80 registers) back to ba
 - pymodbus: drivers.modbus.line.Connection.read with client: pymodbus (the reference path: pymodbus's
   AsyncModbusTcpClient, the checked framer, the line's lock);
 - raw: asyncio streams, a struct-packed MBAP + FC04 request, readexactly of the header and the payload,
-  nothing checked: the limit of Python here.
+  nothing checked: the limit of Python here;
+- poll-builtin, poll-pymodbus: the whole polling path of the daemon without the bus: one LineActor per
+  meter (staggered as the site stagger them) with its DevicePoller decoding every value into a Sample,
+  a poll interval of 10 ms so that every cycle runs back to back (the skipped cycles are not queued).
 
 The kinds run in turn, `--rounds` times (A B C A B C), so that a load that comes and goes on the shared
 machine hits them alike; the figures are the median of the rounds, and the ratio builtin/raw and
@@ -39,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: `python bench/modbus_client.py`
     sys.path.insert(0, str(ROOT))
 
-KINDS = ("builtin", "pymodbus", "raw")
+KINDS = ("builtin", "pymodbus", "raw", "poll-builtin", "poll-pymodbus")
 HEADER = struct.Struct(">HHHB")
 REQUEST = struct.Struct(">HHHBBHH")
 
@@ -142,6 +145,8 @@ async def run_client(kind: str, ports: list[int], warmup: float, window: float) 
         finally:
             writer.close()
 
+    if kind.startswith("poll-"):
+        return await run_poll(kind.removeprefix("poll-"), ports, warmup, window)
     meter = raw_meter if kind == "raw" else gateway_meter
     tasks = [asyncio.create_task(meter(p)) for p in ports]
     await asyncio.sleep(warmup)
@@ -152,6 +157,49 @@ async def run_client(kind: str, ports: list[int], warmup: float, window: float) 
     counting = False
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
+    return figures(done, failed, cpu, wall)
+
+
+async def run_poll(client: str, ports: list[int], warmup: float, window: float) -> dict[str, float]:
+    from drivers.modbus.line import LineActor
+    from drivers.modbus.planner import plan_reads
+    from drivers.modbus.spec import Client, DeviceSpec, LineSpec
+    from gateway.config.profile import builtin_profiles
+    from gateway.core.types import Event
+
+    assert client in ("builtin", "pymodbus")
+    which: Client = "builtin" if client == "builtin" else "pymodbus"
+    sdm630 = builtin_profiles()["sdm630"]
+    samples = 0
+
+    async def emit(event: Event) -> None:
+        nonlocal samples
+        samples += 1
+
+    actors = []
+    for k, port in enumerate(ports):
+        line = LineSpec(id=f"m{k}", transport="tcp", host="127.0.0.1", port=port, timeout=5.0, client=which)
+        device = DeviceSpec(id=f"meter{k}", unit=1, poll_interval=0.01, requests=tuple(plan_reads(
+            [p for p in sdm630.points if not p.info], 1)))  # fmt: skip
+        actors.append(LineActor(line, [device], emit, seed=k, phase=k / len(ports)))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(a.run(stop)) for a in actors]
+
+    def counts() -> tuple[int, int]:
+        stats = [s for a in actors for s in a.device_stats.values()]
+        return sum(s.requests for s in stats), sum(sum(s.errors.values()) for s in stats)
+
+    await asyncio.sleep(warmup)
+    (req0, err0), cpu0, wall0 = counts(), time.process_time(), time.monotonic()
+    await asyncio.sleep(window)
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    req1, err1 = counts()
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return figures(req1 - req0, err1 - err0, cpu, wall)
+
+
+def figures(done: int, failed: int, cpu: float, wall: float) -> dict[str, float]:
     return {
         "requests": done,
         "failed": failed,
@@ -236,12 +284,23 @@ def main() -> None:
         for s in servers:
             s.wait(timeout=10)
     median = {k: statistics.median(r["requests_per_cpu_s"] for r in runs[k]) for k in KINDS}
-    ratio_raw = median["builtin"] / median["raw"] if median["raw"] else 0.0
-    ratio_pym = median["builtin"] / median["pymodbus"] if median["pymodbus"] else 0.0
+
+    def ratio(a: str, b: str) -> float:
+        return round(median[a] / median[b], 3) if median[b] else 0.0
+
+    ratios = {
+        "builtin_over_raw": ratio("builtin", "raw"),
+        "builtin_over_pymodbus": ratio("builtin", "pymodbus"),
+        "poll_builtin_over_raw": ratio("poll-builtin", "raw"),
+        "poll_builtin_over_poll_pymodbus": ratio("poll-builtin", "poll-pymodbus"),
+    }
     print(
-        f"{args.meters} meters, SDM630 reads closed loop, median of {args.rounds} rounds: builtin"
-        f" {median['builtin']:,.0f}, pymodbus {median['pymodbus']:,.0f}, raw {median['raw']:,.0f} requests"
-        f" per CPU-s; builtin/raw {ratio_raw:.2f}, builtin/pymodbus {ratio_pym:.2f}"
+        f"{args.meters} meters, SDM630 reads closed loop, median of {args.rounds} rounds, requests per CPU-s:"
+        + "".join(f" {k} {median[k]:,.0f}," for k in KINDS)
+        + f" client: builtin/raw {ratios['builtin_over_raw']:.2f}, builtin/pymodbus"
+        f" {ratios['builtin_over_pymodbus']:.2f}; polling with decode: builtin/raw"
+        f" {ratios['poll_builtin_over_raw']:.2f},"
+        f" builtin/pymodbus {ratios['poll_builtin_over_poll_pymodbus']:.2f}"
         f" (load average {load:.1f} at start, {os.cpu_count()} CPUs)"
     )
     print(
@@ -254,8 +313,7 @@ def main() -> None:
                 "server_procs": args.server_procs,
                 "load_average": round(load, 2),
                 "requests_per_cpu_s": median,
-                "builtin_over_raw": round(ratio_raw, 3),
-                "builtin_over_pymodbus": round(ratio_pym, 3),
+                **ratios,
                 "runs": runs,
             }
         )

@@ -219,11 +219,9 @@ class TcpConnection:
         self.stats.requests += 1
         if self._timer is None:
             self._timer = loop.call_at(pending.deadline, self._expire)
-        try:
-            return await future
-        finally:
-            # A cancelled reader leaves no request behind (its late answer is then stale).
-            self._pending.pop(tid, None)
+        # Cancelled (the line stops, a caller gives up): the request stays listed until its answer or its
+        # deadline, so that its answer is taken and dropped quietly, not counted as a stale one.
+        return await future
 
     # --- receiving (protocol callbacks, on the event loop) --------------------------------------------
     def _received(self, data: bytes) -> None:
