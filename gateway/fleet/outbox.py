@@ -120,7 +120,7 @@ class FleetOutbox:
         return [Row(int(r[0]), r[1], r[2], bool(r[3])) for r in rows]
 
     def acked(self, seqs: Iterable[int]) -> None:
-        with self._lock:
+        with self._lock, _tx(self._db):  # one transaction (one fsync) for a whole run of PUBACKs
             self._db.executemany("DELETE FROM fleet_outbox WHERE seq = ?", [(s,) for s in seqs])
 
     def pending(self) -> int:

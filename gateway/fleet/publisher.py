@@ -46,6 +46,8 @@ WINDOW = 100  # outbox rows in flight at once: bounds paho's memory whatever the
 IDLE = 1.0  # seconds the thread sleeps with nothing to do (commits and acks wake it sooner)
 NOTICE_EVERY = 2.0  # seconds between two reads of the respond side's delivery log
 PENDING_EVERY = 1.0  # seconds between two counts of the outbox (for the metrics)
+ACK_RUN = WINDOW // 4  # PUBACKs that wake the thread at once (the window refills before it runs dry)
+ACK_EVERY = 0.02  # seconds the thread waits at most, with rows in flight, to take the PUBACKs come meanwhile
 
 
 @dataclass
@@ -234,8 +236,9 @@ class FleetPublisher:
     ) -> None:
         with self._cond:
             self._acks.append((mid, reason.is_failure))
-            self._woken = True
-            self._cond.notify()
+            if len(self._acks) >= ACK_RUN:
+                self._woken = True
+                self._cond.notify()
 
     # ---- the thread --------------------------------------------------------------------------------------
     def _main(self) -> None:
@@ -257,7 +260,9 @@ class FleetPublisher:
             while True:
                 with self._cond:
                     if not self._woken and not self._stopping:
-                        self._cond.wait(IDLE)
+                        # PUBACKs are taken in runs (ACK_RUN, or ACK_EVERY after the first): one delete
+                        # transaction per run instead of one per message
+                        self._cond.wait(ACK_EVERY if self._inflight else IDLE)
                     self._woken = False
                     stopping = self._stopping
                 if stopping:
