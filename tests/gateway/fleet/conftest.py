@@ -29,7 +29,7 @@ from gateway.app.daemon import build_runtime
 from gateway.app.fleet import Fleet
 from gateway.config import load_site
 from simulators.runner import SimulatorThread
-from tests.fixtures.mosquitto import Mosquitto, mosquitto  # noqa: F401
+from tests.fixtures.mosquitto import Mosquitto, mosquitto, mosquitto_tls, mosquitto_with_users  # noqa: F401
 from tests.fixtures.receiver import receiver, receiver_factory  # noqa: F401
 from tests.helpers import free_port, wait_until
 
@@ -53,13 +53,22 @@ class Subscriber:
     published while it is away, e.g. during a broker restart, is kept for it by the broker)."""
 
     def __init__(
-        self, broker: Mosquitto, client_id: str = "fleet-view-test", persistent: bool = True
+        self,
+        broker: Mosquitto,
+        client_id: str = "fleet-view-test",
+        persistent: bool = True,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self.client = Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if broker.ca_file is not None:
+            self.client.tls_set(ca_certs=str(broker.ca_file))
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *a: c.subscribe("meterwatch/#", qos=1)
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
