@@ -37,7 +37,7 @@ from gateway.sink.deadletter import DeadLetter, DeadLetters
 from gateway.sink.influx import WriteOutcome
 from gateway.sink.lineproto import LineEncoder
 from gateway.sink.shedding import StorageHealth
-from gateway.sink.spool import Buffer, Pending
+from gateway.sink.spool import Buffer, Chunk, Pending
 from gateway.sink.storage_errors import SpoolOpenError
 
 log = logging.getLogger("meterwatch.sink")
@@ -62,6 +62,7 @@ T = TypeVar("T")
 
 class Writer(Protocol):
     def write(self, lines: Sequence[str]) -> WriteOutcome: ...
+    def write_body(self, body: str | bytes) -> WriteOutcome: ...
     def close(self) -> None: ...
 
 
@@ -252,14 +253,24 @@ class Forwarder:
     async def _send_step(self, stop: asyncio.Event) -> bool:
         """Send the oldest batch (or wait for one); True when stop came meanwhile."""
         self._wake.clear()
-        pending = await self._on_spool(self.buffer.peek, self.batch_size)
-        if not pending:
+        chunks = await self._on_spool(self.buffer.peek_chunks, self.batch_size)
+        if not chunks:
             await _wait(self._wake, stop, EXPIRE_EVERY)
             return False
-        delay = self.bucket.delay_for(len(pending))
+        points = sum(c.n for c in chunks)
+        delay = self.bucket.delay_for(points)
         if delay > 0 and await _sleep_or_stop(stop, delay):
             return True
-        settled, outcome = await self._deliver(pending)
+        first = await self._write_chunks(chunks, points)
+        if first.kind == "ok":
+            await self._on_spool(self.buffer.ack, chunks[-1].last)
+            return False
+        pending: list[Pending] = []
+        settled = 0
+        outcome: WriteOutcome | None = first
+        if first.kind in ("too_large", "rejected"):  # point by point from here: which points are refused?
+            pending = [p for c in chunks for p in c.pending()]
+            settled, outcome = await self._deliver(pending, first)
         if settled:
             await self._on_spool(self.buffer.ack, pending[settled - 1].id)
         if outcome is not None:
@@ -268,11 +279,14 @@ class Forwarder:
             return await _sleep_or_stop(stop, self._retry_delay(outcome))
         return False
 
-    async def _deliver(self, rows: list[Pending]) -> tuple[int, WriteOutcome | None]:
-        """Write rows; returns how many leading rows are settled (written or dead-lettered) and the
-        outcome that stopped the rest (None when all settled)."""
+    async def _deliver(
+        self, rows: list[Pending], answered: WriteOutcome | None = None
+    ) -> tuple[int, WriteOutcome | None]:
+        """Write rows (`answered`: the answer to writing them all, when that was just tried); returns how
+        many leading rows are settled (written or dead-lettered) and the outcome that stopped the rest
+        (None when all settled)."""
         refused: list[tuple[int, WriteOutcome]] = []  # (index in rows, answer): refused for good
-        settled, outcome = await self._settle(rows, 0, refused)
+        settled, outcome = await self._settle(rows, 0, refused, answered)
         if not refused:
             return settled, outcome
         letters = [DeadLetter(rows[i].line, o.status, o.message, o.kind) for i, o in refused]
@@ -286,11 +300,15 @@ class Forwarder:
         return settled, outcome
 
     async def _settle(
-        self, rows: list[Pending], offset: int, refused: list[tuple[int, WriteOutcome]]
+        self,
+        rows: list[Pending],
+        offset: int,
+        refused: list[tuple[int, WriteOutcome]],
+        answered: WriteOutcome | None = None,
     ) -> tuple[int, WriteOutcome | None]:
         """_deliver's recursion: halves a refused batch until each refused point stands alone and is
         noted in `refused` (settled, once the dead-letter file has it)."""
-        outcome = await self._write([r.line for r in rows])
+        outcome = answered if answered is not None else await self._write([r.line for r in rows])
         if outcome.kind == "ok":
             return len(rows), None
         if outcome.kind in ("too_large", "rejected"):
@@ -326,13 +344,20 @@ class Forwarder:
         )
 
     async def _write(self, lines: list[str]) -> WriteOutcome:
+        return await self._write_body("\n".join(lines), len(lines))
+
+    async def _write_chunks(self, chunks: list[Chunk], points: int) -> WriteOutcome:
+        body = chunks[0].body if len(chunks) == 1 else b"\n".join(c.body for c in chunks)
+        return await self._write_body(body, points)
+
+    async def _write_body(self, body: str | bytes, points: int) -> WriteOutcome:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self._http_thread, self.writer.write, lines)
+        outcome = await loop.run_in_executor(self._http_thread, self.writer.write_body, body)
         self.stats.write_requests += 1
         self.stats.write_latency.observe(time.perf_counter() - t0)
         if outcome.kind == "ok":
-            self.stats.points_written += len(lines)
+            self.stats.points_written += points
             self.stats.last_success = time.time()
             if not self.stats.reachable or self.stats.config_error:
                 log.info("InfluxDB accepts writes", extra={"fields": {"backlog": self.buffer.stats.points}})

@@ -107,11 +107,15 @@ class InfluxWriter:
         self.api = self.client.write_api(write_options=SYNCHRONOUS)
 
     def write(self, lines: Sequence[str]) -> WriteOutcome:
+        return self.write_body("\n".join(lines))
+
+    def write_body(self, body: str | bytes) -> WriteOutcome:
+        """One request whose body is `body`: line protocol, lines separated by newlines."""
         try:
             self.api.write(
                 bucket=self.cfg.bucket,
                 org=self.cfg.org,
-                record="\n".join(lines),
+                record=body,
                 write_precision=PRECISION,  # type: ignore[arg-type]
             )
         except ApiException as exc:

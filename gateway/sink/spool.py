@@ -9,6 +9,20 @@ not a power cut, because the WAL is fsynced only at checkpoints. This gateway ru
 fails; losing the last seconds before the cut is exactly the data engineers want. FULL fsyncs the WAL on
 each commit, and since we commit once per batch (not per point) that is a few fsyncs per second at most.
 
+Rows are chunks: each append stores its batch as ONE row holding the batch's lines, UTF-8, joined by "\n"
+(exactly the body of a write request), and the number of points in it. So a commit writes one row per
+batch, and forwarding reads whole chunks and concatenates them, with no per-point Python object or SQL
+row on the way (see `peek_chunks`). Every point still has its own id: a chunk's key `first` is the id of its
+first line, the next lines follow (first + 1, ...), and ids are never reused (the next one is kept in
+`meta`). Everything below that speaks of points (the bounds, in flight, ack up to an id, peek of N points)
+holds per point, as with one row per point: where a bound, an ack or a peek ends inside a chunk, that chunk
+is split in two rows first (`_split`), which only these rarer paths pay for. A line holding a newline (it
+could not be sent in one body anyway) is stored as a chunk of its own.
+
+A spool file from before chunks (table `points`, one row per point) is converted at open, in one
+transaction: each old row becomes a chunk of one point with its id, so it is sent first and nothing of it
+is lost or sent twice.
+
 Cursor: the rows still in the table ARE the cursor. The sender deletes rows up to the last id InfluxDB
 accepted, in one transaction, after the write returned. A crash between the write and the delete resends
 at most that one batch (InfluxDB overwrites identical points), so a restart neither resends everything nor
@@ -72,6 +86,26 @@ class Pending:
     line: str
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Consecutive points (ids first .. first + n - 1) as one request body: lines joined by newlines."""
+
+    first: int
+    n: int
+    nbytes: int  # what the points count against the byte bound
+    body: bytes
+
+    @property
+    def last(self) -> int:
+        return self.first + self.n - 1
+
+    def pending(self) -> list[Pending]:
+        """The points one by one (for splitting a refused batch)."""
+        text = self.body.decode("utf-8")
+        lines = [text] if self.n == 1 else text.split("\n")
+        return [Pending(self.first + i, line) for i, line in enumerate(lines)]
+
+
 @dataclass
 class BufferStats:
     points: int = 0
@@ -94,7 +128,11 @@ class Buffer(Protocol):
 
     def append(self, lines: Sequence[str]) -> None: ...
     def peek(self, limit: int) -> list[Pending]:
-        """The oldest rows, now in flight: the byte bound spares them until ack() or release()."""
+        """The oldest `limit` points, now in flight: the byte bound spares them until ack() or release()."""
+
+    def peek_chunks(self, limit: int) -> list[Chunk]:
+        """Like peek, as whole chunks of at most `limit` points in all (at least one chunk, split when it
+        alone holds more): the sender's path, with no per-point objects."""
 
     def ack(self, last_id: int) -> int:
         """Forget every row up to last_id (written or dead-lettered); nothing is in flight any more."""
@@ -110,6 +148,15 @@ def _nbytes(line: str) -> int:
     return len(line.encode("utf-8")) + ROW_OVERHEAD
 
 
+def _chunk_nbytes(body: bytes, n: int) -> int:
+    """The byte-bound size of n points joined in `body`: the sum of _nbytes over its lines."""
+    return len(body) - (n - 1) + ROW_OVERHEAD * n
+
+
+def _join(lines: Sequence[bytes]) -> bytes:
+    return b"\n".join(lines)
+
+
 class _InFlight:
     """The rows the last peek() handed out (see "In flight" above): the byte bound spares them and does
     not count them until ack() or release()."""
@@ -122,6 +169,11 @@ class _InFlight:
         self._inflight = rows[-1].id if rows else 0
         self._inflight_bytes = sum(_nbytes(p.line) for p in rows)
         return rows
+
+    def _hand_out_chunks(self, chunks: list[Chunk]) -> list[Chunk]:
+        self._inflight = chunks[-1].last if chunks else 0
+        self._inflight_bytes = sum(c.nbytes for c in chunks)
+        return chunks
 
     def release(self) -> None:
         self._inflight = self._inflight_bytes = 0
@@ -142,6 +194,7 @@ class Spool(_InFlight):
         self.unavailable: BaseException | None = None  # why the file could not be opened (a full disk)
         self._last_drop_log: dict[str, float] = {}
         self._db: sqlite3.Connection | None = None
+        self._next = 1  # the id of the next point appended (from the file at open)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -193,15 +246,22 @@ class Spool(_InFlight):
             if row is None or row[0] != "ok":
                 raise SpoolCorrupt(f"quick_check: {row[0] if row else 'no answer'}")
             db.execute(
-                "CREATE TABLE IF NOT EXISTS points ("
-                " id INTEGER PRIMARY KEY AUTOINCREMENT, enq REAL NOT NULL, nbytes INTEGER NOT NULL,"
-                " line TEXT NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS chunks ("
+                " first INTEGER PRIMARY KEY, n INTEGER NOT NULL, enq REAL NOT NULL, nbytes INTEGER NOT NULL,"
+                " body BLOB NOT NULL)"
             )
-            n, total = db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM points").fetchone()
-            first = db.execute("SELECT enq FROM points ORDER BY id LIMIT 1").fetchone()
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            self._migrate(db)
+            n, total, end = db.execute(
+                "SELECT COALESCE(SUM(n), 0), COALESCE(SUM(nbytes), 0), COALESCE(MAX(first + n), 1)"
+                " FROM chunks"
+            ).fetchone()
+            kept = db.execute("SELECT value FROM meta WHERE key = 'next'").fetchone()
+            first = db.execute("SELECT enq FROM chunks ORDER BY first LIMIT 1").fetchone()
         except BaseException:
             db.close()
             raise
+        self._next = max(int(end), int(kept[0]) if kept else 1)
         self.stats.points, self.stats.bytes = int(n), int(total)
         self.stats.oldest_enqueued = float(first[0]) if first else None
         self.release()  # ids may start again in a new file
@@ -211,6 +271,39 @@ class Spool(_InFlight):
                 extra={"fields": {"path": str(self.path), "points": n, "bytes": total}},
             )
         return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """A spool from before chunks (table `points`, a row per point): each row becomes a chunk of one
+        point with the same id, in one transaction (a crash meanwhile leaves the old table whole)."""
+        if (
+            db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'points'").fetchone()
+            is None
+        ):
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            moved = db.execute(
+                "INSERT INTO chunks (first, n, enq, nbytes, body)"
+                " SELECT id, 1, enq, nbytes, CAST(line AS BLOB) FROM points ORDER BY id"
+            ).rowcount
+            seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'points'").fetchone()
+            if seq is not None:  # ids handed out before stay used, even those already deleted
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('next', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                    (int(seq[0]) + 1,),
+                )
+            db.execute("DROP TABLE points")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+        log.info(
+            "spool converted from one row per point to chunks",
+            extra={"fields": {"path": str(self.path), "points": moved}},
+        )
 
     def _quarantine(self, reason: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -248,65 +341,162 @@ class Spool(_InFlight):
         """Store a batch in one transaction; returns only once it is on disk."""
         if not lines:
             return
-        now = self.clock()
-        rows = [(now, _nbytes(line), line) for line in lines]
+        rows = self._chunk_rows(lines, self.clock())
         try:
             self._append_rows(rows)
         except sqlite3.DatabaseError as exc:  # corrupt: a new file takes the batch; else the caller's
             self._recover(exc)
+            rows = self._chunk_rows(lines, rows[0][2])
             self._append_rows(rows)
 
-    def _append_rows(self, rows: list[tuple[float, int, str]]) -> None:
+    def _chunk_rows(self, lines: Sequence[str], now: float) -> list[tuple[int, int, float, int, bytes]]:
+        """(first, n, enq, nbytes, body) rows for `lines`: one chunk, or a chunk per line when a line holds
+        a newline (a body split at newlines must give the lines back)."""
+        n = len(lines)
+        body = "\n".join(lines).encode("utf-8")
+        if body.count(b"\n") == n - 1:
+            return [(self._next, n, now, _chunk_nbytes(body, n), body)]
+        rows = []
+        for i, line in enumerate(lines):
+            raw = line.encode("utf-8")
+            rows.append((self._next + i, 1, now, len(raw) + ROW_OVERHEAD, raw))
+        return rows
+
+    def _append_rows(self, rows: list[tuple[int, int, float, int, bytes]]) -> None:
+        points = sum(r[1] for r in rows)
+        added = sum(r[3] for r in rows)
         with self._transaction() as db:
-            db.executemany("INSERT INTO points (enq, nbytes, line) VALUES (?, ?, ?)", rows)
-            added = sum(r[1] for r in rows)
-            dropped = self._trim_bytes(self.stats.bytes + added)
+            db.executemany("INSERT INTO chunks (first, n, enq, nbytes, body) VALUES (?, ?, ?, ?, ?)", rows)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('next', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (self._next + points,),
+            )
+            dropped = self._trim_bytes(db, self.stats.bytes + added)
+        self._next += points
         self.stats.commits += 1
-        self.stats.appended += len(rows)
-        self.stats.points += len(rows) - dropped[0]
+        self.stats.appended += points
+        self.stats.points += points - dropped[0]
         self.stats.bytes += added - dropped[1]
         if dropped[0]:
             self._count_drop("bytes", dropped[0])
         if self.stats.oldest_enqueued is None or dropped[0]:
             self._refresh_oldest()
 
-    def _trim_bytes(self, total: int) -> tuple[int, int]:
-        """Inside the caller's transaction: drop the oldest rows not in flight until `total` (without the
-        rows in flight) fits. Returns (rows, bytes) dropped."""
+    def _trim_bytes(self, db: sqlite3.Connection, total: int) -> tuple[int, int]:
+        """Inside the caller's transaction: drop the oldest points not in flight until `total` (without the
+        points in flight) fits. Returns (points, bytes) dropped."""
         excess = total - self._inflight_bytes - self.max_bytes
         if excess <= 0:
             return 0, 0
-        freed = rows = 0
-        cut = None
-        cur = self.db.execute("SELECT id, nbytes FROM points WHERE id > ? ORDER BY id", (self._inflight,))
-        while freed < excess:
-            chunk = cur.fetchmany(512)
-            if not chunk:
-                break
-            for rid, nbytes in chunk:
+        freed = points = 0
+        cut = None  # the last whole chunk to go
+        partial: tuple[int, int] | None = None  # (chunk, its points to go) when the bound ends inside it
+        cur = db.execute(
+            "SELECT first, n, nbytes FROM chunks WHERE first > ? ORDER BY first", (self._inflight,)
+        )
+        for first, n, nbytes in cur:
+            if freed + nbytes <= excess:
                 freed += nbytes
-                rows += 1
-                cut = rid
-                if freed >= excess:
+                points += n
+                cut = first
+                if freed == excess:
                     break
+                continue
+            partial = (first, n)
+            break
         cur.close()
+        if partial is not None:
+            first, n = partial
+            lines = self._lines(db, first)
+            k = 0
+            while freed < excess:
+                freed += len(lines[k]) + ROW_OVERHEAD
+                k += 1
+            points += k
+            if k < n:
+                self._split(db, first, k)  # the first k points are a chunk of their own now
+            cut = first
         if cut is not None:
-            self.db.execute("DELETE FROM points WHERE id > ? AND id <= ?", (self._inflight, cut))
-        return rows, freed
+            db.execute("DELETE FROM chunks WHERE first > ? AND first <= ?", (self._inflight, cut))
+        return points, freed
+
+    @staticmethod
+    def _lines(db: sqlite3.Connection, first: int) -> list[bytes]:
+        body = db.execute("SELECT body FROM chunks WHERE first = ?", (first,)).fetchone()[0]
+        return bytes(body).split(b"\n")
+
+    def _split(self, db: sqlite3.Connection, first: int, k: int) -> None:
+        """Inside the caller's transaction: chunk `first` becomes two, its first k points and the rest (the
+        rest keeps its ids: its key is first + k)."""
+        enq = db.execute("SELECT enq FROM chunks WHERE first = ?", (first,)).fetchone()[0]
+        lines = self._lines(db, first)
+        head, tail = _join(lines[:k]), _join(lines[k:])
+        db.execute(
+            "UPDATE chunks SET n = ?, nbytes = ?, body = ? WHERE first = ?",
+            (k, _chunk_nbytes(head, k), head, first),
+        )
+        rest = len(lines) - k
+        db.execute(
+            "INSERT INTO chunks (first, n, enq, nbytes, body) VALUES (?, ?, ?, ?, ?)",
+            (first + k, rest, enq, _chunk_nbytes(tail, rest), tail),
+        )
 
     def peek(self, limit: int) -> list[Pending]:
+        chunks = self._peek(limit, exact=True)
+        return self._hand_out([p for c in chunks for p in c.pending()])
+
+    def peek_chunks(self, limit: int) -> list[Chunk]:
+        return self._hand_out_chunks(self._peek(limit, exact=False))
+
+    def _peek(self, limit: int, exact: bool) -> list[Chunk]:
+        """The oldest chunks holding at most `limit` points. Exact: `limit` points when there are as many
+        (the chunk the limit falls in is split); else whole chunks only, and the first is split only when
+        it alone holds more than `limit`."""
         try:
-            cur = self.db.execute("SELECT id, line FROM points ORDER BY id LIMIT ?", (limit,))
-            rows = [Pending(int(r[0]), str(r[1])) for r in cur]
+            return self._read_chunks(limit, exact)
         except sqlite3.DatabaseError as exc:  # corrupt: a new, empty file; else the caller's
             self._recover(exc)
             return []
-        return self._hand_out(rows)
+
+    def _read_chunks(self, limit: int, exact: bool) -> list[Chunk]:
+        if limit <= 0:
+            return []
+        db = self.db
+        out: list[Chunk] = []
+        total = 0
+        cur = db.execute("SELECT first, n, nbytes, body FROM chunks ORDER BY first")
+        straddles: tuple[int, int] | None = None
+        for first, n, nbytes, body in cur:
+            if total + n <= limit:
+                out.append(Chunk(first, n, nbytes, bytes(body)))
+                total += n
+                if total == limit:
+                    break
+                continue
+            if exact or not out:
+                straddles = (first, limit - total)
+            break
+        cur.close()
+        if straddles is not None:
+            first, k = straddles
+            with self._transaction() as tx:
+                self._split(tx, first, k)
+            row = db.execute("SELECT n, nbytes, body FROM chunks WHERE first = ?", (first,)).fetchone()
+            out.append(Chunk(first, int(row[0]), int(row[1]), bytes(row[2])))
+        return out
 
     def ack(self, last_id: int) -> int:
         """InfluxDB accepted (or the dead-letter file took) every point up to `last_id`: forget them."""
         self.release()
-        n = self._delete("id <= ?", last_id)
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT first, n FROM chunks WHERE first <= ? ORDER BY first DESC LIMIT 1", (last_id,)
+            ).fetchone()
+            if row is not None and row[0] + row[1] - 1 > last_id:  # the ack ends inside this chunk
+                self._split(db, row[0], last_id - row[0] + 1)
+            deleted = self._delete_in(db, "first <= ?", last_id)
+        n = self._forget(deleted)
         self.stats.acked += n
         self._refresh_oldest()
         return n
@@ -316,7 +506,9 @@ class Spool(_InFlight):
         cutoff = self.clock() - self.max_age
         if self.stats.oldest_enqueued is None or self.stats.oldest_enqueued >= cutoff:
             return 0
-        n = self._delete("enq < ?", cutoff)
+        with self._transaction() as db:
+            deleted = self._delete_in(db, "enq < ?", cutoff)
+        n = self._forget(deleted)
         if n:
             self._count_drop("age", n)
         self._refresh_oldest()
@@ -349,20 +541,23 @@ class Spool(_InFlight):
                     db.execute("ROLLBACK")
             raise
 
-    def _delete(self, where: str, arg: float) -> int:
-        """Delete the rows matching `where` (one ? for `arg`) in one transaction and take them off the
-        stats. Returns how many."""
-        with self._transaction() as db:
-            n, nbytes = db.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM points WHERE {where}", (arg,)
-            ).fetchone()
-            db.execute(f"DELETE FROM points WHERE {where}", (arg,))
-        self.stats.points -= int(n)
-        self.stats.bytes -= int(nbytes)
-        return int(n)
+    @staticmethod
+    def _delete_in(db: sqlite3.Connection, where: str, arg: float) -> tuple[int, int]:
+        """Inside the caller's transaction: delete the chunks matching `where` (one ? for `arg`). Returns
+        (points, bytes) deleted, for the caller to take off the stats once committed."""
+        n, nbytes = db.execute(
+            f"SELECT COALESCE(SUM(n), 0), COALESCE(SUM(nbytes), 0) FROM chunks WHERE {where}", (arg,)
+        ).fetchone()
+        db.execute(f"DELETE FROM chunks WHERE {where}", (arg,))
+        return int(n), int(nbytes)
+
+    def _forget(self, deleted: tuple[int, int]) -> int:
+        self.stats.points -= deleted[0]
+        self.stats.bytes -= deleted[1]
+        return deleted[0]
 
     def _refresh_oldest(self) -> None:
-        row = self.db.execute("SELECT enq FROM points ORDER BY id LIMIT 1").fetchone()
+        row = self.db.execute("SELECT enq FROM chunks ORDER BY first LIMIT 1").fetchone()
         self.stats.oldest_enqueued = float(row[0]) if row else None
 
     def _count_drop(self, reason: str, n: int) -> None:
@@ -463,6 +658,22 @@ class MemoryBuffer(_InFlight):
             out.append(Pending(rid, line))
         return self._hand_out(out)
 
+    def peek_chunks(self, limit: int) -> list[Chunk]:
+        """The oldest points as chunks of consecutive ids (a drop of the byte bound may leave a gap)."""
+        chunks: list[Chunk] = []
+        run: list[tuple[int, float, int, str]] = []
+        for taken, row in enumerate(self._rows):
+            if taken >= limit:
+                break
+            # a line holding a newline is a chunk of its own (a chunk's body splits at newlines)
+            if run and (row[0] != run[-1][0] + 1 or "\n" in row[3] or "\n" in run[-1][3]):
+                chunks.append(_memory_chunk(run))
+                run = []
+            run.append(row)
+        if run:
+            chunks.append(_memory_chunk(run))
+        return self._hand_out_chunks(chunks)
+
     def ack(self, last_id: int) -> int:
         self.release()
         n = self._pop_while(lambda row: row[0] <= last_id)
@@ -499,3 +710,9 @@ class MemoryBuffer(_InFlight):
 
     def _refresh(self) -> None:
         self.stats.oldest_enqueued = self._rows[0][1] if self._rows else None
+
+
+def _memory_chunk(rows: list[tuple[int, float, int, str]]) -> Chunk:
+    return Chunk(
+        rows[0][0], len(rows), sum(r[2] for r in rows), "\n".join(r[3] for r in rows).encode("utf-8")
+    )

@@ -111,8 +111,9 @@ def gateway(tmp_path: Path, victoria: Victoria) -> Iterator[Gateway]:
 
 
 def spooled_lines(spool: Path, into: Path) -> list[str]:
-    """The rows of a spool left by a killed process, oldest first. Read from a copy (file + WAL) so that
-    the restarted gateway finds the original exactly as the kill left it."""
+    """The lines of a spool left by a killed process, oldest first (a chunk row holds a batch's lines joined
+    by newlines). Read from a copy (file + WAL) so that the restarted gateway finds the original exactly as
+    the kill left it."""
     into.mkdir()
     for suffix in ("", "-wal"):
         src = Path(str(spool) + suffix)
@@ -120,7 +121,8 @@ def spooled_lines(spool: Path, into: Path) -> list[str]:
             shutil.copyfile(src, into / (spool.name + suffix))
     db = sqlite3.connect(into / spool.name)
     try:
-        return [str(r[0]) for r in db.execute("SELECT line FROM points ORDER BY id")]
+        rows = db.execute("SELECT body FROM chunks ORDER BY first")
+        return [line for (body,) in rows for line in bytes(body).decode("utf-8").split("\n")]
     finally:
         db.close()
 
