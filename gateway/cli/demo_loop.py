@@ -119,6 +119,7 @@ class DemoLoop:
                 self.residents_told.add(incident)
             if stage == "dispatch" and incident not in self.cases:
                 dispatched = self.cases[incident] = Case(incident)
+                self.done.clear()  # one more to see through
                 dispatched.ack = self._spawn(self.acknowledge(incident), f"demo-ack-{incident}")
             case = self.cases.get(incident)
             if case is None or case.over:

@@ -297,6 +297,7 @@ class LiveView:
 
 # Lines of the screen the pane keeps at least, whatever the log tail wants, when the terminal is short.
 PANE_MIN = 4
+PANE_ROOMY = 8
 # Open incidents listed on the screen at most (the rest are counted): the readings come first.
 INCIDENTS_SHOWN = 3
 PANE_STYLE = {"notice": "magenta", "demo": "bold cyan"}
@@ -333,9 +334,13 @@ class LiveScreen:
             left -= 1
         recent_logs = view.logs.recent() if view.logs is not None else []
         if view.pane is not None:
-            # the pane's newest lines before old log lines; the logs keep up to 3 rows if there is room
+            # the pane's newest lines before old log lines: the logs keep up to 3 rows only on a terminal
+            # tall enough to leave the pane PANE_ROOMY rows besides
+            room = left - 1
             logs_want = min(len(recent_logs), 3) + 1 if recent_logs else 0
-            recent = view.pane.recent(max(PANE_MIN - 1, left - 1 - logs_want))
+            if room - logs_want >= PANE_ROOMY:
+                room -= logs_want
+            recent = view.pane.recent(max(PANE_MIN - 1, room))
             yield Text(f"{view.pane.title} (last {len(recent)} of {view.pane.total}):", style="bold")
             for row in recent:
                 yield _row(row.screen, PANE_STYLE.get(row.kind, ""))
