@@ -248,9 +248,9 @@ class TcpConnection:
         want = pending.expected
         code = buf[at + 7]
         if (
-            code == want.function
+            size == 9 + pending.byte_count  # first: a frame of 8 bytes has no byte count to look at
+            and code == want.function
             and buf[at + 8] == pending.byte_count
-            and size == 9 + pending.byte_count
             and (unit == want.unit or not want.unit)
         ):
             self._answered(pending, buf[at + 9 : at + size])

@@ -301,6 +301,10 @@ async def cut_short(n: int, tid: int, unit: int, pdu: bytes) -> bytes | None:
     return answer(tid, unit, pdu)[:-3]  # the MBAP length promises three bytes more than ever come
 
 
+async def no_byte_count(n: int, tid: int, unit: int, pdu: bytes) -> bytes | None:
+    return mbap(unit, pdu[:1], tid)  # the function code alone, a frame of 8 bytes
+
+
 async def hang_up(n: int, tid: int, unit: int, pdu: bytes) -> bytes | None:
     return None
 
@@ -312,9 +316,10 @@ async def hang_up(n: int, tid: int, unit: int, pdu: bytes) -> bytes | None:
         (protocol_id, [Seen("framing", None, None)], {"framing": 1}),
         (noise, [Seen("framing", None, None)], {"framing": 1}),
         (cut_short, [Seen("framing", None, None)], {"framing": 1}),
+        (no_byte_count, [Seen("framing", None, None)], {"framing": 1}),
         (hang_up, [Seen("connection", None, None)], {"connection": 1}),
     ],
-    ids=["late_answer", "protocol_id", "noise", "cut_short", "hang_up"],
+    ids=["late_answer", "protocol_id", "noise", "cut_short", "no_byte_count", "hang_up"],
 )
 async def test_late_garbled_and_closed_answers_give_the_same_kinds(
     script: Script, expect: list[Seen], errors: dict[str, int]
