@@ -1,23 +1,31 @@
-"""Polling capacity: how many SDM630 meters over Modbus TCP one gateway polls every second without overrun.
+"""Polling: Modbus TCP requests per CPU-second of the gateway beside three baselines, and its capacity.
 
-Every meter is its own Modbus TCP endpoint (unit 1), served by the simulators in their own process
-(`meterwatch simulate`). For N = 10, 25, 50, ..., 800, 1200, 1600, 2400 (stopping at the first N that
-overruns or when the time budget is spent) a fresh gateway process runs the daemon's components as
-`meterwatch run` would (every builder: Modbus line actors, store, metrics, HTTP) with a 1 s poll; after a
-warm-up it is watched for a window: any skipped cycle, failed request or device down in it is an overrun.
+The server: every meter is its own Modbus TCP endpoint (unit 1) of the C meter server (bench/cmeter: one
+libmodbus process, epoll), so the server is never the limit (the Python simulator tops out near 3-10k
+requests/s here). The server counts the requests it answers; every figure below is requests (or values)
+the server answered in a window divided by the client process's CPU-seconds in the same window
+(/proc/<pid>/stat, all threads), with its RSS at the end of the window.
 
-Measured on the 2-core development machine (two runs): 1600 meters (4800 requests/s) without overrun,
-gateway 87-90% of one core and 140 MiB RSS; first overrun at 2400; the raw loop at 1600: 34-37% CPU,
-74 MiB; gateway/raw CPU ratio 2.5-2.6. 1600 is at the edge: a run starting at 1600 overran once.
+1. Side by side at --meters N (default 800), SDM630 at 1 s:
+   - gateway: a fresh process running the daemon's components as `meterwatch run` would (every builder:
+     Modbus line actors, bus, store, metrics, HTTP), the profile's 3 planned reads and 30 values per meter;
+   - raw asyncio: the same 3 reads per meter per second, one connection per meter, MBAP + FC04 packed with
+     one `struct.Struct`, `readexactly`, each answer unpacked as float32 with one precompiled Struct; no
+     timeout, no bus, no bookkeeping (the limit of Python here);
+   - bare pymodbus: AsyncModbusTcpClient, one per meter, the same reads, nothing done with the words;
+   - ThingsBoard IoT Gateway 3.8.5 (PyPI, its own venv; bench/tb_gateway.py): the same meters, 9 float32
+     values each, one request per value as it does, publishing to a local mosquitto. Its requests carry one
+     value each, so the fair figure beside it is values per CPU-second (decoded points), not requests.
+2. The server's own limit: the raw loop without a period (every connection reads back to back) for a few
+   seconds; requests/s served and per server CPU-second.
+3. Capacity: the gateway at --steps (1000, 1600, 2400, ...) until the first overrun (a skipped cycle, a
+   failed request or a device down in the window) or until --budget seconds are spent; the step at
+   --rss-devices (1000) and a raw asyncio loop at the same N give the RSS row.
 
-At the largest N without overrun, a raw asyncio pymodbus loop (one client per meter, the same planned reads
-every second, no decoding or bus) runs against the same simulators; the ratio of the gateway's CPU to the
-raw loop's is the price of everything the gateway does beyond moving the bytes.
+Prints one human line per measurement, a summary and one JSON line with every figure. Figures depend on the
+machine and its load (other processes share the cores); nothing is asserted.
 
-Prints one human line per step, a summary line, and one JSON line with every figure.
-Figures depend on the machine and its load (other processes share the two cores); nothing is asserted.
-
-    .venv/bin/python bench/poll.py [--steps 10,25,50] [--window 6] [--warmup 3] [--budget 150]
+    .venv/bin/python bench/poll.py [--meters 800] [--steps 1000,1600,2400] [--budget 120] [--no-tb]
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -39,8 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: `python bench/poll.py`
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_STEPS = (10, 25, 50, 100, 200, 400, 800, 1200, 1600, 2400)
+DEFAULT_STEPS = (1000, 1600, 2400, 3200, 4000)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SDM630_VALUES, SDM630_READS = 30, 3  # the profile's polled points and its planned reads (one cycle)
 
 
 # ----------------------------------------------------------------------------------------------- site files
@@ -88,33 +98,56 @@ def rss_mib(pid: int | str = "self") -> tuple[float, float]:
 
 
 @dataclass
-class Window:
-    """What one worker saw in its measuring window."""
+class Report:
+    """What a worker saw of itself in its window (the orchestrator measures CPU and requests)."""
 
-    kind: str  # "gateway" or "raw"
+    devices: int
+    rss_mib: float
+    peak_rss_mib: float
+    cycles: int = 0
+    skipped_cycles: int = 0
+    errors: int = 0
+    down: int = 0
+    late_cycles: int = 0  # raw loops: a cycle that started more than one interval late
+
+
+@dataclass
+class Measure:
+    """One client over one window: the server's counts against the client's CPU."""
+
+    kind: str
     devices: int
     seconds: float
     cpu_percent: float
     rss_mib: float
-    peak_rss_mib: float
-    requests: int
-    cycles: int
-    skipped_cycles: int
-    errors: int
-    down: int
-    late_cycles: int = 0  # raw loop only: a cycle that started more than one interval late
+    requests_per_s: float
+    requests_per_cpu_s: float | None
+    values_per_s: float
+    values_per_cpu_s: float | None
+    server_cpu_percent: float
+    cycles: int = 0
+    skipped_cycles: int = 0
+    errors: int = 0
+    down: int = 0
+    late_cycles: int = 0
+    readings_per_meter_s: float | None = None  # 1.0 = every meter read fully once a second
+    published_messages: int | None = None  # ThingsBoard: telemetry messages it sent in the window
+
+    @property
+    def overrun(self) -> bool:
+        return self.skipped_cycles > 0 or self.errors > 0 or self.down > 0
 
 
 # ------------------------------------------------------------------------------------------------ workers
 
 
 def mark(edge: str) -> None:
-    """Tell the orchestrator the window starts or ends (it measures the simulators' CPU over it)."""
+    """Tell the orchestrator the window starts or ends (it reads CPU and the server's counters then)."""
     print(f"WINDOW {edge}", flush=True)
 
 
-async def gateway_worker(site_path: Path, warmup: float, window: float) -> Window:
-    """The daemon's components on `site_path`; counters and CPU over [warmup, warmup + window]."""
+async def gateway_worker(site_path: Path, warmup: float, window: float) -> Report:
+    """The daemon's components on `site_path`; its own counters over [warmup, warmup + window]."""
     from gateway.app.daemon import build_runtime, serve
     from gateway.config import load_site
     from gateway.core.stats import DeviceStats
@@ -126,10 +159,9 @@ async def gateway_worker(site_path: Path, warmup: float, window: float) -> Windo
         stop = asyncio.Event()
         serving = asyncio.create_task(serve(rt, stop))
 
-        def totals() -> tuple[int, int, int, int]:
+        def totals() -> tuple[int, int, int]:
             s = stats.values()
             return (
-                sum(d.requests for d in s),
                 sum(d.cycles for d in s),
                 sum(d.skipped_cycles for d in s),
                 sum(sum(d.errors.values()) for d in s),
@@ -137,265 +169,409 @@ async def gateway_worker(site_path: Path, warmup: float, window: float) -> Windo
 
         await asyncio.sleep(warmup)
         mark("start")
-        t0, c0, before = time.monotonic(), time.process_time(), totals()
+        before = totals()
         await asyncio.sleep(window)
-        t1, c1, after = time.monotonic(), time.process_time(), totals()
+        after = totals()
         mark("end")
+        rss, peak = rss_mib()
         down = sum(1 for d in stats.values() if not d.up)
         stop.set()
         await serving
-    rss, peak = rss_mib()
-    req, cyc, skip, err = (a - b for a, b in zip(after, before, strict=True))
-    return Window(
-        "gateway", len(stats), t1 - t0, 100 * (c1 - c0) / (t1 - t0), rss, peak, req, cyc, skip, err, down
-    )
+    cyc, skip, err = (a - b for a, b in zip(after, before, strict=True))
+    return Report(len(stats), rss, peak, cyc, skip, err, down)
 
 
-async def raw_worker(site_path: Path, warmup: float, window: float) -> Window:
-    """The same planned reads with bare pymodbus clients, one task per meter, nothing done with the words."""
-    from pymodbus.client import AsyncModbusTcpClient
-
+def planned_reads(site_path: Path) -> list[tuple[int, int, list[tuple[int, int]], float]]:
+    """(port, unit, [(address, count)], interval) per meter: what the gateway's planner reads."""
     from gateway.app.modbus import modbus_specs
     from gateway.config import load_site
 
     site = load_site(site_path)
-    specs = [(line, devices[0]) for line, devices in modbus_specs(site) if devices]
-    counts = {"requests": 0, "cycles": 0, "errors": 0, "late": 0}
-    measuring = asyncio.Event()
-    stop = asyncio.Event()
+    return [
+        (line.port or 502, dev.unit, [(r.address, r.count) for r in dev.requests], dev.poll_interval)
+        for line, devices in modbus_specs(site)
+        for dev in devices[:1]
+    ]
 
-    async def meter(
-        host: str, port: int, timeout: float, requests: list[Any], unit: int, interval: float
-    ) -> None:
-        client = AsyncModbusTcpClient(host, port=port, timeout=timeout, retries=0)
-        await client.connect()
-        due = time.monotonic()
-        try:
-            while not stop.is_set():
+
+class Counts:
+    def __init__(self) -> None:
+        self.cycles = self.errors = self.late = 0
+        self.measuring = False
+
+
+async def raw_meter(
+    port: int, unit: int, reads: list[tuple[int, int]], interval: float, counts: Counts, flood: bool
+) -> None:
+    """One meter, one connection: MBAP + FC04 by struct, readexactly, float32 unpack; no timeout."""
+    request = struct.Struct(">HHHBBHH")  # MBAP (tid, protocol, length, unit) + FC, address, count
+    head = struct.Struct(">HHHBBB")  # MBAP + FC + byte count (or exception code)
+    decoders = {count: struct.Struct(f">{count // 2}f") for _, count in reads}
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    tid = 0
+    due = time.monotonic()
+    try:
+        while True:
+            if not flood:
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                elif delay < -interval and measuring.is_set():
-                    counts["late"] += 1
-                for r in requests:
+                elif delay < -interval and counts.measuring:
+                    counts.late += 1
+            for address, count in reads:
+                tid = (tid + 1) & 0xFFFF
+                writer.write(request.pack(tid, 0, 6, unit, 4, address, count))
+                got, _, _, _, fc, n = head.unpack(await reader.readexactly(9))
+                if fc & 0x80 or got != tid:
+                    counts.errors += counts.measuring
+                    continue
+                decoders[count].unpack(await reader.readexactly(n))
+            counts.cycles += counts.measuring
+            due += interval
+    finally:
+        writer.close()
+
+
+async def raw_worker(site_path: Path, warmup: float, window: float, flood: bool = False) -> Report:
+    meters = planned_reads(site_path)
+    counts = Counts()
+    tasks = [asyncio.create_task(raw_meter(*m, counts, flood)) for m in meters]
+    await asyncio.sleep(warmup)
+    mark("start")
+    counts.measuring = True
+    await asyncio.sleep(window)
+    counts.measuring = False
+    mark("end")
+    rss, peak = rss_mib()
+    failed = [t for t in tasks if t.done() and t.exception() is not None]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return Report(len(meters), rss, peak, counts.cycles, 0, counts.errors, len(failed), counts.late)
+
+
+async def pymodbus_worker(site_path: Path, warmup: float, window: float) -> Report:
+    """The same planned reads with bare pymodbus clients, one task per meter, nothing done with the words."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    meters = planned_reads(site_path)
+    counts = Counts()
+
+    async def meter(port: int, unit: int, reads: list[tuple[int, int]], interval: float) -> None:
+        client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1.0, retries=0)
+        await client.connect()
+        due = time.monotonic()
+        try:
+            while True:
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -interval and counts.measuring:
+                    counts.late += 1
+                for address, count in reads:
                     try:
-                        rr = await client.read_input_registers(r.address, count=r.count, device_id=unit)
+                        rr = await client.read_input_registers(address, count=count, device_id=unit)
                         failed = rr.isError()
                     except Exception:
                         failed = True
-                    if measuring.is_set():
-                        counts["requests"] += 1
-                        counts["errors"] += int(failed)
-                if measuring.is_set():
-                    counts["cycles"] += 1
+                    counts.errors += failed and counts.measuring
+                counts.cycles += counts.measuring
                 due += interval
         finally:
             client.close()
 
-    tasks = [
-        asyncio.create_task(
-            meter(
-                line.host or "127.0.0.1",
-                line.port or 502,
-                line.timeout,
-                list(dev.requests),
-                dev.unit,
-                dev.poll_interval,
-            )
-        )
-        for line, dev in specs
-    ]
+    tasks = [asyncio.create_task(meter(*m)) for m in meters]
     await asyncio.sleep(warmup)
     mark("start")
-    t0, c0 = time.monotonic(), time.process_time()
-    measuring.set()
+    counts.measuring = True
     await asyncio.sleep(window)
-    measuring.clear()
-    t1, c1 = time.monotonic(), time.process_time()
+    counts.measuring = False
     mark("end")
-    stop.set()
+    rss, peak = rss_mib()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    rss, peak = rss_mib()
-    return Window(
-        "raw",
-        len(specs),
-        t1 - t0,
-        100 * (c1 - c0) / (t1 - t0),
-        rss,
-        peak,
-        counts["requests"],
-        counts["cycles"],
-        0,
-        counts["errors"],
-        0,
-        counts["late"],
-    )
+    return Report(len(meters), rss, peak, counts.cycles, 0, counts.errors, 0, counts.late)
+
+
+WORKER_KINDS = ("gateway", "raw_asyncio", "pymodbus", "raw_flood")
 
 
 def worker_main(kind: str, site_path: Path, warmup: float, window: float) -> None:
     import logging
 
     logging.basicConfig(level=logging.ERROR)  # the daemon's info lines would be noise here
-    run = gateway_worker if kind == "gateway" else raw_worker
-    result = asyncio.run(run(site_path, warmup, window))
-    print("RESULT " + json.dumps(asdict(result)), flush=True)
+    if kind == "gateway":
+        report = asyncio.run(gateway_worker(site_path, warmup, window))
+    elif kind == "pymodbus":
+        report = asyncio.run(pymodbus_worker(site_path, warmup, window))
+    else:
+        report = asyncio.run(raw_worker(site_path, warmup, window, flood=kind == "raw_flood"))
+    print("RESULT " + json.dumps(asdict(report)), flush=True)
 
 
 # ------------------------------------------------------------------------------------------- orchestrator
 
 
-def run_worker(
-    kind: str, site_path: Path, warmup: float, window: float, sim_pid: int
-) -> tuple[Window, float]:
-    """Run one worker; its figures and the simulators' CPU % over the same window."""
+class Server:
+    """What the orchestrator needs of the meter server: its pid and its request counters."""
+
+    def __init__(self, cmeter: Any) -> None:
+        self.cmeter = cmeter
+
+    def snapshot(self) -> tuple[float, int]:
+        """(server CPU-seconds, requests answered)."""
+        return proc_cpu_seconds(self.cmeter.pid), self.cmeter.stats()[0]
+
+
+def measure_between(
+    kind: str,
+    pid: int,
+    server: Server,
+    start: tuple[float, float, tuple[float, int]],
+    end: tuple[float, float, tuple[float, int]],
+    report: Report,
+    values_per_request: float,
+) -> Measure:
+    (t0, c0, (s0, r0)), (t1, c1, (s1, r1)) = start, end
+    seconds, cpu = t1 - t0, c1 - c0
+    requests = r1 - r0
+    values = requests * values_per_request
+    return Measure(
+        kind=kind,
+        devices=report.devices,
+        seconds=round(seconds, 2),
+        cpu_percent=round(100 * cpu / seconds, 1),
+        rss_mib=round(report.rss_mib, 1),
+        requests_per_s=round(requests / seconds, 1),
+        requests_per_cpu_s=round(requests / cpu) if cpu > 0 else None,
+        values_per_s=round(values / seconds, 1),
+        values_per_cpu_s=round(values / cpu) if cpu > 0 else None,
+        server_cpu_percent=round(100 * (s1 - s0) / seconds, 1),
+        cycles=report.cycles,
+        skipped_cycles=report.skipped_cycles,
+        errors=report.errors,
+        down=report.down,
+        late_cycles=report.late_cycles,
+        readings_per_meter_s=round(report.cycles / report.devices / seconds, 3) if report.devices else None,
+    )
+
+
+def run_worker(kind: str, site_path: Path, warmup: float, window: float, server: Server) -> Measure:
+    """Run one worker process; the server's answers and the worker's CPU over its window."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--site", str(site_path)]
     cmd += ["--warmup", str(warmup), "--window", str(window)]
     with tempfile.TemporaryFile("w+") as errors:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, cwd=ROOT)
         assert proc.stdout is not None
-        result: Window | None = None
-        sim_start = sim_cpu = 0.0
-        t_start = time.monotonic()
+        report: Report | None = None
+        start = end = (0.0, 0.0, (0.0, 0))
         for line in proc.stdout:
-            if line.startswith("WINDOW start"):
-                sim_start, t_start = proc_cpu_seconds(sim_pid), time.monotonic()
-            elif line.startswith("WINDOW end"):
-                sim_cpu = 100 * (proc_cpu_seconds(sim_pid) - sim_start) / (time.monotonic() - t_start)
+            if line.startswith("WINDOW "):
+                edge = (time.monotonic(), proc_cpu_seconds(proc.pid), server.snapshot())
+                if line.startswith("WINDOW start"):
+                    start = edge
+                else:
+                    end = edge
             elif line.startswith("RESULT "):
-                result = Window(**json.loads(line[len("RESULT ") :]))
+                report = Report(**json.loads(line[len("RESULT ") :]))
         code = proc.wait(timeout=60)
-        if result is None:
+        if report is None:
             errors.seek(0)
             raise RuntimeError(f"{kind} worker failed (exit {code}):\n{errors.read()[-3000:]}")
-    return result, sim_cpu
+    return measure_between(kind, proc.pid, server, start, end, report, SDM630_VALUES / SDM630_READS)
 
 
-@dataclass
-class Step:
-    gateway: Window
-    sim_cpu_percent: float
+def run_thingsboard(ports: list[int], warmup: float, window: float, server: Server) -> Measure:
+    """ThingsBoard IoT Gateway polling `ports`, measured from outside over one window after `warmup`."""
+    from bench.tb_gateway import VALUES_PER_METER, TBGateway
 
-    @property
-    def overrun(self) -> bool:
-        g = self.gateway
-        return g.skipped_cycles > 0 or g.errors > 0 or g.down > 0
+    with tempfile.TemporaryDirectory(prefix="tb-gateway-") as tmp, TBGateway(ports, Path(tmp)) as tb:
+        time.sleep(warmup)
+        assert tb.platform is not None
+        sent0 = tb.platform.telemetry_messages
+        start = (time.monotonic(), proc_cpu_seconds(tb.pid), server.snapshot())
+        time.sleep(window)
+        end = (time.monotonic(), proc_cpu_seconds(tb.pid), server.snapshot())
+        sent = tb.platform.telemetry_messages - sent0
+        rss, peak = rss_mib(tb.pid)
+        if tb.proc is not None and tb.proc.poll() is not None:
+            raise RuntimeError(f"ThingsBoard gateway exited with {tb.proc.returncode}: {tb.output()}")
+    m = measure_between(
+        "thingsboard", tb.pid, server, start, end, Report(len(ports), rss, peak), 1.0
+    )  # one value per request
+    m.published_messages = sent
+    m.readings_per_meter_s = round(m.values_per_s / (VALUES_PER_METER * len(ports)), 3)
+    return m
 
 
-def largest_ok(steps: list[Step]) -> Step | None:
-    return max((s for s in steps if not s.overrun), key=lambda s: s.gateway.devices, default=None)
-
-
-def human(step: Step) -> str:
-    g = step.gateway
-    verdict = "OVERRUN" if step.overrun else "ok"
+def human(m: Measure) -> str:
+    rpc = f"{m.requests_per_cpu_s:,.0f}" if m.requests_per_cpu_s else "n/a"
+    vpc = f"{m.values_per_cpu_s:,.0f}" if m.values_per_cpu_s else "n/a"
     return (
-        f"N={g.devices:4d}: {verdict:7s} gateway cpu {g.cpu_percent:5.1f}% rss {g.rss_mib:6.1f} MiB, "
-        f"{g.requests / g.seconds:7.1f} req/s, {g.cycles} cycles, skipped {g.skipped_cycles}, "
-        f"errors {g.errors}, down {g.down}; simulators cpu {step.sim_cpu_percent:5.1f}%"
+        f"{m.kind:12s} N={m.devices:4d}: {m.requests_per_s:8.0f} req/s at cpu {m.cpu_percent:5.1f}% = {rpc} "
+        f"req/CPU-s, {vpc} values/CPU-s; rss {m.rss_mib:6.1f} MiB; skipped {m.skipped_cycles}, errors "
+        f"{m.errors}, down {m.down}, late {m.late_cycles}, readings/meter/s {m.readings_per_meter_s}; "
+        f"server cpu {m.server_cpu_percent:5.1f}%"
     )
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)), help="device counts, ascending")
-    ap.add_argument(
-        "--warmup", type=float, default=3.0, help="seconds before measuring (connects, first cycles)"
-    )
-    ap.add_argument("--window", type=float, default=6.0, help="seconds measured per step")
-    ap.add_argument("--budget", type=float, default=150.0, help="start no step after this many seconds")
-    ap.add_argument("--timeout", type=float, default=1.0, help="per-request timeout of the lines")
-    ap.add_argument("--worker", choices=("gateway", "raw"), help=argparse.SUPPRESS)
+    ap.add_argument("--meters", type=int, default=800, help="meters of the side-by-side comparison")
+    ap.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)), help="capacity steps, ascending")
+    ap.add_argument("--rss-devices", type=int, default=1000, help="N of the RSS row (gateway and raw loop)")
+    ap.add_argument("--warmup", type=float, default=4.0, help="seconds before measuring")
+    ap.add_argument("--window", type=float, default=8.0, help="seconds measured per run")
+    ap.add_argument("--budget", type=float, default=120.0, help="start no capacity step after this many s")
+    ap.add_argument("--timeout", type=float, default=1.0, help="per-request timeout of the gateway's lines")
+    ap.add_argument("--no-tb", action="store_true", help="skip ThingsBoard IoT Gateway")
+    ap.add_argument("--no-capacity", action="store_true", help="skip the capacity search")
+    ap.add_argument("--worker", choices=WORKER_KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--site", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker_main(args.worker, args.site, args.warmup, args.window)
         return
+    result = run(args)
+    print(json.dumps(result))
 
-    from simulators.ports import free_ports
-    from simulators.runner import SimulatorProcess
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.cmeter import DESCRIPTION, CMeterServer
 
     began = time.monotonic()
-    steps = sorted({int(s) for s in args.steps.split(",")})
-    cap = steps[-1]
-    ports = free_ports(cap)
-    steps_done: list[Step] = []
-    raw: Window | None = None
-    with tempfile.TemporaryDirectory(prefix="meterwatch-bench-") as tmp:
-        sim_site = Path(tmp) / "sim.yaml"
-        sim_site.write_text(site_text(ports, 1.0, args.timeout), encoding="utf-8")
-        # One simulator process serves all `cap` meters; each step's gateway polls the first N of them.
-        sim = SimulatorProcess.spawn(sim_site, args=("--no-mqtt", "--log-level", "error"), timeout=60)
-        try:
-            for n in steps:
-                if time.monotonic() - began > args.budget:
-                    print(f"N={n:4d}: not run (time budget of {args.budget:.0f} s spent)", flush=True)
-                    break
-                site = Path(tmp) / f"gw{n}.yaml"
-                site.write_text(site_text(ports[:n], 1.0, args.timeout), encoding="utf-8")
-                window, sim_cpu = run_worker("gateway", site, args.warmup, args.window, sim.proc.pid)
-                step = Step(window, sim_cpu)
-                steps_done.append(step)
-                print(human(step), flush=True)
-                if step.overrun:
-                    break
-            best = largest_ok(steps_done)
-            if best is not None:
-                n = best.gateway.devices
-                raw, raw_sim_cpu = run_worker(
-                    "raw", Path(tmp) / f"gw{n}.yaml", args.warmup, args.window, sim.proc.pid
-                )
-                print(
-                    f"N={n:4d}: raw pymodbus loop cpu {raw.cpu_percent:5.1f}% rss {raw.rss_mib:6.1f} MiB, "
-                    f"{raw.requests / raw.seconds:7.1f} req/s, errors {raw.errors}, "
-                    f"late cycles {raw.late_cycles}; simulators cpu {raw_sim_cpu:5.1f}%",
-                    flush=True,
-                )
-        finally:
-            sim.stop()
-    summary(steps_done, raw, time.monotonic() - began, args)
+    steps = [] if args.no_capacity else sorted({int(s) for s in args.steps.split(",")})
+    total = max([args.meters, args.rss_devices, *steps])
+    out: dict[str, Any] = {"bench": "poll", "server": DESCRIPTION, "meters": args.meters}
+    with tempfile.TemporaryDirectory(prefix="meterwatch-bench-") as tmp, CMeterServer(total) as cmeter:
+        server = Server(cmeter)
+
+        def site(n: int) -> Path:
+            path = Path(tmp) / f"site{n}.yaml"
+            if not path.exists():
+                path.write_text(site_text(cmeter.ports[:n], 1.0, args.timeout), encoding="utf-8")
+            return path
+
+        def attempt(name: str, fn: Any) -> dict[str, Any]:
+            try:
+                m: Measure = fn()
+            except Exception as exc:  # one peer failing must not lose the others' figures
+                print(f"{name:12s}: FAILED: {exc}", flush=True)
+                return {"error": f"{type(exc).__name__}: {exc}"[:600]}
+            print(human(m), flush=True)
+            return {**asdict(m), "overrun": m.overrun}
+
+        n = args.meters
+        side: dict[str, Any] = {}
+        for kind in ("gateway", "raw_asyncio", "pymodbus"):
+            side[kind] = attempt(
+                kind, lambda k=kind: run_worker(k, site(n), args.warmup, args.window, server)
+            )
+        if args.no_tb:
+            side["thingsboard"] = {"skipped": "--no-tb"}
+            print("thingsboard : skipped (--no-tb)")
+        else:
+            side["thingsboard"] = attempt(
+                "thingsboard",
+                lambda: run_thingsboard(cmeter.ports[:n], max(args.warmup, 8.0), args.window, server),
+            )
+        out["side_by_side"] = side
+        g = side["gateway"]
+        out["ratios"] = {
+            "gateway_over_raw_asyncio": ratio(
+                g.get("requests_per_cpu_s"), side["raw_asyncio"].get("requests_per_cpu_s")
+            ),
+            "gateway_over_pymodbus": ratio(
+                g.get("requests_per_cpu_s"), side["pymodbus"].get("requests_per_cpu_s")
+            ),
+            "gateway_over_thingsboard_values": ratio(
+                g.get("values_per_cpu_s"), side["thingsboard"].get("values_per_cpu_s")
+            ),
+        }
+
+        flood = attempt(
+            "server limit",
+            lambda: run_worker("raw_flood", site(min(200, total)), 2.0, min(args.window, 5.0), server),
+        )
+        if "error" not in flood:
+            flood["server_requests_per_cpu_s"] = (
+                round(100 * flood["requests_per_s"] / flood["server_cpu_percent"])
+                if flood["server_cpu_percent"] > 0
+                else None
+            )
+            print(
+                f"server limit: {flood['requests_per_s']:,.0f} req/s served at "
+                f"{flood['server_cpu_percent']}% "
+                f"of a core = {flood['server_requests_per_cpu_s'] or 0:,} req per server CPU-s "
+                "(driven by the raw loop without a period)",
+                flush=True,
+            )
+        out["server_limit"] = flood
+
+        capacity: list[dict[str, Any]] = []
+        searching = time.monotonic()
+        for step in steps:
+            if time.monotonic() - searching > args.budget:
+                print(f"capacity N={step}: not run (time budget of {args.budget:.0f} s spent)", flush=True)
+                break
+            row = attempt(
+                "gateway", lambda s=step: run_worker("gateway", site(s), args.warmup, args.window, server)
+            )
+            capacity.append(row)
+            if "error" in row or row["overrun"]:
+                break
+        ok = [r for r in capacity if "error" not in r and not r["overrun"]]
+        best = max(ok, key=lambda r: r["devices"], default=None)
+        first_overrun = next((r["devices"] for r in capacity if r.get("overrun")), None)
+        out["capacity"] = {
+            "max_devices_no_overrun": best["devices"] if best else None,
+            "cpu_percent": best["cpu_percent"] if best else None,
+            "rss_mib": best["rss_mib"] if best else None,
+            "first_overrun_devices": first_overrun,
+            "budget_s": args.budget,
+            "steps": capacity,
+        }
+
+        rss_n = args.rss_devices
+        gw_rss = next((r for r in capacity if r.get("devices") == rss_n and "error" not in r), None)
+        if gw_rss is None:
+            gw_rss = attempt(
+                "gateway", lambda: run_worker("gateway", site(rss_n), args.warmup, args.window, server)
+            )
+        raw_rss = attempt(
+            "raw_asyncio", lambda: run_worker("raw_asyncio", site(rss_n), args.warmup, args.window, server)
+        )
+        out["rss"] = {
+            "devices": rss_n,
+            "gateway_rss_mib": gw_rss.get("rss_mib"),
+            "raw_asyncio_rss_mib": raw_rss.get("rss_mib"),
+            "gateway": gw_rss,
+            "raw_asyncio": raw_rss,
+        }
+    out["elapsed_s"] = round(time.monotonic() - began, 1)
+    out["cpus"] = os.cpu_count()
+    summary(out)
+    return out
 
 
-def summary(steps: list[Step], raw: Window | None, elapsed: float, args: argparse.Namespace) -> None:
-    best = largest_ok(steps)
-    first_overrun = next((s.gateway.devices for s in steps if s.overrun), None)
-    ratio = None
-    if best is not None and raw is not None and raw.cpu_percent > 0:
-        ratio = best.gateway.cpu_percent / raw.cpu_percent
-    if best is None:
-        print("poll bench: every step overran (see above)")
-    else:
-        g = best.gateway
-        limit = (
-            f"first overrun at N={first_overrun}" if first_overrun else "no overrun up to the largest step"
-        )
-        print(
-            f"poll bench: {g.devices} SDM630 over Modbus TCP at 1 s without overrun ({limit}); gateway cpu "
-            f"{g.cpu_percent:.1f}% rss {g.rss_mib:.1f} MiB; raw pymodbus loop cpu "
-            f"{raw.cpu_percent if raw else float('nan'):.1f}%; gateway/raw cpu ratio "
-            f"{ratio if ratio is not None else float('nan'):.2f}"
-        )
+def summary(out: dict[str, Any]) -> None:
+    r = out["ratios"]
+    cap = out["capacity"]
     print(
-        json.dumps(
-            {
-                "bench": "poll",
-                "max_devices_no_overrun": best.gateway.devices if best else 0,
-                "first_overrun_devices": first_overrun,
-                "gateway_cpu_percent": round(best.gateway.cpu_percent, 1) if best else None,
-                "gateway_rss_mib": round(best.gateway.rss_mib, 1) if best else None,
-                "raw_cpu_percent": round(raw.cpu_percent, 1) if raw else None,
-                "raw_rss_mib": round(raw.rss_mib, 1) if raw else None,
-                "cpu_ratio_gateway_over_raw": round(ratio, 2) if ratio is not None else None,
-                "window_s": args.window,
-                "elapsed_s": round(elapsed, 1),
-                "cpus": os.cpu_count(),
-                "steps": [
-                    {**asdict(s.gateway), "sim_cpu_percent": round(s.sim_cpu_percent, 1)} for s in steps
-                ],
-                "raw": asdict(raw) if raw else None,
-            }
-        )
+        f"poll bench at {out['meters']} meters: gateway/raw asyncio {r['gateway_over_raw_asyncio']}, "
+        f"gateway/pymodbus {r['gateway_over_pymodbus']} (requests per CPU-s); gateway/ThingsBoard "
+        f"{r['gateway_over_thingsboard_values']} (values per CPU-s); capacity "
+        f"{cap['max_devices_no_overrun']} "
+        f"meters at 1 s without overrun (cpu {cap['cpu_percent']}%, first overrun at "
+        f"{cap['first_overrun_devices']}); RSS at {out['rss']['devices']}: gateway "
+        f"{out['rss']['gateway_rss_mib']} MiB, raw {out['rss']['raw_asyncio_rss_mib']} MiB; "
+        f"server: {out['server']}",
+        flush=True,
     )
 
 

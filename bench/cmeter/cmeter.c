@@ -97,6 +97,12 @@ int main(int argc, char **argv) {
     sa.sa_handler = on_stop; sigaction(SIGTERM, &sa, NULL); sigaction(SIGINT, &sa, NULL);
     sa.sa_handler = on_stats; sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* the signals are delivered only inside epoll_pwait: one that comes while a request is being answered
+       waits for the next wait instead of slipping between the flag check and a wait with no event to end */
+    sigset_t blocked, waiting;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGTERM); sigaddset(&blocked, SIGINT); sigaddset(&blocked, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &blocked, &waiting);
 
     uint8_t query[MODBUS_TCP_MAX_ADU_LENGTH];
     unsigned long long requests = 0, registers = 0, errors = 0;
@@ -107,8 +113,8 @@ int main(int argc, char **argv) {
             printf("STATS %llu %llu %llu\n", requests, registers, errors);
             fflush(stdout);
         }
-        int k = epoll_wait(ep, events, 256, -1);
-        if (k < 0) { if (errno == EINTR) continue; perror("cmeter: epoll_wait"); return 1; }
+        int k = epoll_pwait(ep, events, 256, -1, &waiting);
+        if (k < 0) { if (errno == EINTR) continue; perror("cmeter: epoll_pwait"); return 1; }
         for (int e = 0; e < k; e++) {
             uint64_t tag = events[e].data.u64;
             int fd = (int)(tag & 0xffffffffu);
