@@ -1,8 +1,13 @@
-"""`make demo`: the simulated compound, a local MQTT broker and the gateway, with a live table of readings.
+"""`make demo`: the simulated compound, a local MQTT broker and the gateway, with a live table of readings,
+and the whole response loop on the scenario's incidents.
 
 Nothing outside this machine is needed: the simulators serve every device of the site file on the site's own
 endpoints (Modbus TCP, RTU over TCP, RTU on a pseudo-terminal, MQTT), and the gateway polls them as it would
-real meters.
+real meters. Its notices go to a receiver of the demo's own (demo_receiver.py) through a copy of the site
+file with local channels and short delays (demo_site.py), and show in a pane under the readings
+(demo_pane.py); the demo acknowledges each dispatch with `meterwatch ack` and writes each dispatched
+incident's report with `meterwatch report` once it is over (demo_loop.py), prints the report's path and
+stops when its scenario has played (--stay: keep running; Ctrl-C stops it at any time).
 """
 
 from __future__ import annotations
