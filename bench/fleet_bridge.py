@@ -121,6 +121,9 @@ def bridged(work: Path, n: int, port: int, timeout: float) -> dict[str, Any]:
     mgr = IncidentManager.open(site, store, time.time())
     bridge = FleetBridge(site, site.config.fleet, mgr, store_path, time.time())
     publisher = FleetPublisher(site, site.config.fleet, bridge, dict, "bench")
+    first = Batch()  # the detector's first round: no open incident, so no snapshot is owed
+    bridge.on_batch(first, time.time())
+    store.write(first)
     publisher.start()
     deadline = time.monotonic() + 30
     while not publisher.stats.connected:

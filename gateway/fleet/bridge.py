@@ -107,6 +107,7 @@ class FleetBridge:
         self.dropped = 0  # rows the rounds' writes dropped past the bound since start
         self._batch: Batch | None = None  # the batch last seen, and how much of its timeline was taken:
         self._taken = 0  # a batch that failed to store comes back longer, and only its new part is owed
+        self._snapshot_owed = True  # each open incident's state once more, with the first round
         db = sqlite3.connect(store_path, timeout=30.0)
         try:
             outbox.create(db)
@@ -151,21 +152,24 @@ class FleetBridge:
             return Owed(self.topics.incident(inc.id), "", True)
         return Owed(self.topics.incident(inc.id), self._incident_message(inc, transition, at, None), True)
 
-    def snapshot(self, now: float) -> list[Owed]:
-        """The retained state of every open incident (sent once at each start: a broker that lost its
-        retained messages, or incidents opened before the fleet section was added, are covered)."""
-        incidents = sorted(self.manager.engine.incidents.values(), key=lambda i: i.id)
-        return [self._state(inc, "snapshot", now) for inc in incidents if inc.is_open]
+    def snapshot(self, incidents: dict[int, Incident], now: float) -> list[Owed]:
+        """The retained state of every open incident, owed with the first round after a start (a broker
+        that lost its retained messages, or incidents opened before the fleet section was added, are
+        covered). In the round's own transaction, so no older state can be sent after a newer one."""
+        return [self._state(inc, "snapshot", now) for _, inc in sorted(incidents.items()) if inc.is_open]
 
     # ---- the detector hook ------------------------------------------------------------------------------
     def on_batch(self, batch: Batch, now: float) -> None:
         start = self._taken if batch is self._batch else 0
         self._batch, self._taken = batch, len(batch.timeline)
         changes = batch.timeline[start:]
-        if not changes:
+        if not changes and not self._snapshot_owed:
             return
         incidents = {**self.manager.engine.incidents, **batch.incidents}
         owed: list[Owed] = []
+        if self._snapshot_owed:
+            self._snapshot_owed = False
+            owed.extend(self.snapshot(incidents, now))
         last: dict[int, IncidentChange] = {}
         for ch in changes:
             inc = incidents.get(ch.incident)

@@ -127,11 +127,6 @@ class FleetOutbox:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM fleet_outbox").fetchone()[0])
 
-    def add(self, owed: Sequence[Owed], now: float, bound: int) -> int:
-        """Rows of the publisher's own (a start's snapshot), in one transaction; returns rows dropped."""
-        with self._lock, _tx(self._db):
-            return enqueue(self._db, owed, now, bound)
-
     def take_notices(self, make: NoticeMaker, now: float, bound: int) -> tuple[int, int]:
         """Notice outcomes the delivery log holds since the last read and not yet owed, owed now (one
         transaction). Returns (owed, dropped)."""

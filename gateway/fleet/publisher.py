@@ -22,7 +22,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from gateway.config import Site
 from gateway.config.fleet import FleetConfig
 from gateway.fleet.bridge import FleetBridge, NoticeEvents
 from gateway.fleet.kpi import kpi_payload, next_due
-from gateway.fleet.outbox import FleetOutbox, Owed
+from gateway.fleet.outbox import FleetOutbox
 from gateway.fleet.topics import VERSION, dumps, with_id
 
 log = logging.getLogger("meterwatch.fleet")
@@ -103,7 +103,6 @@ class FleetPublisher:
         self._notice = NoticeEvents(self.topics)
         self._facts: dict[str, Any] = {}
         self._outbox: FleetOutbox | None = None
-        self._snapshot: Sequence[Owed] = ()
 
     # ---- the component -----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -118,9 +117,8 @@ class FleetPublisher:
             await asyncio.to_thread(self.stop, 5.0)
 
     def start(self) -> None:
-        """Start the thread (and paho's): the open incidents' retained state is owed once more first."""
+        """Start the thread (and paho's)."""
         self._facts = self.facts()
-        self._snapshot = self.bridge.snapshot(self.clock())
         self._thread = threading.Thread(target=self._main, name="fleet-publisher", daemon=True)
         self._thread.start()
 
@@ -245,8 +243,6 @@ class FleetPublisher:
         try:
             self._outbox = FleetOutbox(self.bridge.store_path)
             now = self.clock()
-            if self._snapshot:
-                self._outbox.add(self._snapshot, now, self.cfg.buffer)
             self._kpi_due = now  # one snapshot at start, then daily at kpi_at
             client = self._client = self._make_client()
             props = Properties(PacketTypes.CONNECT)

@@ -14,7 +14,7 @@ from typing import Any
 from bench.rules_live import open_incidents
 from gateway.app.detect import store_path
 from tests.fixtures.mosquitto import Mosquitto
-from tests.gateway.fleet.conftest import FleetSite, Subscriber, fleet_site
+from tests.gateway.fleet.conftest import GATEWAY, FleetSite, Subscriber, fleet_site
 from tests.helpers import wait_until
 
 TIMEOUT = 60.0  # generous: a time-out says an event never came, it is no speed claim
@@ -116,6 +116,15 @@ def test_a_restarted_gateway_sends_what_was_not_acknowledged(
     again = FleetSite(site.directory, site.site_path)
     with again:
         sub.wait(lambda: [e for e in sub.transitions(b1["id"]) if e["transition"] == "opened"], "B1 opened")
+        # the new life owes each open incident's retained state once more, with its first round
+        sub.wait(
+            lambda: [
+                m
+                for m in sub.all(f"/incident/{GATEWAY}/{b1['id']}")
+                if b'"transition":"snapshot"' in m.payload
+            ],
+            "B1's state again after the restart",
+        )
         wait_until(lambda: pending(again) == 0, TIMEOUT, 0.05, "the outbox drained")
         want = timeline(again)
         sub.wait(lambda: received(sub) == want, "every transition of the store at the subscriber")

@@ -51,6 +51,9 @@ class Gateway:
         mgr = IncidentManager.open(self.site, self.store, time.time())
         self.bridge = FleetBridge(self.site, self.site.config.fleet, mgr, self.store_path, time.time())
         self.publisher = FleetPublisher(self.site, self.site.config.fleet, self.bridge, dict, "test")
+        first = Batch()  # the detector's first round: no open incident, no snapshot owed
+        self.bridge.on_batch(first, time.time())
+        self.store.write(first)
         now = time.time()
         self.incident = Incident(
             id=1, key="power_outage/building:B1", category="power_outage", scope="building:B1",
