@@ -115,6 +115,8 @@ class TcpConnection:
         self.depth = max(1, line.pipeline)
         self.timeout = line.timeout
         self.attempts = 1 + line.retries
+        self.gap = line.inter_request_delay  # pause between requests (after an answer, and between sends)
+        self.ready_at = 0.0
         self.next_connect = 0.0
         self.connect_delay = RECONNECT_MIN
         self.was_connected = False
@@ -149,7 +151,11 @@ class TcpConnection:
                     if why_not is not None:
                         outcome = ReadOutcome(failure="connection", detail=why_not)
                         break
+                if self.gap:
+                    await self._pause()
                 outcome = await self._exchange(request)
+                if self.gap:
+                    self.ready_at = max(self.ready_at, time.monotonic() + self.gap)
                 if outcome.dropped:
                     for kind, _why in outcome.dropped:
                         self.stats.errors[kind] += 1
@@ -166,6 +172,12 @@ class TcpConnection:
             return outcome
         finally:
             self._release()
+
+    async def _pause(self) -> None:
+        """Wait out the line's inter_request_delay; the place after it is taken before anyone else's."""
+        while (wait := self.ready_at - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        self.ready_at = time.monotonic() + self.gap
 
     def _release(self) -> None:
         """A place among the outstanding requests is free: hand it to the first waiter, or give it back.
@@ -350,6 +362,7 @@ class TcpConnection:
                     reason = f"no connection within {self.timeout:g} s"
                 return f"{self.line.endpoint}: {reason}"
             self.connect_delay = RECONNECT_MIN
+            self.ready_at = time.monotonic() + self.gap  # a fresh connection waits one pause first
             self._link = link
             self._rx = b""
             self.on_change(self, True)

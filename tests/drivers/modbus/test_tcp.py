@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -235,6 +236,31 @@ async def test_one_timer_serves_every_request_of_a_connection() -> None:
             conn.close()
     assert (silent.failure, silent.detail) == ("timeout", "no answer within 0.5 s")
     assert conn.stats.errors == {"timeout": 1} and conn.stats.requests == 7
+
+
+@pytest.mark.parametrize("pipeline", [1, 2])
+async def test_the_inter_request_delay_separates_requests(pipeline: int) -> None:
+    """As on the pymodbus path: a pause after connecting, after each answer, and between pipelined sends."""
+    async with device() as (dev, line):
+        conn = client(line, inter_request_delay=0.15, pipeline=pipeline)
+        arrived: list[float] = []
+
+        async def answering() -> None:
+            while True:
+                req = await dev.requests.get()
+                arrived.append(time.monotonic())
+                await dev.send(answer(req))
+
+        server = asyncio.create_task(answering())
+        try:
+            started = time.monotonic()
+            outcomes = await asyncio.gather(*(conn.read(INPUT) for _ in range(3)))
+        finally:
+            server.cancel()
+            conn.close()
+    assert all(registers_of(o) == [0, 1] for o in outcomes)
+    gaps = [b - a for a, b in zip([started, *arrived], arrived, strict=False)]
+    assert len(arrived) == 3 and min(gaps) >= 0.14, gaps
 
 
 async def test_pipelining_keeps_at_most_pipeline_requests_outstanding() -> None:
