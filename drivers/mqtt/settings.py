@@ -68,7 +68,9 @@ class MqttSettings:
     protocol: Literal["5", "3.1.1"] = "5"
     # How long the broker keeps the session (subscriptions + queued QoS>0 messages) while we are away.
     session_expiry: int = 7 * 86400
-    # Broker-side flow control: at most this many unacknowledged QoS>0 messages in flight to us (MQTT 5).
+    # Flow control: at most this many QoS>0 messages held unacknowledged. Announced to an MQTT 5 broker (its
+    # receive maximum) and kept by the subscriber itself too (it stops reading the socket while this many wait
+    # for the loop), so the rest of a burst waits at the broker, in our persistent session's queue.
     receive_maximum: int = 1000
     # QoS 0 messages waiting for the bus beyond this are dropped and counted (QoS>0 ones are bounded by
     # receive_maximum and never dropped: they stay unacknowledged until the bus takes them).

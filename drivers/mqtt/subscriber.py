@@ -23,10 +23,13 @@ the bus accepted every message they acknowledge. Decoding stays on the loop: und
 CPU in either thread (measured with bench/mqtt_ingest.py), and on the loop the router, the counters and the
 once-per-cause log need no lock.
 
-Bounds: QoS>0 messages held unacknowledged are at most `receive_maximum` (MQTT 5; the broker sends no more
-until we acknowledge, and keeps the rest queued for our session: size its queue, deploy/mosquitto); QoS 0
-messages waiting for the loop are at most `inbox_limit`, beyond which they are dropped and counted
-(inbox_full).
+Bounds: QoS>0 messages waiting for the loop are at most `receive_maximum`. We announce it to an MQTT 5
+broker, which then sends no more unacknowledged; and since a broker may not keep to it (mosquitto 2.0.11,
+Debian 12's, sends its whole queue once the first PUBACK comes back) or cannot be told (MQTT 3.1.1), paho's
+thread also stops reading from the socket while that many wait, until the loop has taken half of them. The
+rest of a burst then stays at the broker, unacknowledged, for our persistent session (size its queue:
+deploy/mosquitto/mosquitto.conf). QoS 0 messages waiting for the loop are at most `inbox_limit`, beyond which
+they are dropped and counted (inbox_full): QoS 0 has no redelivery, so holding the socket would not save them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import logging
 import math
 import ssl
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -146,6 +150,14 @@ class MqttSubscriber:
         # QoS 0 messages appended (paho thread) and taken (loop): each counter has one writer, so no lock.
         self._qos0_posted = 0
         self._qos0_taken = 0
+        # QoS>0 messages appended and taken, likewise; paho's thread waits on `_room` while receive_maximum
+        # of them wait for the loop (it stops reading the socket: the broker keeps the rest).
+        self._acked_posted = 0
+        self._acked_taken = 0
+        self._room = threading.Event()
+        self._room.set()
+        self._releasing = False  # stopping or restarting the link: paho's thread must not wait for room
+        self.room_waits = 0  # times paho's thread stopped reading for want of room (for tests and benches)
         self._qos0_dropped = 0  # paho thread: dropped because inbox_limit were waiting
         self._qos0_dropped_seen = 0  # loop: how many of those were counted and logged
         self._to_ack: list[_Inbound] = []  # QoS>0 messages the bus accepted, acknowledged at the turn's end
@@ -213,6 +225,7 @@ class MqttSubscriber:
 
     def _start(self, client: Client) -> None:
         s = self.settings
+        self._releasing = False
         props: Properties | None = None
         if s.protocol == "5":
             props = Properties(PacketTypes.CONNECT)
@@ -275,6 +288,7 @@ class MqttSubscriber:
             len(self.settings.devices),
         )
         client.disconnect()
+        self._release_paho_thread()
         await asyncio.to_thread(client.loop_stop)
         self._start(client)
 
@@ -285,6 +299,7 @@ class MqttSubscriber:
             with contextlib.suppress(ValueError, RuntimeError):
                 await asyncio.to_thread(info.wait_for_publish, 2.0)
         client.disconnect()
+        self._release_paho_thread()
         await asyncio.to_thread(client.loop_stop)
         self._link_up = False
         self.stats.connected = False
@@ -292,6 +307,11 @@ class MqttSubscriber:
             self._reported = False
             self.bus.publish_nowait(self._source_status(False, "stopped"))
         log.info("mqtt subscriber stopped", extra={"fields": {"client_id": self.settings.client_id}})
+
+    def _release_paho_thread(self) -> None:
+        """Before joining paho's thread: it must not stay waiting for room that a stalled bus never makes."""
+        self._releasing = True
+        self._room.set()
 
     # ------------------------------------------------------------------------- paho thread (callbacks)
     # Never raise here: an exception would end paho's network thread.
@@ -399,6 +419,8 @@ class MqttSubscriber:
                     self._qos0_dropped += 1
                     return
                 self._qos0_posted += 1
+            else:
+                self._acked_posted += 1
             self._post(
                 _Inbound(
                     topic,
@@ -412,8 +434,19 @@ class MqttSubscriber:
                     self._generation,
                 )
             )
+            if qos and self._acked_posted - self._acked_taken >= self.settings.receive_maximum:
+                self._wait_for_room()
         except Exception:  # pragma: no cover - defensive: keep the network thread alive
             log.exception("mqtt on_message failed")
+
+    def _wait_for_room(self) -> None:
+        """Hold paho's network thread (no socket reads) until the loop took half of the waiting messages."""
+        self.room_waits += 1
+        self._room.clear()
+        # Checked after the clear: the loop counts what it takes before it looks at `_room`, so either it sees
+        # the clear and sets `_room`, or this sees its count. The timeout only re-checks `_releasing`.
+        while self._acked_posted - self._acked_taken >= self.settings.receive_maximum and not self._releasing:
+            self._room.wait(1.0)
 
     # ------------------------------------------------------------------------------- event loop side
 
@@ -460,6 +493,13 @@ class MqttSubscriber:
     async def _inbound(self, client: Client, item: _Inbound) -> None:
         if item.qos == 0:
             self._qos0_taken += 1
+        else:
+            self._acked_taken += 1
+            if (
+                not self._room.is_set()
+                and self._acked_posted - self._acked_taken <= self.settings.receive_maximum // 2
+            ):
+                self._room.set()  # paho's thread reads the socket again
         try:
             await self._handle(client, item)
         except asyncio.CancelledError:

@@ -1,3 +1,9 @@
 """Service fixtures this folder's tests start: mosquitto (tests/fixtures/)."""
 
-from tests.fixtures.mosquitto import mosquitto, mosquitto_tls, mosquitto_with_users, publisher  # noqa: F401
+from tests.fixtures.mosquitto import (  # noqa: F401
+    mosquitto,
+    mosquitto_deep_queue,
+    mosquitto_tls,
+    mosquitto_with_users,
+    publisher,
+)
