@@ -102,6 +102,8 @@ class FleetPublisher:
         self._kpi_due = 0.0
         self._notice = NoticeEvents(self.topics)
         self._facts: dict[str, Any] = {}
+        self._next_notice = self._next_count = self._next_beat = 0.0
+        self._refused_logged = False  # a refused connection is logged once until a connect succeeds
         self._outbox: FleetOutbox | None = None
 
     # ---- the component -----------------------------------------------------------------------------------
@@ -197,11 +199,15 @@ class FleetPublisher:
         self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode, props: Properties | None
     ) -> None:
         if reason.is_failure:
-            log.error(
-                "the fleet broker refused the connection",
-                extra={"fields": {"broker": self.cfg.broker, "reason": str(reason)}},
-            )
+            if not self._refused_logged:  # paho tries again with its backoff: said once, not each time
+                self._refused_logged = True
+                log.error(
+                    "the fleet broker refused the connection (user name, password or client id?); "
+                    "tried again, events are kept",
+                    extra={"fields": {"broker": self.cfg.broker, "reason": str(reason)}},
+                )
             return
+        self._refused_logged = False
         self.stats.connected = True
         self.stats.connects += 1
         log.info(
@@ -252,7 +258,6 @@ class FleetPublisher:
                 addr.host, addr.port, keepalive=self.cfg.keepalive, clean_start=False, properties=props
             )
             client.loop_start()
-            next_notice = next_pending = next_beat = 0.0
             while True:
                 with self._cond:
                     if not self._woken and not self._stopping:
@@ -260,34 +265,42 @@ class FleetPublisher:
                         # transaction per run instead of one per message
                         self._cond.wait(ACK_EVERY if self._inflight else IDLE)
                     self._woken = False
-                    stopping = self._stopping
-                if stopping:
-                    break
-                now = self.clock()
-                self._take_acks()
-                if now >= next_notice:
-                    next_notice = now + NOTICE_EVERY
-                    self._take_notices(now)
-                if now >= next_pending:
-                    next_pending = now + PENDING_EVERY
-                    self.stats.pending = self._outbox.pending()
-                    self.stats.dropped = self._outbox.dropped()
-                if not self.stats.connected:
-                    continue
-                if self._announce or now >= next_beat:
-                    next_beat = now + self.cfg.heartbeat
-                    self._publish_direct(self.topics.state, self.state_payload("online", now).encode())
-                    if self._announce and self._kpi is not None:  # the broker may have lost it
-                        self._publish_direct(self.topics.kpi, self._kpi.encode())
-                    self._announce = False
-                if now >= self._kpi_due:
-                    self._make_kpi(now)
-                self._fill()
+                    if self._stopping:
+                        break
+                try:
+                    self._step(self.clock())
+                except Exception:
+                    # e.g. the store locked past its timeout: the rows stay, the next step tries again
+                    log.exception("the fleet publisher failed a step; tried again in a second")
+                    with self._cond:
+                        self._cond.wait(1.0)
         except Exception:
-            log.exception("the fleet publisher failed; fleet events are kept in the outbox")
+            log.exception("the fleet publisher cannot start; fleet events are kept in the outbox")
             raise
         finally:
             self._shutdown()
+
+    def _step(self, now: float) -> None:
+        assert self._outbox is not None
+        self._take_acks()
+        if now >= self._next_notice:
+            self._next_notice = now + NOTICE_EVERY
+            self._take_notices(now)
+        if now >= self._next_count:
+            self._next_count = now + PENDING_EVERY
+            self.stats.pending = self._outbox.pending()
+            self.stats.dropped = self._outbox.dropped()
+        if not self.stats.connected:
+            return
+        if self._announce or now >= self._next_beat:
+            self._next_beat = now + self.cfg.heartbeat
+            self._publish_direct(self.topics.state, self.state_payload("online", now).encode())
+            if self._announce and self._kpi is not None:  # the broker may have lost it
+                self._publish_direct(self.topics.kpi, self._kpi.encode())
+            self._announce = False
+        if now >= self._kpi_due:
+            self._make_kpi(now)
+        self._fill()
 
     def _publish_direct(self, topic: str, payload: bytes) -> MQTTMessageInfo | None:
         assert self._client is not None
