@@ -47,6 +47,10 @@ HEADER = struct.Struct(">HHHB")  # transaction id, protocol id, length (unit id 
 REQUEST = struct.Struct(">HHHBBHH")  # MBAP header, function code, address, count
 MAX_LENGTH = 254  # unit id + a PDU of at most 253 bytes
 HEX_KEPT = 32  # bytes of a frame shown in a detail
+# After this many requests in a row without an answer the connection is dropped and opened again by the next
+# request, as pymodbus does (its retries + 3, with its retries at 0): a connection the network silently lost
+# (a NAT or firewall that forgot it, a device rebooted behind a gateway) would otherwise never answer again.
+UNANSWERED_LIMIT = 5
 
 
 def _hex(frame: bytes) -> str:
@@ -130,6 +134,7 @@ class TcpConnection:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._expected: dict[tuple[int, int, int, int], Expected] = {}
         self._silence = f"no answer within {line.timeout:g} s"
+        self._unanswered = 0  # requests in a row that ended at their deadline
 
     @property
     def connected(self) -> bool:
@@ -272,6 +277,7 @@ class TcpConnection:
         if problem is None:
             if code & EXCEPTION_BIT:
                 del self._pending[tid]
+                self._unanswered = 0
                 rtt = asyncio.get_running_loop().time() - pending.started
                 pending.settle(ReadOutcome(exception_code=frame[8], rtt=rtt, dropped=pending.dropped))
                 return
@@ -282,6 +288,7 @@ class TcpConnection:
 
     def _answered(self, pending: _Pending, payload: bytes) -> None:
         del self._pending[pending.tid]
+        self._unanswered = 0
         rtt = asyncio.get_running_loop().time() - pending.started
         want = pending.expected
         if want.bits:
@@ -312,9 +319,7 @@ class TcpConnection:
         pending, self._pending = self._pending, {}
         for p in pending.values():
             p.fail(FRAMING, detail)
-        link = self._link
-        if link is not None and link.transport is not None:
-            link.transport.abort()  # connection_lost follows
+        self._drop()
 
     def _expire(self) -> None:
         """The timer: fail every request past its deadline, then wait for the next deadline."""
@@ -328,8 +333,10 @@ class TcpConnection:
             tid, p = next(iter(pending.items()))
             if p.deadline > now:
                 self._timer = loop.call_at(p.deadline, self._expire)
-                return
+                break
             del pending[tid]
+            if not p.future.done():  # not a cancelled read
+                self._unanswered += 1
             if p.dropped:
                 # The last frame dropped is why there is no answer, and leaves `dropped` (counted once).
                 kind, why = p.dropped.pop()
@@ -339,6 +346,9 @@ class TcpConnection:
                 p.fail(FRAMING, f"unusable answer {_hex(rx)}")
             else:
                 p.fail("timeout", self._silence)
+        if self._unanswered >= UNANSWERED_LIMIT:
+            self._unanswered = 0
+            self._drop()
 
     # --- connection ------------------------------------------------------------------------------
     async def _ensure_connected(self) -> str | None:
@@ -363,10 +373,19 @@ class TcpConnection:
                 return f"{self.line.endpoint}: {reason}"
             self.connect_delay = RECONNECT_MIN
             self.ready_at = time.monotonic() + self.gap  # a fresh connection waits one pause first
+            self._unanswered = 0
             self._link = link
             self._rx = b""
             self.on_change(self, True)
             return None
+
+    def _drop(self) -> None:
+        """Give the connection up now (the next request connects again); its connection_lost is ignored."""
+        link = self._link
+        if link is not None:
+            self._lost(link, None)
+            if link.transport is not None:
+                link.transport.abort()
 
     def _lost(self, link: _Link, exc: Exception | None) -> None:
         if link is not self._link:
@@ -384,8 +403,7 @@ class TcpConnection:
         if link is not None:
             self._lost(link, None)
             if link.transport is not None:
-                with contextlib.suppress(Exception):
-                    link.transport.close()
+                link.transport.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

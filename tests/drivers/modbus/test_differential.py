@@ -176,19 +176,28 @@ async def test_exception_answers_give_the_same_code(profile_sim: ProfileSim) -> 
     assert 4 in [s.exception_code for s in seen["pymodbus"]]
 
 
-async def test_a_silent_unit_times_out_on_both(profile_sim: ProfileSim) -> None:
+async def test_a_silent_unit_times_out_on_both_and_the_connection_is_opened_again(
+    profile_sim: ProfileSim,
+) -> None:
+    """Five requests in a row without an answer drop the connection (pymodbus's rule, kept by the built-in
+    client: a connection the network lost silently is opened again); the sixth connects anew."""
     line = dataclasses.replace(profile_sim.line, timeout=TIMEOUT)
     nobody = ReadRequest(99, "holding", 0, 2, ())
     seen = {}
     for c in CLIENTS:
         stats = LineStats(line=line.id, transport=line.transport)
-        conn = connection(line, c, stats)
+        changes: list[bool] = []
+        make = TcpConnection if c == "builtin" else Connection
+        conn = make(
+            dataclasses.replace(line, client=c), stats, c, lambda _c, up, changes=changes: changes.append(up)
+        )
         try:
-            seen[c] = ([Seen.of(await conn.read(nobody)) for _ in range(2)], dict(stats.errors))
+            reads = [Seen.of(await conn.read(nobody)) for _ in range(6)]
+            seen[c] = (reads, dict(stats.errors), changes[:3])
         finally:
             conn.close()
     assert seen["builtin"] == seen["pymodbus"]
-    assert seen["pymodbus"] == ([Seen("timeout", None, None)] * 2, {"timeout": 2})
+    assert seen["pymodbus"] == ([Seen("timeout", None, None)] * 6, {"timeout": 6}, [True, False, True])
 
 
 # ---------------------------------------------------------------------------------------------------------
