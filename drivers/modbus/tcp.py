@@ -19,6 +19,9 @@ request leaves the timer as it is (a stale wake-up costs one callback per timeou
 
 `pipeline` requests may be outstanding on one connection (the line's setting; 1 = one at a time, what most
 meters and every serial gateway need). Callers beyond that wait in order.
+
+The line discipline is line.Connection's: the line's retries, its inter_request_delay, connection attempts
+backed off from RECONNECT_MIN to RECONNECT_MAX, and the same error counters in LineStats.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ REQUEST = struct.Struct(">HHHBBHH")  # MBAP header, function code, address, coun
 MAX_LENGTH = 254  # unit id + a PDU of at most 253 bytes
 HEX_KEPT = 32  # bytes of a frame shown in a detail
 # After this many requests in a row without an answer the connection is dropped and opened again by the next
-# request, as pymodbus does (its retries + 3, with its retries at 0): a connection the network silently lost
+# request, as pymodbus does (at the fifth, with its own retries at 0): a connection the network silently lost
 # (a NAT or firewall that forgot it, a device rebooted behind a gateway) would otherwise never answer again.
 UNANSWERED_LIMIT = 5
 
