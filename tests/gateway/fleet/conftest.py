@@ -3,7 +3,8 @@ stopped and started again on its port), a subscriber standing in for the fleet v
 (bench/rules_live.py: simulated meters over Modbus TCP, the real daemon) with a `fleet:` section.
 
 The daemon's own wiring (gateway/app/daemon.py) does not start the fleet publisher yet, so FleetDaemon
-starts it itself: it builds the runtime as the daemon does and adds the publisher detect.build made.
+starts it itself: it builds the runtime as the daemon does and adds the publisher detect.build made (unless
+the daemon already did), with the daemon's device presence for the gateway state's devices_up.
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ class FleetDaemon(DaemonThread):
         self.fleet = made[0].fleet
         assert self.fleet is not None, "the site has a fleet section"
         self.fleet.presence = self.rt.services.presence
-        self.rt.components.insert(len(self.rt.components) - 2, self.fleet.publisher)
+        if self.fleet.publisher not in self.rt.components:  # until daemon.py starts it itself
+            self.rt.components.insert(len(self.rt.components) - 2, self.fleet.publisher)
 
 
 class FleetSite(LiveSite):
