@@ -23,7 +23,7 @@ from gateway.cli.demo_receiver import DemoReceiver, Notice
 from gateway.cli.demo_site import DemoSite
 
 ACK_AFTER = 5.0  # s between the dispatch arriving and the engineer acknowledging it: time to read it
-COMMAND_TIMEOUT = 60.0  # s: a command that takes longer is stopped and said so
+COMMAND_TIMEOUT = 120.0  # s: a command that takes longer is stopped and said so (a report: ~10 s)
 
 
 @dataclass
@@ -51,6 +51,11 @@ async def run_command(args: list[str], env: dict[str, str]) -> CommandResult:
         proc.kill()
         await proc.wait()
         return CommandResult(-1, [], [f"no answer within {COMMAND_TIMEOUT:g}s; stopped"])
+    except asyncio.CancelledError:  # the demo is stopping: the command goes with it
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
     lines = [ln for ln in out.decode("utf-8", "replace").splitlines() if ln.strip()]
     errs = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
     return CommandResult(proc.returncode or 0, lines, errs)

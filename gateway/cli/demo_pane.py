@@ -52,6 +52,8 @@ class MessagePane:
         title = n.title or first
         rest = f" | {first}" if first and first != title else ""
         self._add(PaneLine(self.clock(n.at), "notice", f"{n.channel:<11} <- {title}{rest}"))
+        if n.links:  # the dispatch's acknowledge and on-site links: they open in a browser here too
+            self._add(PaneLine(self.clock(n.at), "notice", f"{'':<11}    links: {' '.join(n.links)}"))
 
     def demo(self, text: str, at: float) -> None:
         self._add(PaneLine(self.clock(at), "demo", text))

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 KEY_HEADER = "X-Meterwatch-Key"  # as gateway/respond/sender.py sends it
+_URL = re.compile(r"https?://\S+")
 _KEY = re.compile(r"^incident:(?P<incident>\d+)/(?P<stage>[a-z_]+)/(?P<audience>[^/]+)")
 
 
@@ -40,6 +41,11 @@ class Notice:
         lines = [ln.strip() for ln in self.body.splitlines() if ln.strip()]
         said = [ln for ln in lines if not ln.endswith((",", "，", ":", "："))]
         return (said or lines or [""])[0]
+
+    @property
+    def links(self) -> list[str]:
+        """The addresses the message carries (a dispatch's acknowledge and on-site links)."""
+        return _URL.findall(self.body)
 
     def parts(self) -> list[tuple[int, str, str]]:
         """(incident id, stage, audience) of each key that names an incident (maintenance notices do not)."""

@@ -98,3 +98,22 @@ def test_plain_mode_prints_each_message_as_it_comes(capsys: pytest.CaptureFixtur
         "notice: 06:13:23 oncall-team <- [critical] #3 power outage: Building 1 | message 3 says this",
         "demo: 06:13:20 acknowledging incident 3 as the on-call engineer (wang): meterwatch ack 3 --url http://x",
     ]
+
+
+def test_a_dispatch_shows_its_links_on_a_row_of_their_own(capsys: pytest.CaptureFixture[str]) -> None:
+    body = json.dumps(
+        {
+            "title": "[dispatch] #3 power outage: Building 1",
+            "message": "On-call team: please go to the site now for incident #3\n"
+            "Acknowledge: http://127.0.0.1:9/ack/abc.def\nOn site: http://127.0.0.1:9/on-site/ghi.jkl\n",
+        }
+    ).encode()
+    n = parse_notice(
+        "/oncall-team", {"X-Meterwatch-Key": "incident:3/dispatch/oncall/oncall-team"}, body, NOW
+    )
+    assert n.links == ["http://127.0.0.1:9/ack/abc.def", "http://127.0.0.1:9/on-site/ghi.jkl"]
+    MessagePane(TZ, plain=True).notice(n)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == (
+        "notice: 06:13:20                links: http://127.0.0.1:9/ack/abc.def http://127.0.0.1:9/on-site/ghi.jkl"
+    ), out
