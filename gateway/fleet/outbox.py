@@ -7,8 +7,9 @@ the publisher's thread in the respond side's delivery log and written here in tr
 
 Rows are sent in `seq` order and deleted only when the broker acknowledged them (PUBACK). The table never
 holds more than `bound` rows: a write past it drops the oldest and adds them to the `dropped` count kept in
-`fleet_meta`. `seq` comes from AUTOINCREMENT, so it never repeats in one store file: the event id
-`<site>/<gateway>/<seq>` is unique and stays the same on every redelivery.
+`fleet_meta`. `seq` comes from AUTOINCREMENT, so it never repeats in one store file, and the outbox's
+`epoch` (the second it was made, in `fleet_meta`) tells two store files apart: the event id
+`<site>/<gateway>/<epoch>-<seq>` is unique and stays the same on every redelivery.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS fleet_outbox(
 );
 CREATE TABLE IF NOT EXISTS fleet_seen(key TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS fleet_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO fleet_meta(key, value) VALUES ('epoch', CAST(strftime('%s', 'now') AS TEXT));
 """
 
 SEEN_KEEP = 7 * 86400.0  # a notice outcome is looked for at most NOTICE_MARGIN back: a week is plenty
@@ -105,6 +107,10 @@ class FleetOutbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def epoch(self) -> int:
+        with self._lock:
+            return int(_meta(self._db, "epoch") or 0)
 
     def dropped(self) -> int:
         with self._lock:

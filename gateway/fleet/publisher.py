@@ -103,6 +103,7 @@ class FleetPublisher:
         self._notice = NoticeEvents(self.topics)
         self._facts: dict[str, Any] = {}
         self._next_notice = self._next_count = self._next_beat = 0.0
+        self._epoch = 0  # the outbox's (event ids)
         self._refused_logged = False  # a refused connection is logged once until a connect succeeds
         self._outbox: FleetOutbox | None = None
 
@@ -248,6 +249,7 @@ class FleetPublisher:
     def _main(self) -> None:
         try:
             self._outbox = FleetOutbox(self.bridge.store_path)
+            self._epoch = self._outbox.epoch()
             now = self.clock()
             self._kpi_due = now  # one snapshot at start, then daily at kpi_at
             client = self._client = self._make_client()
@@ -347,7 +349,7 @@ class FleetPublisher:
         if room <= 0:
             return
         for row in self._outbox.after(self._sent_to, room):
-            payload = with_id(row.payload, self.topics.event_id(row.seq))
+            payload = with_id(row.payload, self.topics.event_id(self._epoch, row.seq))
             info = self._client.publish(row.topic, payload, qos=1, retain=row.retain)
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 log.warning(

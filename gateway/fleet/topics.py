@@ -7,8 +7,8 @@ All topics are under `meterwatch/<company>/<site>/`:
                                       retained payload) when it resolves or is merged, so a late viewer sees
                                       only what is open
     events/<gateway>                  QoS 1, not retained: every incident transition and every notice sent or
-                                      failed, each with a unique, stable `id` (<site>/<gateway>/<seq>): a
-                                      redelivery carries the same id
+                                      failed, each with a unique, stable `id`
+                                      (<site>/<gateway>/<epoch>-<seq>): a redelivery carries the same id
     kpi/<gateway>                     retained, QoS 1: the month-to-date handbook KPIs, daily at fleet.kpi_at
     command/<gateway>                 reserved for acknowledging from afar (issue 13, item 2); not used yet
 
@@ -55,9 +55,11 @@ class Topics:
     def command(self) -> str:
         return f"{self.base}/command/{self.gateway}"
 
-    def event_id(self, seq: int) -> str:
-        """The id of the outbox row `seq`: unique per gateway and the same on every redelivery."""
-        return f"{self.site}/{self.gateway}/{seq}"
+    def event_id(self, epoch: int, seq: int) -> str:
+        """The id of the outbox row `seq` of the outbox made at `epoch` (Unix s): the same on every
+        redelivery, and unique per gateway even if its incident store is ever started afresh (seq starts
+        at 1 again; the epoch does not repeat)."""
+        return f"{self.site}/{self.gateway}/{epoch}-{seq}"
 
 
 def dumps(payload: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 from gateway.fleet import outbox
@@ -50,10 +51,14 @@ def test_ids_are_stable_and_never_reused(tmp_path: Path) -> None:
     write(path, owed(3), 100)
     box = FleetOutbox(path)
     topics = Topics("acme", "s1", "gw")
-    before = [with_id(r.payload, topics.event_id(r.seq)) for r in box.after(0, 10)]
-    again = [with_id(r.payload, topics.event_id(r.seq)) for r in box.after(0, 10)]
+    epoch = box.epoch()
+    assert abs(epoch - time.time()) < 3600  # the second the outbox was made
+    before = [with_id(r.payload, topics.event_id(box.epoch(), r.seq)) for r in box.after(0, 10)]
+    again = [with_id(r.payload, topics.event_id(box.epoch(), r.seq)) for r in box.after(0, 10)]
     assert before == again  # a resend carries the same id
-    assert json.loads(before[0]) == {"id": "s1/gw/1", "v": 1, "n": 0}
+    assert json.loads(before[0]) == {"id": f"s1/gw/{epoch}-1", "v": 1, "n": 0}
+    write(path, [], 100)  # the schema made again (a restart) keeps the epoch
+    assert box.epoch() == epoch
     box.acked([1, 2, 3])
     write(path, owed(1, 3), 100)
     assert [r.seq for r in box.after(0, 10)] == [4]  # AUTOINCREMENT: an acknowledged id is never reused
