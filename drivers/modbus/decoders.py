@@ -51,10 +51,15 @@ _NO_PROBLEMS: tuple[Problem, ...] = ()
 def float32_of(wide: float) -> float:
     """codec.float32_value for a finite float32 already widened (same digits tried in the same order)."""
     packed = _F32.pack(wide)
-    for spec in (".6g", ".7g", ".8g"):
-        value = float(format(wide, spec))
-        if _F32.pack(value) == packed:
-            return value
+    value = float(format(wide, ".6g"))  # unrolled: this is the hot path of float32 meters
+    if _F32.pack(value) == packed:
+        return value
+    value = float(format(wide, ".7g"))
+    if _F32.pack(value) == packed:
+        return value
+    value = float(format(wide, ".8g"))
+    if _F32.pack(value) == packed:
+        return value
     return float(format(wide, ".9g"))
 
 
@@ -148,6 +153,25 @@ def _int_scaler(point: Point) -> Callable[[int, int | None], float | None]:
     return scaled
 
 
+def _int_direct(point: Point) -> tuple[int, int] | None:
+    """(M, P) with value == n * M / P (P > 1) or float(n * M) (P == 1) for every raw n of the point.
+
+    Only when no decimals register, no offset and a positive scale: then the reference's Decimal product is
+    exact for every n (checked against the type's range) and its zero is +0, and Python's int * int and
+    int / int are exact and correctly rounded, so the two agree; the usual profile scales (0.1, 0.001, 1000)
+    qualify. None otherwise (the general scaler decides per value).
+    """
+    scale = Decimal(repr(point.scale))
+    offset = Decimal(repr(point.offset))
+    sign, digits, exp = scale.as_tuple()
+    if point.decimals_register is not None or offset != 0 or sign or scale == 0 or not isinstance(exp, int):
+        return None
+    m = int("".join(map(str, digits)))
+    if m << (16 * point.width) >= 10 ** getcontext().prec or abs(exp) > 22:
+        return None
+    return (m * 10**exp, 1) if exp >= 0 else (m, 10**-exp)
+
+
 def _float_scaler(point: Point) -> Callable[[float, int | None], float | None]:
     """raw float -> engineering value as codec._scaled computes it (the same Decimal operations)."""
     scale = Decimal(repr(point.scale))
@@ -203,6 +227,8 @@ def _register_slot(point: Point, start: int, layout: _Layout) -> Callable[[dict[
     low_word_first = point.word_order == "little"
     is_float = point.type in ("float32", "float64")
     code = {1: "H", 2: "f" if is_float else "I", 4: "d" if is_float else "Q"}[width]
+    if point.type.startswith("int") and not point.not_available:
+        code = code.lower()  # signed straight from the struct: no sentinel needs the unsigned raw value
     whole: _Field | None = None
     words: list[_Field] = []
     if width == 1 or swap_bytes == low_word_first:
@@ -211,7 +237,7 @@ def _register_slot(point: Point, start: int, layout: _Layout) -> Callable[[dict[
         words = [layout.add("<" if swap_bytes else ">", at + 2 * j, "H") for j in range(width)]
     if is_float:
         return _float_slot(point, whole, words, low_word_first)
-    return _int_slot(point, whole, words, low_word_first)
+    return _int_slot(point, whole, words, low_word_first, code.islower())
 
 
 def _float_slot(
@@ -230,9 +256,15 @@ def _float_slot(
             return None
         return scaler(value, d)
 
+    plain = not na_real and point.decimals_register is None and point.scale == 1 and point.offset == 0
+
     def build(index: dict[_Field, int]) -> SlotDecoder:
         if whole is not None:
             i = index[whole]
+            if plain and single:  # the common case (SDM, DDSU: float32 ABCD in engineering units)
+                return lambda raw, d: float32_of(w) if (w := raw[i]) - w == 0.0 else None
+            if plain:
+                return lambda raw, d: w if (w := raw[i]) - w == 0.0 else None
             return lambda raw, d: finish(raw[i], d)
         bits = _words_value([index[f] for f in words], low_word_first)
         as_float = _F32.unpack if single else _F64.unpack
@@ -243,15 +275,17 @@ def _float_slot(
 
 
 def _int_slot(
-    point: Point, whole: _Field | None, words: list[_Field], low_word_first: bool
+    point: Point, whole: _Field | None, words: list[_Field], low_word_first: bool, presigned: bool
 ) -> Callable[[dict[_Field, int]], SlotDecoder]:
     bits = 16 * point.width
     na_raw = frozenset(int(v) & ((1 << bits) - 1) for v in point.not_available if isinstance(v, int))
-    signed = point.type.startswith("int")
+    # the whole field's struct code already gives the signed value (see _register_slot)
+    signed = point.type.startswith("int") and not (presigned and whole is not None)
     half, full = 1 << (bits - 1), 1 << bits
     mask, shift = point.mask, point.shift
     scaler = _int_scaler(point)
     simple = not signed and mask is None and not shift
+    direct = _int_direct(point)
 
     def finish(n: int, d: int | None) -> float | None:
         if n in na_raw:
@@ -268,6 +302,13 @@ def _int_slot(
     def build(index: dict[_Field, int]) -> SlotDecoder:
         if whole is not None:
             i = index[whole]
+            if simple and not na_raw and direct is not None:  # the common case, in one expression
+                mul, div = direct
+                if div > 1:
+                    return lambda raw, d: raw[i] * mul / div
+                if mul == 1:
+                    return lambda raw, d: float(raw[i])
+                return lambda raw, d: float(raw[i] * mul)
             return lambda raw, d: finish(raw[i], d)  # type: ignore[arg-type]
         n_of = _words_value([index[f] for f in words], low_word_first)
         return lambda raw, d: finish(n_of(raw), d)
