@@ -95,7 +95,7 @@ class FleetConfig(Strict):
     gateway: TopicId | None = Field(
         default=None,
         description="this gateway's id under the site (several gateways may share a site); default: the "
-        "host name",
+        "host name (set it where the host name is not stable, e.g. in a container)",
     )
     keepalive: int = Field(
         default=30, ge=5, le=3600, description="MQTT keepalive in seconds: the broker marks the gateway "
