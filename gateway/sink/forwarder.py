@@ -176,34 +176,39 @@ class Forwarder:
                 return
 
     async def _gather(self, stop: asyncio.Event) -> list[str]:
+        """Up to batch_size lines: the events queued now, then more until flush_interval has passed. The
+        hot loop of the intake (once per sample): hence the locals and the queue's own get_nowait."""
         lines: list[str] = []
-        first = await self._next_event(stop, None)
-        if first is None:
+        ev = await self._next_event(stop, None)
+        if ev is None:
             return lines
-        self._take(first, lines)
         deadline = time.monotonic() + self.flush_interval
-        while len(lines) < self.batch_size:
-            ev = self.sub.get_nowait()
-            if ev is None:
-                left = deadline - time.monotonic()
-                if left <= 0 or stop.is_set():
-                    break
-                ev = await self._next_event(stop, left)
-                if ev is None:
-                    break
-            self._take(ev, lines)
-        return lines
+        encode, append, get = self.encoder.encode, lines.append, self.sub.queue.get_nowait
+        batch_size = self.batch_size
+        samples = 0
+        try:
+            while True:
+                if isinstance(ev, Sample):  # device and source status are not stored as time series
+                    samples += 1
+                    line = encode(ev)
+                    if line is not None:
+                        append(line)
+                        if len(lines) >= batch_size:
+                            return lines
+                try:
+                    ev = get()
+                except asyncio.QueueEmpty:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or stop.is_set():
+                        return lines
+                    ev = await self._next_event(stop, left)
+                    if ev is None:
+                        return lines
+        finally:
+            self.stats.samples_in += samples
 
     async def _next_event(self, stop: asyncio.Event, timeout: float | None) -> Event | None:
         return await self.sub.get_until(stop, timeout)
-
-    def _take(self, ev: Event, lines: list[str]) -> None:
-        if not isinstance(ev, Sample):
-            return  # device and source status are not stored as time series
-        self.stats.samples_in += 1
-        line = self.encoder.encode(ev)
-        if line is not None:
-            lines.append(line)
 
     async def _append(self, lines: list[str], stop: asyncio.Event) -> None:
         """Store the batch, or shed it. A healthy spool that fails is retried for up to `shed_after`
