@@ -19,11 +19,21 @@ lint: bootstrap
 test: lint
 	$(VENV)/bin/pytest
 
+# One table, each figure beside a baseline measured in the same run (polling vs a raw asyncio loop, bare
+# pymodbus and ThingsBoard IoT Gateway on a C libmodbus meter server; MQTT vs bare paho; sink vs raw
+# influxdb-client; rules engine; outage -> first notice vs Prometheus + Alertmanager; RSS; soak drift), in
+# under 15 minutes on 2 cores; writes bench/results/latest.json and a dated copy. bench-smoke: tiny sizes.
 bench: bootstrap
-	$(PY) bench/poll.py
+	$(PY) bench/run_all.py
+
+.PHONY: bench-smoke
+bench-smoke: bootstrap
+	$(PY) bench/run_all.py --smoke --out $${TMPDIR:-/tmp}/meterwatch-bench-smoke
+
+# The benches that have no peer to stand beside (the planner's estimates, the demo's start-up time).
+.PHONY: bench-extra
+bench-extra: bootstrap
 	$(PY) bench/planner.py
-	$(PY) bench/sink.py
-	$(PY) bench/rules.py
 	$(PY) bench/demo_start.py
 
 # Opt-in, not part of `bench`: the respond side's figures. Power cut -> first staff notice over NOTIFY_RUNS

@@ -49,7 +49,6 @@ if str(ROOT) not in sys.path:  # run as a script: `python bench/poll.py`
     sys.path.insert(0, str(ROOT))
 
 DEFAULT_STEPS = (1000, 1600, 2400, 3200, 4000)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SDM630_VALUES, SDM630_READS = 30, 3  # the profile's polled points and its planned reads (one cycle)
 
 
@@ -83,8 +82,13 @@ http: {{port: 0}}
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    """CPU-seconds of every live thread of `pid`, in nanoseconds from schedstat: the tick-based
+    utime + stime of /proc/<pid>/stat moves in 10 ms steps, too coarse for a raw loop's second of work."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def rss_mib(pid: int | str = "self") -> tuple[float, float]:
@@ -430,6 +434,12 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=120.0, help="start no capacity step after this many s")
     ap.add_argument("--timeout", type=float, default=1.0, help="per-request timeout of the gateway's lines")
     ap.add_argument("--no-tb", action="store_true", help="skip ThingsBoard IoT Gateway")
+    ap.add_argument(
+        "--tb-warmup",
+        type=float,
+        default=20.0,
+        help="seconds ThingsBoard runs before its window (it starts slowly)",
+    )
     ap.add_argument("--no-capacity", action="store_true", help="skip the capacity search")
     ap.add_argument("--worker", choices=WORKER_KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--site", type=Path, help=argparse.SUPPRESS)
@@ -478,7 +488,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             side["thingsboard"] = attempt(
                 "thingsboard",
-                lambda: run_thingsboard(cmeter.ports[:n], max(args.warmup, 8.0), args.window, server),
+                lambda: run_thingsboard(cmeter.ports[:n], args.tb_warmup, args.window, server),
             )
         out["side_by_side"] = side
         g = side["gateway"]
