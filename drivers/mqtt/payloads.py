@@ -131,10 +131,7 @@ def to_float(raw: object, where: str) -> float:
 def parse_json(payload: bytes, max_depth: int = MAX_DEPTH) -> Any:
     """The JSON document, nested at most `max_depth` objects/arrays deep (TooDeep otherwise)."""
     try:
-        # What json.loads(bytes) does (UTF-8, or UTF-16/32 by their BOM or zero bytes), kept as text for the
-        # depth check.
-        text = payload.decode(json.detect_encoding(payload), "surrogatepass")
-        doc = json.loads(text)
+        doc = json.loads(payload)  # UTF-8, or UTF-16/32 by their BOM or zero bytes
     except RecursionError:  # the parser recurses per level: thousands of [ exhaust the stack
         raise TooDeep(f"JSON nested deeper than {max_depth} levels: {_short(payload)}") from None
     except UnicodeDecodeError:
@@ -145,9 +142,12 @@ def parse_json(payload: bytes, max_depth: int = MAX_DEPTH) -> Any:
         ) from None
     except ValueError as exc:  # e.g. an integer literal over Python's 4300-digit limit
         raise MalformedJson(f"malformed JSON ({_short(str(exc), 80)}): {_short(payload)}") from None
-    # No more brackets than the limit (inside strings or not): it cannot nest deeper.
-    if text.count("[") + text.count("{") > max_depth and _nested_deeper(text, max_depth):
-        raise TooDeep(f"JSON nested deeper than {max_depth} levels: {_short(payload)}")
+    # No more bracket bytes than the limit (inside strings or not, or parts of other characters in UTF-16/32:
+    # counting bytes can only count too many): it cannot nest deeper. The exact check needs the text.
+    if payload.count(b"[") + payload.count(b"{") > max_depth:
+        text = payload.decode(json.detect_encoding(payload), "surrogatepass")  # as json.loads decoded it
+        if _nested_deeper(text, max_depth):
+            raise TooDeep(f"JSON nested deeper than {max_depth} levels: {_short(payload)}")
     return doc
 
 
@@ -235,9 +235,12 @@ def decode_fields(doc: object, fields: Mapping[str, FieldPath]) -> Decoded:
             MissingField(f"payload is a JSON {type(doc).__name__}; configure fields, or send an object")
         )
         return out
+    values = out.values
     for key, raw in doc.items():
         # Without explicit fields, text and nested values are metadata, not readings.
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
+        if type(raw) is float and raw - raw == 0.0:  # the common case, finite (inf - inf and NaN are NaN)
+            values[key] = raw
+        elif isinstance(raw, int | float) and not isinstance(raw, bool):
             out.put(str(key), raw, f"field {_short(key)}")
     if not out.values and not out.problems:
         out.problems.append(MissingField("the JSON object has no numeric field"))

@@ -162,6 +162,8 @@ class Router:
     def _bound(self, device: str, decoded: Decoded) -> None:
         """Drop bad names, readings beyond max_values and new quantities beyond max_quantities, in place."""
         known = self.quantities.setdefault(device, set())
+        if len(decoded.values) <= self.max_values and known.issuperset(decoded.values):
+            return  # the usual message: the device's known quantities (checked when first seen), not too many
         kept: dict[str, float] = {}
         bad: list[str] = []
         beyond = 0
