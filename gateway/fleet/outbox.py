@@ -103,6 +103,7 @@ class FleetOutbox:
         self._db.execute("PRAGMA synchronous=FULL")
         create(self._db)
         self._lock = threading.Lock()
+        self._indexed = False
 
     def close(self) -> None:
         with self._lock:
@@ -134,10 +135,12 @@ class FleetOutbox:
             return int(self._db.execute("SELECT COUNT(*) FROM fleet_outbox").fetchone()[0])
 
     def take_notices(self, make: NoticeMaker, now: float, bound: int) -> tuple[int, int]:
-        """Notice outcomes the delivery log holds since the last read and not yet owed, owed now (one
-        transaction). Returns (owed, dropped)."""
-        with self._lock, _tx(self._db) as db:
-            if not _has_table(db, "deliveries") or not _has_table(db, "outbox"):
+        """Notice outcomes the delivery log holds since the last read and not yet owed, owed now. Read
+        first, written (one transaction) only when there is something new: an idle gateway's disk is not
+        written every few seconds. Returns (owed, dropped)."""
+        with self._lock:
+            db = self._db
+            if not self._deliveries_indexed():
                 return 0, 0  # no notice was ever written to this store
             since = float(_meta(db, "notices_read_to") or 0.0)
             rows = db.execute(
@@ -146,21 +149,43 @@ class FleetOutbox:
                 " GROUP BY o.key ORDER BY MAX(d.at), o.key",
                 (since - NOTICE_MARGIN,),
             ).fetchall()
-            owed: list[Owed] = []
+            outcomes: list[tuple[str, Owed]] = []
             for key, incident_id, stage, channel, audience, state, attempts, at in rows:
                 outcome = make(str(key), int(incident_id), str(stage), str(channel), str(audience),
                                str(state), int(attempts), float(at))  # fmt: skip
-                if outcome is None:
-                    continue
-                seen_key, message = outcome
-                cur = db.execute("INSERT OR IGNORE INTO fleet_seen(key, at) VALUES (?, ?)", (seen_key, now))
-                if cur.rowcount == 1:
-                    owed.append(message)
+                if outcome is not None:
+                    outcomes.append(outcome)
             newest = max((float(r[7]) for r in rows), default=since)
-            _set_meta(db, "notices_read_to", repr(max(since, newest)))
-            db.execute("DELETE FROM fleet_seen WHERE at < ?", (now - SEEN_KEEP,))
-            dropped = enqueue(db, owed, now, bound) if owed else 0
+            fresh = [
+                o
+                for o in outcomes
+                if db.execute("SELECT 1 FROM fleet_seen WHERE key = ?", (o[0],)).fetchone() is None
+            ]
+            if not fresh and newest <= since:
+                return 0, 0
+            with _tx(db):
+                owed: list[Owed] = []
+                for seen_key, message in fresh:
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO fleet_seen(key, at) VALUES (?, ?)", (seen_key, now)
+                    )
+                    if cur.rowcount == 1:
+                        owed.append(message)
+                _set_meta(db, "notices_read_to", repr(max(since, newest)))
+                db.execute("DELETE FROM fleet_seen WHERE at < ?", (now - SEEN_KEEP,))
+                dropped = enqueue(db, owed, now, bound) if owed else 0
             return len(owed), dropped
+
+    def _deliveries_indexed(self) -> bool:
+        """Whether the respond side's delivery log exists, with an index on its time (added here once: the
+        log is read by time every few seconds and may hold years of rows)."""
+        if self._indexed:
+            return True
+        if not (_has_table(self._db, "deliveries") and _has_table(self._db, "outbox")):
+            return False
+        self._db.execute("CREATE INDEX IF NOT EXISTS fleet_deliveries_at ON deliveries(at)")
+        self._indexed = True
+        return True
 
 
 class NoticeMaker(Protocol):

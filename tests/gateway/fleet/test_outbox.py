@@ -84,6 +84,19 @@ def test_a_notice_outcome_is_owed_once(tmp_path: Path) -> None:
     db.execute("UPDATE deliveries SET status = 'success', attempts = 2, at = 103.0")
     assert box.take_notices(make, 104.0, 100) == (1, 0)
     assert box.take_notices(make, 105.0, 100) == (0, 0)
+    # nothing new: the log is read, nothing is written (an idle gateway's disk stays untouched)
+    version = db.execute("PRAGMA data_version").fetchone()[0]
+    assert box.take_notices(make, 106.0, 100) == (0, 0)
+    assert db.execute("PRAGMA data_version").fetchone()[0] == version
+    plan = " ".join(
+        str(r[-1])
+        for r in db.execute(
+            "EXPLAIN QUERY PLAN SELECT o.key FROM deliveries d JOIN outbox o ON o.key = d.notice_key"
+            " WHERE d.at > ?",
+            (0.0,),
+        )
+    )
+    assert "fleet_deliveries_at" in plan, plan  # read by time through its index, not a scan
     got = [json.loads(r.payload) for r in box.after(0, 10)]
     assert [(g["state"], g["final"], g["attempts"]) for g in got] == [("failed", False, 1), ("sent", True, 2)]
     assert got[1]["incident"] == 7 and got[1]["channel"] == "staff" and got[1]["stage"] == "staff_open"
