@@ -90,6 +90,7 @@ class _Link(asyncio.Protocol):
     def __init__(self, owner: TcpConnection) -> None:
         self.owner = owner
         self.transport: asyncio.Transport | None = None
+        self.lost = False
         self.data_received = owner._received  # type: ignore[method-assign]  # no hop per packet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,6 +98,7 @@ class _Link(asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self.owner._lost(self, exc)
 
 
@@ -367,6 +369,8 @@ class TcpConnection:
             try:
                 async with asyncio.timeout(self.timeout):
                     await loop.create_connection(lambda: link, self.host, self.port)
+                if link.lost:  # accepted and closed at once (e.g. a gateway at its connection limit)
+                    raise ConnectionResetError("connection closed by the device as it was opened")
             except (OSError, TimeoutError) as exc:
                 self.next_connect = time.monotonic() + self.connect_delay
                 self.connect_delay = min(RECONNECT_MAX, self.connect_delay * 2)
