@@ -3,6 +3,18 @@
 Site size chosen: 200 devices x 10 quantities polled every second, i.e. 200 samples (points) and 2,000 values
 per second: a large residential compound (20 buildings, a main meter, unit meters and water sensors each).
 
+0. Per point against raw influxdb-client (issue 11, item 4): the same VictoriaMetrics, in the same run. The
+   raw peer writes prebuilt line protocol (encoded before its clock starts, joined per batch of BATCH
+   lines) through influxdb-client's synchronous write API; the sink takes pre-built Samples from the bus
+   to HTTP 204 (encoding, spool commit with synchronous=FULL, read back, write, delete). Both are counted
+   in CPU-seconds of this process (all its threads: the sink's work, the spool and HTTP threads, and the
+   publisher putting Samples on the bus), so the figure does not depend on how busy the machine's other
+   cores are. The raw peer runs before and after the sink and the mean is the baseline; the ratio is
+   (sink points per CPU-second) / (raw points per CPU-second).
+   Beside it, on the same samples, the two costs no spool or HTTP change removes: encoding alone (the repr
+   of each float value is most of it) and the bus alone (publish, one blocking subscriber's get), and the
+   ratio those two alone would allow.
+
 1. Throughput: samples published on the bus as fast as the path takes them, through the sink into
    VictoriaMetrics, timed until VictoriaMetrics accepted the last one; once spool-first (durable: SQLite,
    WAL, synchronous=FULL, one commit per batch) and once best-effort (memory buffer). CPU % of this process
@@ -15,15 +27,6 @@ per second: a large residential compound (20 buildings, a main meter, unit meter
 RSS is this process's resident size, peak during the phase. The phases share one process, so a later
 phase also carries heap Python kept from an earlier one (the best-effort phase's memory buffer, which fills
 because publishing outruns writing). Finally every sample sent is counted in VictoriaMetrics.
-
-0. Per point against raw influxdb-client (issue 11, item 4): the same VictoriaMetrics, in the same run. The
-   raw peer writes prebuilt line protocol (encoded before its clock starts, joined per batch of BATCH
-   lines) through influxdb-client's synchronous write API; the sink takes pre-built Samples from the bus
-   to HTTP 204 (encoding, spool commit with synchronous=FULL, read back, write, delete). Both are counted
-   in CPU-seconds of this process (all its threads: the sink's work, the spool and HTTP threads, and the
-   publisher putting Samples on the bus), so the figure does not depend on how busy the machine's other
-   cores are. The raw peer runs before and after the sink and the mean is the baseline; the ratio is
-   (sink points per CPU-second) / (raw points per CPU-second).
 
 Prints one human line per figure and one JSON line with all of them. Runtime about a minute on 2 cores
 (--quick: the per-point comparison only).
@@ -70,6 +73,7 @@ SITE_RATE = BUILDINGS * DEVICES_PER_BUILDING  # samples per second at a 1 s poll
 OUTAGE_S = 600
 THROUGHPUT_SAMPLES = 200_000
 RAW_POINTS = 400_000
+FLOOR_SAMPLES = 100_000
 BATCH = 1000  # the shipped influx.batch_size default
 DEFAULT_REPLAY = SpoolConfig().replay_rate
 
@@ -117,6 +121,11 @@ class SampleSource:
             second, k = divmod(i, len(self.devices))
             ts = self.t0 + second + k * 0.0037  # the devices of one cycle answer a few ms apart
             yield Sample(self.devices[k], ts, self.pool[i % len(self.pool)])
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def rss_bytes() -> int:
@@ -238,6 +247,35 @@ class Bench:
             "points_per_cpu_s": round(len(lines) / meter.cpu_seconds),
         }
 
+    async def floors(self, source: SampleSource) -> dict[str, float]:
+        """What the sink cannot go below per point, on the same samples: encoding them (the repr of every
+        float value dominates) and passing them through the bus (publish, one blocking subscriber's get).
+        Neither is in the raw peer's figure: it writes prebuilt lines."""
+        samples = list(source.take(FLOOR_SAMPLES))
+        enc = LineEncoder(self.site)
+        c0 = _cpu()
+        for s in samples:
+            enc.encode(s)
+        encode = _cpu() - c0
+        bus = Bus()
+        sub = bus.subscribe("sink", maxsize=20_000, overflow="block")
+
+        async def drain() -> None:
+            for _ in range(len(samples)):
+                await sub.get()
+
+        c0 = _cpu()
+        consumer = asyncio.create_task(drain())
+        for s in samples:
+            await bus.publish(s)
+        await consumer
+        through_bus = _cpu() - c0
+        return {
+            "samples": len(samples),
+            "encode_us_per_point": round(1e6 * encode / len(samples), 2),
+            "bus_us_per_sample": round(1e6 * through_bus / len(samples), 2),
+        }
+
     def fill_spool(self, path: Path, source: SampleSource) -> dict[str, float]:
         """A 10-minute outage's worth of samples, appended in the sink's batch size (as the intake does)."""
         enc = LineEncoder(self.site)
@@ -305,13 +343,21 @@ class Bench:
 
 
 def compare(
-    raw_before: dict[str, float], sink: dict[str, float], raw_after: dict[str, float]
+    raw_before: dict[str, float],
+    sink: dict[str, float],
+    raw_after: dict[str, float],
+    floors: dict[str, float],
 ) -> dict[str, float]:
     raw = (raw_before["points_per_cpu_s"] + raw_after["points_per_cpu_s"]) / 2
+    floor_us = floors["encode_us_per_point"] + floors["bus_us_per_sample"]
     return {
         "raw_points_per_cpu_s": round(raw),
         "sink_points_per_cpu_s": sink["points_per_cpu_s"],
         "ratio": round(sink["points_per_cpu_s"] / raw, 3),
+        "sink_us_per_point": round(1e6 / sink["points_per_cpu_s"], 2),
+        "raw_us_per_point": round(1e6 / raw, 2),
+        # encoding and the bus alone, with no spool and no HTTP at all, would reach this ratio
+        "ratio_ceiling_encode_and_bus": round(1e6 / floor_us / raw, 3),
     }
 
 
@@ -324,7 +370,13 @@ async def run(bench: Bench, quick: bool) -> dict[str, object]:
         Spool(bench.work / "through.sqlite", 512 * 2**20, 7 * 86400.0), SampleSource(bench.site, now - 86400)
     )
     results["raw_after"] = bench.raw(SampleSource(bench.site, now - 92000))
-    results["per_point"] = compare(results["raw_before"], results["durable"], results["raw_after"])  # type: ignore[arg-type]
+    results["floors"] = await bench.floors(SampleSource(bench.site, now - 90000))
+    results["per_point"] = compare(
+        results["raw_before"],  # type: ignore[arg-type]
+        results["durable"],  # type: ignore[arg-type]
+        results["raw_after"],  # type: ignore[arg-type]
+        results["floors"],  # type: ignore[arg-type]
+    )
     sent = 2 * RAW_POINTS + THROUGHPUT_SAMPLES
     if quick:
         return await _check(bench, results, sent)
@@ -381,6 +433,13 @@ def main() -> None:
         f"per point: spool-first sink {pp['sink_points_per_cpu_s']:,} points/CPU-s vs raw influxdb-client "
         f"{pp['raw_points_per_cpu_s']:,} points/CPU-s (before {rb['points_per_cpu_s']:,}, after "
         f"{ra['points_per_cpu_s']:,}): ratio {pp['ratio']:.3f} (goal >= 0.25)"
+    )
+    fl = r["floors"]
+    assert isinstance(fl, dict)
+    print(
+        f"per point: sink {pp['sink_us_per_point']} us of CPU, raw {pp['raw_us_per_point']} us; of the "
+        f"sink's, encoding {fl['encode_us_per_point']} us and the bus {fl['bus_us_per_sample']} us: "
+        f"those alone would make the ratio {pp['ratio_ceiling_encode_and_bus']:.3f}"
     )
     if args.quick:
         print(json.dumps({"bench": "sink", "quick": True, **r}))
