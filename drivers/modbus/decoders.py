@@ -111,8 +111,11 @@ class _Layout:
         return structs, index
 
 
-def _int_scaler(point: Point) -> Callable[[int, int | None], float | None]:
-    """raw integer -> engineering value as codec._scaled computes it, or None when the reference must."""
+def _int_scaler(point: Point) -> Callable[[int, int | None, int], float | None]:
+    """raw n x 10**exp10 -> engineering value as codec._scaled computes it, or None when the reference must.
+
+    Integer points pass exp10 0; float points pass their value's decimal digits (see _float_scaler).
+    """
     scale = Decimal(repr(point.scale))
     offset = Decimal(repr(point.offset))
     plain = scale == 1 and offset == 0
@@ -121,21 +124,21 @@ def _int_scaler(point: Point) -> Callable[[int, int | None], float | None]:
     s_sign, s_digits, s_exp = scale.as_tuple()
     o_sign, o_digits, o_exp = offset.as_tuple()
     if not isinstance(s_exp, int) or not isinstance(o_exp, int) or scale == 0:
-        return lambda n, d: None  # not finite, or a zero scale (its sign rules are the reference's)
+        return _declines  # not finite, or a zero scale (its sign rules are the reference's)
     m = int("".join(map(str, s_digits))) * (-1 if s_sign else 1)
     om = int("".join(map(str, o_digits))) * (-1 if o_sign else 1)
     # n == 0 and offset zero: Decimal gives 0 x scale (signed like scale) + offset, -0 only if both are
     negative_zero = bool(s_sign) and bool(o_sign) and om == 0
 
-    def scaled(n: int, d: int | None) -> float | None:
+    def scaled(n: int, d: int | None, exp10: int = 0) -> float | None:
         if needs_decimals and (d is None or not 0 <= d <= 10):
             return None
-        if plain and not d:
+        if plain and not d and not exp10:
             return float(n)
         product = n * m
         if not -limit < product < limit:
             return None
-        k = s_exp - (d or 0)
+        k = s_exp - (d or 0) + exp10
         if om == 0:
             total, e = product, k
         else:
@@ -173,22 +176,29 @@ def _int_direct(point: Point) -> tuple[int, int] | None:
 
 
 def _float_scaler(point: Point) -> Callable[[float, int | None], float | None]:
-    """raw float -> engineering value as codec._scaled computes it (the same Decimal operations)."""
+    """raw float -> engineering value as codec._scaled computes it.
+
+    The reference scales Decimal(repr(v)): the digits of repr(v) as an integer and a power of ten go through
+    the integer scaler instead, which gives the same float (see the module docstring). A negative zero is
+    left to the reference (its sign rules), as is anything the integer scaler declines.
+    """
     scale = Decimal(repr(point.scale))
     offset = Decimal(repr(point.offset))
     plain = scale == 1 and offset == 0
     needs_decimals = point.decimals_register is not None
+    exact = _int_scaler(point)
 
     def scaled(v: float, d: int | None) -> float | None:
         if needs_decimals and (d is None or not 0 <= d <= 10):
             return None
         if plain and not d:
             return v
-        value = Decimal(repr(v))
-        if d:
-            value = value.scaleb(-d)
-        result = float(value * scale + offset)
-        return result if result - result == 0.0 else None  # scaled beyond float64: the reference's inf
+        mantissa, _, exponent = repr(v).partition("e")
+        whole, _, fraction = mantissa.partition(".")
+        digits = int(whole + fraction)
+        if digits == 0 and whole[0] == "-":
+            return None
+        return exact(digits, d, (int(exponent) if exponent else 0) - len(fraction))
 
     return scaled
 
@@ -297,7 +307,7 @@ def _int_slot(
                 n &= mask
             if shift:
                 n >>= shift
-        return scaler(n, d)
+        return scaler(n, d, 0)
 
     def build(index: dict[_Field, int]) -> SlotDecoder:
         if whole is not None:
@@ -450,6 +460,10 @@ def _reference(point: Point, words: list[int], decimals: int | None) -> Exceptio
         return decode(point, words, decimals)
     except ValueError as exc:  # NotAvailable is a ValueError
         return exc
+
+
+def _declines(n: int, d: int | None, exp10: int = 0) -> float | None:
+    return None
 
 
 def _reference_only(raw: tuple[int | float, ...], d: int | None) -> float | None:
