@@ -14,11 +14,17 @@ result or exception (NotAvailable, ValueError with the same message) is the refe
 - a not-available sentinel, a NaN or infinity (the reference returns or raises what the poller expects);
 - a decimals register missing or out of 0..10;
 - a product or sum beyond the 28 digits the reference's Decimal keeps exactly, an exponent beyond 10**22;
-- a register word outside 0..65535 or a bit other than 0/1 (only possible from a `words` list).
+- a register word outside 0..65535 or a bit other than 0/1 (only possible from a `words` list);
+- a float reading of -0 that must be scaled (Decimal's zero signs).
 
 Why integer arithmetic matches the reference's Decimal: raw x scale + offset is an exact rational N / 10**k
 when the Decimal operations are exact (checked), and both `float(Decimal)` and Python's int / int are
-correctly rounded, so they give the same float; the sign of a zero result follows Decimal's rules.
+correctly rounded, so they give the same float; the sign of a zero result follows Decimal's rules. A scaled
+float enters as the digits of repr(v), which is the Decimal the reference builds.
+
+Cost (bench/decode.py, CPU time on a loaded shared machine): 5.7 us per value for the reference, 1.7 for a
+plan; what is left of a float32 value is the reference's own rule (the shortest decimal that maps back to
+the same float32), not the unpacking.
 """
 
 from __future__ import annotations
