@@ -153,35 +153,45 @@ class TcpConnection:
         else:
             await self._admitted()  # returns holding a place handed over by a request that ended
         try:
-            outcome = ReadOutcome(failure="timeout")
-            dropped: list[tuple[str, str]] | None = None
-            for _attempt in range(self.attempts):
-                if self._link is None:
-                    why_not = await self._ensure_connected()
-                    if why_not is not None:
-                        outcome = ReadOutcome(failure="connection", detail=why_not)
-                        break
-                if self.gap:
-                    await self._pause()
+            if self.attempts == 1 and self._link is not None and not self.gap:
+                # The common case, without the retry loop: one attempt on an open connection.
                 outcome = await self._exchange(request)
-                if self.gap:
-                    self.ready_at = max(self.ready_at, time.monotonic() + self.gap)
                 if outcome.dropped:
                     for kind, _why in outcome.dropped:
                         self.stats.errors[kind] += 1
-                    dropped = outcome.dropped if dropped is None else dropped + outcome.dropped
-                if outcome.failure is None:
-                    break
-                self.stats.errors[outcome.failure] += 1
-                if outcome.failure == "connection":
-                    break
-            if dropped is not None:
-                outcome.dropped = dropped
-            elif outcome.dropped:
-                outcome.dropped = []  # counted already, with an attempt that came before
-            return outcome
+                if outcome.failure is not None:
+                    self.stats.errors[outcome.failure] += 1
+                return outcome
+            return await self._attempts(request)
         finally:
             self._release()
+
+    async def _attempts(self, request: ReadRequest) -> ReadOutcome:
+        """The request with the line's retries, connecting and pausing as the line says."""
+        outcome: ReadOutcome | None = None
+        dropped: list[tuple[str, str]] = []
+        for _attempt in range(self.attempts):
+            if self._link is None:
+                why_not = await self._ensure_connected()
+                if why_not is not None:
+                    outcome = ReadOutcome(failure="connection", detail=why_not)
+                    break
+            if self.gap:
+                await self._pause()
+            outcome = await self._exchange(request)
+            if self.gap:
+                self.ready_at = max(self.ready_at, time.monotonic() + self.gap)
+            for kind, _why in outcome.dropped:
+                self.stats.errors[kind] += 1
+            dropped += outcome.dropped
+            if outcome.failure is None:
+                break
+            self.stats.errors[outcome.failure] += 1
+            if outcome.failure == "connection":
+                break
+        assert outcome is not None  # attempts >= 1
+        outcome.dropped = dropped  # every attempt's, each counted once
+        return outcome
 
     async def _pause(self) -> None:
         """Wait out the line's inter_request_delay; the place after it is taken before anyone else's."""

@@ -339,3 +339,16 @@ async def test_late_garbled_and_closed_answers_give_the_same_kinds(
             seen[c] = await faulty_reads(line, c, len(expect), Counter(errors))
     assert seen["builtin"] == seen["pymodbus"]
     assert seen["pymodbus"] == (expect, Counter(errors))
+
+
+async def test_a_retry_takes_the_answer_the_first_attempt_missed_on_both() -> None:
+    """retries: 1: the first attempt times out, its late answer arrives during the second (stale), then the
+    second's own answer."""
+    seen = {}
+    for c in CLIENTS:
+        async with scripted(late_first) as line:
+            seen[c] = await faulty_reads(
+                dataclasses.replace(line, retries=1), c, 2, Counter({"timeout": 1, "stale": 1})
+            )
+    assert seen["builtin"] == seen["pymodbus"]
+    assert seen["pymodbus"] == ([good(0), good(1)], Counter({"timeout": 1, "stale": 1}))
