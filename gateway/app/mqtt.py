@@ -63,6 +63,7 @@ def mqtt_settings(site: Site) -> MqttSettings | None:
         max_payload=cfg.max_payload,
         max_values=cfg.max_values,
         max_quantities=cfg.max_quantities,
+        receive_maximum=cfg.receive_maximum,
         timezone=site.config.site.timezone,
     )
 

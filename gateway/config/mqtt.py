@@ -102,6 +102,14 @@ class MqttConfig(Strict):
         description="distinct quantities one device may have; new ones beyond are counted "
         "(too_many_quantities) and dropped",
     )
+    receive_maximum: int = Field(
+        default=1000,
+        ge=1,
+        le=65535,
+        description="QoS 1/2 messages the gateway holds unacknowledged; past it the rest of a burst waits at "
+        "the broker (size its queue: deploy/mosquitto/mosquitto.conf). Announced to MQTT 5 brokers and kept "
+        "by the gateway itself",
+    )
     subscriptions: list[MqttSubscription] = Field(
         default_factory=list, description="the topics read, and how each payload becomes readings"
     )

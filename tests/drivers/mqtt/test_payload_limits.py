@@ -368,3 +368,16 @@ def test_limits_from_the_site_file(tmp_path: Path) -> None:
     path.write_text(SITE + "  max_values: 0\n")
     with pytest.raises(ConfigError, match="max_values"):
         load_site(path)
+
+
+def test_receive_maximum_from_the_site_file(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(SITE)
+    s = mqtt_settings(load_site(path))
+    assert s is not None and s.receive_maximum == 1000
+    path.write_text(SITE + "  receive_maximum: 200\n")
+    s = mqtt_settings(load_site(path))
+    assert s is not None and s.receive_maximum == 200
+    path.write_text(SITE + "  receive_maximum: 0\n")
+    with pytest.raises(ConfigError, match="receive_maximum"):
+        load_site(path)
