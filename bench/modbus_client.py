@@ -21,6 +21,12 @@ machine hits them alike; the figures are the median of the rounds, and the ratio
 builtin/pymodbus are taken from them. Nothing is asserted. Prints a human line per run, a summary line and
 one JSON line.
 
+Measured on the 2-core development machine shared with other work (load average 5-9, so the absolute
+figures move by +-25 % from run to run; the ratios less): at 200 meters, medians of 2-3 rounds, requests per
+client CPU-second: builtin 20.9-26.6k, pymodbus 6.6-9.2k, raw 26.6-35.8k; builtin/raw 0.68-0.92,
+builtin/pymodbus 2.9-3.7. The whole polling path with decode: poll-builtin 8.3-13.6k, poll-pymodbus
+4.1-5.3k (2.0-2.5x), poll-builtin/raw 0.31-0.38.
+
     .venv/bin/python bench/modbus_client.py [--meters 200] [--window 4] [--warmup 1] [--rounds 2]
 """
 
