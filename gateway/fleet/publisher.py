@@ -3,7 +3,8 @@ gateway is (its retained state, a heartbeat, the last will, the daily KPIs).
 
 One thread of its own drives the outbox; paho's network loop runs in paho's thread (paho-mqtt 2.x, MQTT 5,
 clean_start False with a session expiry, so the broker keeps the session through a short absence). At most
-WINDOW rows are in flight; a row is deleted only when its PUBACK comes back. A connection lost with rows in
+WINDOW rows are in flight (fewer if the broker's Receive Maximum is lower: a broker may disconnect a client
+that exceeds it); a row is deleted only when its PUBACK comes back. A connection lost with rows in
 flight: paho sends them again on reconnect under the same packet ids. The gateway restarted: every row still
 in the outbox is sent again from the oldest, under the same event ids (a row in flight at the stop may so
 arrive twice; a subscriber recognises it by its id). The outbox is bounded (fleet.buffer): an outage longer
@@ -43,10 +44,12 @@ from gateway.fleet.topics import VERSION, dumps, with_id
 log = logging.getLogger("meterwatch.fleet")
 
 WINDOW = 100  # outbox rows in flight at once: bounds paho's memory whatever the backlog
+RESERVED = 2  # in-flight places kept for the gateway state and the KPI snapshot
+DELETE_RUN = 200  # acknowledged rows deleted in one transaction at most ...
+DELETE_EVERY = 0.25  # ... or this many seconds after the first of them was acknowledged
 IDLE = 1.0  # seconds the thread sleeps with nothing to do (commits and acks wake it sooner)
 NOTICE_EVERY = 2.0  # seconds between two reads of the respond side's delivery log
 PENDING_EVERY = 1.0  # seconds between two counts of the outbox (for the metrics)
-ACK_RUN = WINDOW // 4  # PUBACKs that wake the thread at once (the window refills before it runs dry)
 ACK_EVERY = 0.02  # seconds the thread waits at most, with rows in flight, to take the PUBACKs come meanwhile
 
 
@@ -61,6 +64,7 @@ class FleetStats:
     dropped: int = 0  # rows dropped past fleet.buffer, in this store's whole life
     refused: int = 0  # rows the broker refused (a PUBACK error code, e.g. not authorized): logged, deleted
     connects: int = 0  # successful connections since start
+    window: int = 0  # outbox rows in flight at most on this connection (the broker's Receive Maximum - 2)
 
 
 # The gateway's own state for its retained topic: buildings, devices up and total, open incidents
@@ -104,6 +108,9 @@ class FleetPublisher:
         self._facts: dict[str, Any] = {}
         self._next_notice = self._next_count = self._next_beat = 0.0
         self._epoch = 0  # the outbox's (event ids)
+        self._window = WINDOW  # outbox rows in flight at most, for the broker of this connection
+        self._unflushed: list[int] = []  # acknowledged rows not deleted yet
+        self._first_unflushed = 0.0
         self._refused_logged = False  # a refused connection is logged once until a connect succeeds
         self._outbox: FleetOutbox | None = None
 
@@ -189,7 +196,8 @@ class FleetPublisher:
         # the broker says this for us when we vanish without a DISCONNECT (kill -9, power, network)
         client.will_set(self.topics.state, self.state_payload("offline", self.clock()), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(cfg.reconnect_max)))
-        client.max_inflight_messages_set(WINDOW + 10)  # the state and KPI messages go beside the window
+        client.max_inflight_messages_set(WINDOW + RESERVED)
+        client.suppress_exceptions = True  # a bug in a callback is logged by paho, never ends its thread
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -209,6 +217,10 @@ class FleetPublisher:
                 )
             return
         self._refused_logged = False
+        # the broker's Receive Maximum (65535 when it names none) bounds what is in flight, the state and
+        # KPI messages included; paho itself does not heed it (and its own cap cannot change while connected)
+        receive_max = int(getattr(props, "ReceiveMaximum", 65535) or 65535)
+        self._window = self.stats.window = max(1, min(WINDOW, receive_max - RESERVED))
         self.stats.connected = True
         self.stats.connects += 1
         log.info(
@@ -241,7 +253,8 @@ class FleetPublisher:
     ) -> None:
         with self._cond:
             self._acks.append((mid, reason.is_failure))
-            if len(self._acks) >= ACK_RUN:
+            # a run of PUBACKs wakes the thread at once, so the window refills before it runs dry
+            if len(self._acks) >= max(1, self._window // 4):
                 self._woken = True
                 self._cond.notify()
 
@@ -263,9 +276,10 @@ class FleetPublisher:
             while True:
                 with self._cond:
                     if not self._woken and not self._stopping:
-                        # PUBACKs are taken in runs (ACK_RUN, or ACK_EVERY after the first): one delete
+                        # PUBACKs are taken in runs (a quarter window, or ACK_EVERY): one delete
                         # transaction per run instead of one per message
-                        self._cond.wait(ACK_EVERY if self._inflight else IDLE)
+                        wait = ACK_EVERY if self._inflight else DELETE_EVERY if self._unflushed else IDLE
+                        self._cond.wait(wait)
                     self._woken = False
                     if self._stopping:
                         break
@@ -325,7 +339,10 @@ class FleetPublisher:
         except Exception:
             log.exception("cannot read the notices' delivery log for the fleet; tried again")
 
-    def _take_acks(self) -> None:
+    def _take_acks(self, flush: bool = False) -> None:
+        """Take the PUBACKs come in; the rows they acknowledge are deleted in runs (DELETE_RUN rows or
+        DELETE_EVERY seconds): fewer transactions, and a gateway's flash written less often. A crash loses
+        at most that run's deletions: those rows are sent again, under their ids."""
         assert self._outbox is not None
         done: list[int] = []
         while self._acks:
@@ -339,13 +356,21 @@ class FleetPublisher:
             else:
                 self.stats.acked += 1
             done.append(seq)
-        if done:
-            self._outbox.acked(done)
+        if done and not self._unflushed:
+            self._first_unflushed = time.monotonic()
+        self._unflushed.extend(done)
+        if self._unflushed and (
+            flush
+            or len(self._unflushed) >= DELETE_RUN
+            or time.monotonic() - self._first_unflushed >= DELETE_EVERY
+        ):
+            self._outbox.acked(self._unflushed)
+            self._unflushed = []
 
     def _fill(self) -> None:
-        """Hand paho the next rows, up to WINDOW in flight."""
+        """Hand paho the next rows, up to the window in flight."""
         assert self._outbox is not None and self._client is not None
-        room = WINDOW - len(self._inflight)
+        room = self._window - len(self._inflight)
         if room <= 0:
             return
         for row in self._outbox.after(self._sent_to, room):
@@ -383,6 +408,6 @@ class FleetPublisher:
 
     def _take_acks_quietly(self) -> None:
         try:
-            self._take_acks()
+            self._take_acks(flush=True)
         except Exception:
             log.exception("cannot record the fleet broker's last acknowledgements; those rows are sent again")
