@@ -277,8 +277,10 @@ class FleetPublisher:
                 with self._cond:
                     if not self._woken and not self._stopping:
                         # PUBACKs are taken in runs (a quarter window, or ACK_EVERY): one delete
-                        # transaction per run instead of one per message
-                        wait = ACK_EVERY if self._inflight else DELETE_EVERY if self._unflushed else IDLE
+                        # transaction per run instead of one per message; no PUBACK comes while the
+                        # broker is away, so an outage costs a wake a second, not fifty
+                        acks_due = self._inflight and self.stats.connected
+                        wait = ACK_EVERY if acks_due else DELETE_EVERY if self._unflushed else IDLE
                         self._cond.wait(wait)
                     self._woken = False
                     if self._stopping:
