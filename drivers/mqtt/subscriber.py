@@ -181,6 +181,8 @@ class MqttSubscriber:
         self._inbox.clear()
         self._wake_scheduled = False
         self._ready = asyncio.Event()
+        self._qos0_posted = self._qos0_taken = self._acked_posted = self._acked_taken = 0
+        self._room.set()
         client = self._client = self._make_client()
         self._start(client)
         consumer = asyncio.create_task(self._consume(client), name=f"{self.name}:consume")
@@ -489,6 +491,7 @@ class MqttSubscriber:
         finally:
             # Also when cancelled at a stop: what the bus accepted is acknowledged, so not delivered twice.
             self._flush_acks(client)
+            self._count_dropped()  # dropped during the turn: a later drop finds the inbox full, so a turn
 
     async def _inbound(self, client: Client, item: _Inbound) -> None:
         if item.qos == 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -19,9 +20,11 @@ import threading
 from collections import deque
 from typing import Any
 
+import pytest
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from drivers.mqtt.settings import make_subscription
 from drivers.mqtt.subscriber import MqttSubscriber
 from gateway.core.bus import Bus, Subscription
 from gateway.core.types import Sample
@@ -44,8 +47,9 @@ class PeakDeque(deque[Any]):
         self.peak = max(self.peak, len(self))
 
 
-def burst(broker: Mosquitto, n: int, client_id: str = "burst-publisher") -> None:
-    """Publish levels 0..n-1 at QoS 1 as fast as the broker takes them; return when it acknowledged all."""
+def burst(broker: Mosquitto, n: int, client_id: str = "burst-publisher", qos: int = 1) -> None:
+    """Publish levels 0..n-1 as fast as the broker takes them; return when it acknowledged all (QoS 1) or
+    paho wrote all to the socket (QoS 0)."""
     done = threading.Event()
     acked = 0
 
@@ -63,7 +67,7 @@ def burst(broker: Mosquitto, n: int, client_id: str = "burst-publisher") -> None
     c.loop_start()
     try:
         for i in range(n):
-            c.publish(TOPIC, str(i), qos=1)
+            c.publish(TOPIC, str(i), qos=qos)
         assert done.wait(60), f"the broker acknowledged {acked} of {n} messages"
     finally:
         c.disconnect()
@@ -119,12 +123,49 @@ async def test_a_burst_the_gateway_cannot_take_waits_at_the_broker_and_arrives_w
         assert again.subscriber.stats.messages == 1
 
 
+async def test_qos0_beyond_inbox_limit_is_dropped_and_counted_while_the_bus_is_held(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    n, limit = 200, 10
+    settings = settings_for(
+        mosquitto,
+        qos=0,
+        inbox_limit=limit,
+        subscriptions=(make_subscription("sensors/{building}/{device}/{quantity}", qos=0),),
+    )
+    caplog.set_level(logging.WARNING, logger="meterwatch.mqtt")
+    bus = Bus()
+    held = bus.subscribe("held-consumer", maxsize=HELD_ROOM, overflow="block")
+    async with running(settings, bus=bus, tap=held) as r:
+        sub = r.subscriber
+        await asyncio.to_thread(burst, mosquitto, n, "burst-qos0", 0)
+        # QoS 0 has no redelivery: what the held loop cannot take beyond inbox_limit is dropped on arrival.
+        await eventually(lambda: sub._qos0_posted + sub._qos0_dropped == n, what="every message arrived")
+        assert len(sub._inbox) <= limit
+        dropped = sub._qos0_dropped
+        assert dropped >= n - HELD_ROOM - limit
+        levels: list[float] = []
+        while True:  # release the consumer; the last sample is queued once every message was handled
+            event = await asyncio.wait_for(held.get(), timeout=30)
+            if isinstance(event, Sample):
+                levels.append(event.values["level"])
+            if sub.stats.messages == n and held.queue.empty():
+                break
+        assert len(levels) == n - dropped
+        assert levels == sorted(levels)  # what was kept is in order
+        assert sub.stats.decode_errors["inbox_full"] == dropped
+        assert sub.acked == 0
+    logged = [rec.getMessage() for rec in caplog.records if "QoS 0 message dropped" in rec.getMessage()]
+    assert len(logged) == 1, logged
+
+
 # A gateway in a process of its own, killed with SIGKILL while the bus holds it: it prints one JSON line
 # when subscribed and one when it holds the receive maximum (its acknowledgements reached the broker, which
 # sent as many messages more), with what the bus accepted.
 CHILD = """
 import asyncio, json, sys
 from drivers.mqtt.settings import MqttSettings, make_subscription
+from drivers.mqtt.settings import make_subscription
 from drivers.mqtt.subscriber import MqttSubscriber
 from gateway.core.bus import Bus
 from gateway.core.types import Sample
