@@ -7,12 +7,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO
 
 BENCH = REPO / "bench/poll.py"
 TINY = ["--meters", "2", "--steps", "2", "--rss-devices", "2", "--warmup", "1", "--window", "1", "--no-tb"]
 
 
+@pytest.mark.timeout(450)  # seven short worker processes, one after the other
 def test_poll_bench_prints_a_human_line_and_a_json_line() -> None:
     r = subprocess.run(
         [sys.executable, str(BENCH), *TINY],
