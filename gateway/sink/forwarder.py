@@ -4,8 +4,10 @@ Two loops share one buffer:
 - intake reads the bus (a blocking subscription: a full queue slows the sources, never loses a sample),
   gathers up to `batch_size` points or `flush_interval` seconds and appends them in ONE spool transaction.
   In durable mode a sample counts as acknowledged only after that commit.
-- send reads the buffer oldest first, up to `batch_size` points, rate-limited to `replay_rate` points/s,
-  writes them synchronously and acks (deletes) what InfluxDB took. What InfluxDB refuses for good goes to
+- send reads the buffer oldest first, up to `batch_size` points as whole chunks (the appended batches, kept
+  as request bodies: gateway/sink/spool.py), rate-limited to `replay_rate` points/s, writes their
+  concatenation in one request and acks (deletes) what InfluxDB took. Only a batch InfluxDB refuses is
+  taken apart point by point, to find the points it refuses. What InfluxDB refuses for good goes to
   the dead-letter file; everything else stays and is retried with backoff (Retry-After honoured).
 
 When the spool itself fails (a full disk, an I/O error) the sink never holds the bus: a failing append is
