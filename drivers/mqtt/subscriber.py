@@ -45,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
@@ -341,6 +341,9 @@ class MqttSubscriber:
             if reason_code.is_failure:
                 self._post(_Link(False, f"connection refused: {reason_code}", time.monotonic()))
                 return
+            sock = getattr(client, "_sock", None)
+            if sock is not None and not isinstance(sock, _ReadAhead):
+                client._sock = _ReadAhead(sock)  # CONNACK was the last byte read: a packet boundary
             self._generation += 1
             self._link_up = True
             self._last_activity = time.monotonic()
@@ -639,6 +642,40 @@ class MqttSubscriber:
             reason=reason,
             devices=tuple(sorted(self.settings.devices)),
         )
+
+
+class _ReadAhead:
+    """paho's socket, read 64 KiB at a time.
+
+    paho reads each packet in three `recv` calls (its type byte, its length bytes, its body), and each one
+    releases the GIL to the event loop's thread and waits to get it back: three thread switches per message.
+    This reads what the kernel has in one call and serves paho's small reads from memory; `pending()` tells
+    paho's loop that bytes are waiting, as it does for TLS, so it reads on without waiting in select.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        pos, buf = self._pos, self._buf
+        if pos < len(buf):
+            end = pos + bufsize
+            self._pos = end
+            return buf[pos:end]
+        data: bytes = self._sock.recv(max(bufsize, 65536))
+        if len(data) <= bufsize:
+            return data
+        self._buf, self._pos = data, bufsize
+        return data[:bufsize]
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return len(self._buf) - self._pos + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:  # send, fileno, close, shutdown, ...
+        return getattr(self._sock, name)
 
 
 _PUBACK = struct.Struct("!BBH")  # PUBACK, remaining length 2, packet id: "success" in MQTT 3.1.1 and 5

@@ -239,3 +239,24 @@ async def test_a_gateway_killed_before_acknowledging_gets_those_messages_again(m
         assert first <= len(accepted)
         assert levels == [float(i) for i in range(first, n)]  # none lost, none twice in this run
         await eventually(lambda: r.subscriber.acked == len(levels), what="all acknowledged")
+
+
+def test_read_ahead_serves_pahos_small_reads_from_one_kernel_read() -> None:
+    import socket
+
+    from drivers.mqtt.subscriber import _ReadAhead
+
+    a, b = socket.socketpair()
+    try:
+        b.sendall(b"\x30\x05hello\x30\x03abc")  # two packets: type byte, length byte, body
+        sock = _ReadAhead(a)
+        assert sock.recv(1) == b"\x30"  # one kernel read took both packets
+        assert sock.pending() == 11
+        assert (sock.recv(1), sock.recv(5)) == (b"\x05", b"hello")
+        assert (sock.recv(1), sock.recv(1), sock.recv(10)) == (b"\x30", b"\x03", b"abc")
+        assert sock.pending() == 0  # paho waits in select again
+        assert sock.fileno() == a.fileno()  # select and close reach the real socket
+        b.close()
+        assert sock.recv(1) == b""  # the peer closed: paho sees it as before
+    finally:
+        a.close()

@@ -147,6 +147,7 @@ async def test_status_topic_online_offline_and_last_will(mosquitto: Mosquitto) -
         # Cut the TCP connection under paho: the broker sees no DISCONNECT and publishes the will.
         assert r.subscriber._client is not None
         sock = r.subscriber._client.socket()
+        sock = getattr(sock, "_sock", sock)  # the subscriber's read-ahead wraps paho's socket
         assert isinstance(sock, socket.socket)
         sock.shutdown(socket.SHUT_RDWR)
         await eventually(lambda: status() == "offline", what="last will 'offline'")
