@@ -661,7 +661,7 @@ class _ReadAhead:
     def recv(self, bufsize: int) -> bytes:
         pos, buf = self._pos, self._buf
         if pos < len(buf):
-            end = pos + bufsize
+            end = min(pos + bufsize, len(buf))
             self._pos = end
             return buf[pos:end]
         data: bytes = self._sock.recv(max(bufsize, 65536))
