@@ -455,10 +455,28 @@ class ReadPlan:
         return values, problems
 
 
+# Devices of one profile have reads of the same points (the profile's own Point objects): they share a
+# plan, compiled once (2 ms a device of 3 reads otherwise, seconds at start-up with 1,000 meters). Keyed by
+# the points' ids, which stay unique while the cached plan keeps its request, and so its points, alive.
+_PlanKey = tuple[str, int, int, tuple[int, ...], tuple[DecimalsKey, ...]]
+_PLANS: dict[_PlanKey, ReadPlan] = {}
+PLAN_CACHE_LIMIT = 10_000  # distinct reads of distinct profiles; a bound for processes that build many sites
+
+
 def plans_for(requests: Iterable[ReadRequest], decimals_keys: Iterable[DecimalsKey]) -> dict[int, ReadPlan]:
     """A plan per request, keyed by id(request) (requests are frozen and live as long as their device)."""
-    keys = tuple(decimals_keys)
-    return {id(r): ReadPlan(r, keys) for r in requests}
+    keys = tuple(sorted(set(decimals_keys)))
+    plans: dict[int, ReadPlan] = {}
+    for r in requests:
+        relevant = tuple(k for k in keys if k[0] == r.function and r.address <= k[1] < r.end)
+        key = (r.function, r.address, r.count, tuple(id(p) for p in r.points), relevant)
+        plan = _PLANS.get(key)
+        if plan is None:
+            if len(_PLANS) >= PLAN_CACHE_LIMIT:
+                _PLANS.clear()
+            plan = _PLANS[key] = ReadPlan(r, relevant)
+        plans[id(r)] = plan
+    return plans
 
 
 def _reference(point: Point, words: list[int], decimals: int | None) -> Exception | float:

@@ -307,3 +307,26 @@ def test_zeros_keep_the_reference_sign(kind: str) -> None:
                         raw,
                         decimals,
                     )
+
+
+def test_devices_of_one_profile_share_their_plans() -> None:
+    from drivers.modbus.decoders import plans_for
+
+    profile = builtin_profiles()["rs485-pressure"]  # a decimals register: the plans depend on it
+    first, second = (plan_reads(profile.points, unit=u) for u in (1, 2))
+    keys = decimals_keys(first)
+    a, b = plans_for(first, keys), plans_for(second, keys)
+    assert [a[id(r)] for r in first] == [b[id(r)] for r in second]  # the same objects, compiled once
+    without = plans_for(second, ())  # other decimals registers known: another plan
+    assert all(without[id(r)] is not b[id(r)] for r in second if decimals_keys([r]))
+    # The plan is stateless: each device's decimals stay in its own dict.
+    request = next(r for r in first if decimals_keys([r]))
+    (key,) = decimals_keys([request])
+    kept: list[dict[tuple[str, int], int]] = []
+    for held in (1, 3):
+        words = [0] * request.count
+        words[key[1] - request.address] = held
+        decimals: dict[tuple[str, int], int] = {}
+        a[id(request)].decode(as_data(words), decimals)
+        kept.append(decimals)
+    assert kept == [{key: 1}, {key: 3}]
