@@ -47,7 +47,7 @@ def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
     bus = Bus()
     presence = store.build_presence(site, bus)
     sink = store.build_sink(site, bus, state)
-    detection = detect.build(site, bus, state)
+    detection = detect.build(site, bus, state, presence)
     lines = modbus.build(site, bus)
     subscriber = mqtt.build(site, bus)
     services = Services(
@@ -62,6 +62,7 @@ def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
         lines=lines,
         mqtt=subscriber,
         routers=web.build(site, detection, presence),
+        fleet=None if detection.fleet is None else detection.fleet.publisher,
     )
     components: list[Component] = [presence]
     if sink is not None:
@@ -70,6 +71,8 @@ def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
     components.append(detection.responder)
     components.append(detection.evidence)
     components.append(detection.retention)
+    if detection.fleet is not None:  # the fleet bridge's publisher (its own thread and paho's)
+        components.append(detection.fleet.publisher)
     components.extend(lines)
     if subscriber is not None:
         components.append(subscriber)

@@ -61,4 +61,5 @@ class Services:
             evidence=self.evidence,
             retention=self.retention,
             incident_store=None if self.incidents is None else self.incidents.store.path,
+            fleet=None if self.fleet is None else self.fleet.stats,
         )

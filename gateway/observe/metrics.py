@@ -47,6 +47,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway.config import Site
+from gateway.core import gctune
 from gateway.core.bus import Bus
 from gateway.core.stats import DeviceStats, Histogram, LineStats, MqttStats
 from gateway.incidents.evidence import EvidenceKeeper
@@ -116,6 +117,18 @@ class OpenIncidents(Protocol):
     def open_incidents(self) -> Sequence[Incident]: ...
 
 
+class FleetCounters(Protocol):
+    """The fleet publisher's counters (gateway.fleet.publisher.FleetStats: observe may not import it)."""
+
+    connected: bool
+    published: int
+    acked: int
+    pending: int
+    dropped: int
+    refused: int
+    connects: int
+
+
 @dataclass
 class Exported:
     """The stats objects /metrics reads at each scrape, handed over by the parts that keep them."""
@@ -131,6 +144,7 @@ class Exported:
     evidence: EvidenceKeeper | None = None
     retention: Retention | None = None
     incident_store: Path | None = None  # the SQLite file
+    fleet: FleetCounters | None = None  # the fleet bridge's publisher, when the site has a fleet: section
 
 
 # -- the snapshot: plain copies taken on the loop ----------------------------------------------------------
@@ -252,6 +266,8 @@ class Snapshot:
     outbox: tuple[int, float | None]
     glitches: dict[tuple[str, str], int] | None
     store: StoreSnapshot
+    fleet: tuple[bool, int, int, int, int, int, int] | None = None  # FleetCounters, in its order
+    gc: tuple[int, int, int, float, float, float] | None = None  # collections per generation, pauses
 
 
 class GatewayCollector(Collector):
@@ -302,6 +318,25 @@ class GatewayCollector(Collector):
             outbox=(0, None) if ex.outbox is None else ex.outbox.depth(),
             glitches=self._snap_glitches(),
             store=self._snap_store(),
+            fleet=None
+            if ex.fleet is None
+            else (
+                ex.fleet.connected,
+                ex.fleet.published,
+                ex.fleet.acked,
+                ex.fleet.pending,
+                ex.fleet.dropped,
+                ex.fleet.refused,
+                ex.fleet.connects,
+            ),
+            gc=(
+                gctune.PAUSES.collections[0],
+                gctune.PAUSES.collections[1],
+                gctune.PAUSES.collections[2],
+                gctune.PAUSES.pause_seconds_total,
+                gctune.PAUSES.longest_pause_seconds,
+                gctune.PAUSES.gen2_longest_pause_seconds,
+            ),
         )
 
     def _snap_sink(self) -> SinkSnapshot | None:
@@ -371,6 +406,8 @@ class GatewayCollector(Collector):
         yield from self._notify(snap)
         yield from self._glitches(snap)
         yield from self._store(snap)
+        yield from self._fleet(snap)
+        yield from self._gc(snap)
 
     def _info(self) -> Iterator[Metric]:
         info = InfoMetricFamily("meterwatch_build", "meterwatch version and site")
@@ -802,6 +839,39 @@ class GatewayCollector(Collector):
                 "readings held in memory for the evidence of incidents yet to open",
                 ring,
             )
+
+    def _fleet(self, snap: Snapshot) -> Iterator[Metric]:
+        """The fleet bridge: events owed to the fleet's broker and what became of them."""
+        if snap.fleet is None:
+            return
+        connected, published, acked, pending, dropped, refused, connects = snap.fleet
+        yield _one_gauge("meterwatch_fleet_connected", "1 while connected to the broker", int(connected))
+        yield _one_counter(
+            "meterwatch_fleet_published", "fleet events sent to the broker (a resend counts again)", published
+        )
+        yield _one_counter("meterwatch_fleet_acked", "fleet events the broker acknowledged", acked)
+        yield _one_gauge("meterwatch_fleet_pending", "fleet events written and not yet acknowledged", pending)
+        yield _one_counter(
+            "meterwatch_fleet_dropped", "fleet events dropped past fleet.buffer (oldest first)", dropped
+        )
+        yield _one_counter("meterwatch_fleet_refused", "fleet events the broker refused (logged)", refused)
+        yield _one_counter("meterwatch_fleet_connects", "connections made to the fleet broker", connects)
+
+    def _gc(self, snap: Snapshot) -> Iterator[Metric]:
+        """Python's garbage collector as counted since start (gateway/core/gctune.py): its pauses stall
+        polling, so the longest one is worth watching."""
+        if snap.gc is None:
+            return
+        gen0, gen1, gen2, total, longest, gen2_longest = snap.gc
+        runs = _counter("meterwatch_gc_collections", "garbage collections, by generation", "generation")
+        for gen, n in (("0", gen0), ("1", gen1), ("2", gen2)):
+            runs.add_metric([gen], n)
+        yield runs
+        yield _one_counter("meterwatch_gc_pause_seconds", "time the loop stood in garbage collection", total)
+        yield _one_gauge("meterwatch_gc_longest_pause_seconds", "the longest collection since start", longest)
+        yield _one_gauge(
+            "meterwatch_gc_gen2_longest_pause_seconds", "the longest full (gen 2) collection", gen2_longest
+        )
 
     def _building_of(self, scope: str) -> str:
         """The one building a scope (building:, domain:, device:, line:) lies in; "" for site or mixed."""

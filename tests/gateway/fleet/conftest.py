@@ -2,9 +2,8 @@
 stopped and started again on its port), a subscriber standing in for the fleet view, and the live site
 (bench/rules_live.py: simulated meters over Modbus TCP, the real daemon) with a `fleet:` section.
 
-The daemon's own wiring (gateway/app/daemon.py) does not start the fleet publisher yet, so FleetDaemon
-starts it itself: it builds the runtime as the daemon does and adds the publisher detect.build made (unless
-the daemon already did), with the daemon's device presence for the gateway state's devices_up.
+FleetDaemon builds the runtime as the daemon does and keeps a handle on the fleet bridge detect.build made
+(the daemon starts its publisher; the tests read its outbox and counters).
 """
 
 from __future__ import annotations
@@ -129,7 +128,7 @@ def subscriber_factory(mosquitto: Mosquitto) -> Iterator[Callable[..., Subscribe
 
 
 class FleetDaemon(DaemonThread):
-    """The daemon as gateway/app/daemon.py builds it, plus the fleet publisher it does not start yet."""
+    """The daemon as gateway/app/daemon.py builds it, with a handle on its fleet bridge for the tests."""
 
     fleet: Fleet | None = None
 
@@ -149,9 +148,7 @@ class FleetDaemon(DaemonThread):
             detect.build = real  # type: ignore[assignment]
         self.fleet = made[0].fleet
         assert self.fleet is not None, "the site has a fleet section"
-        self.fleet.presence = self.rt.services.presence
-        if self.fleet.publisher not in self.rt.components:  # until daemon.py starts it itself
-            self.rt.components.insert(len(self.rt.components) - 2, self.fleet.publisher)
+        assert self.fleet.publisher in self.rt.components, "the daemon starts the fleet publisher"
 
 
 class FleetSite(LiveSite):

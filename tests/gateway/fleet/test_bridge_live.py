@@ -141,6 +141,14 @@ def test_incident_life_on_the_topics(
         assert k["type"] == "kpi" and set(k["kpis"]) == {"informed", "response", "satisfaction"}
         assert {"met", "total", "value", "target", "ok"} <= set(k["kpis"]["response"])
 
+        # /metrics says the bridge is connected and what the broker acknowledged
+        with urllib.request.urlopen(site.daemon.url + "/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        assert "meterwatch_fleet_connected 1.0" in metrics
+        acked = [ln for ln in metrics.splitlines() if ln.startswith("meterwatch_fleet_acked_total ")]
+        assert acked and float(acked[0].split()[1]) >= 5, acked  # opened .. on_site and a notice at least
+        assert 'meterwatch_gc_collections_total{generation="2"}' in metrics
+
         site.sim.world.restore_power("B1")
         resolved = transition(sub, inc_id, "resolved")
         assert resolved["incident"]["resolved_at"] is not None
