@@ -150,7 +150,12 @@ def mark(edge: str) -> None:
     print(f"WINDOW {edge}", flush=True)
 
 
-async def gateway_worker(site_path: Path, warmup: float, window: float) -> Report:
+def emit(report: Report) -> None:
+    """The worker's figures, before it tears down (the orchestrator ends a teardown that hangs)."""
+    print("RESULT " + json.dumps(asdict(report)), flush=True)
+
+
+async def gateway_worker(site_path: Path, warmup: float, window: float) -> None:
     """The daemon's components on `site_path`; its own counters over [warmup, warmup + window]."""
     from gateway.app.daemon import build_runtime, serve
     from gateway.config import load_site
@@ -179,10 +184,10 @@ async def gateway_worker(site_path: Path, warmup: float, window: float) -> Repor
         mark("end")
         rss, peak = rss_mib()
         down = sum(1 for d in stats.values() if not d.up)
+        cyc, skip, err = (a - b for a, b in zip(after, before, strict=True))
+        emit(Report(len(stats), rss, peak, cyc, skip, err, down))
         stop.set()
         await serving
-    cyc, skip, err = (a - b for a, b in zip(after, before, strict=True))
-    return Report(len(stats), rss, peak, cyc, skip, err, down)
 
 
 def planned_reads(site_path: Path) -> list[tuple[int, int, list[tuple[int, int]], float]]:
@@ -236,7 +241,7 @@ async def raw_meter(
         writer.close()
 
 
-async def raw_worker(site_path: Path, warmup: float, window: float, flood: bool = False) -> Report:
+async def raw_worker(site_path: Path, warmup: float, window: float, flood: bool = False) -> None:
     meters = planned_reads(site_path)
     counts = Counts()
     tasks = [asyncio.create_task(raw_meter(*m, counts, flood)) for m in meters]
@@ -248,13 +253,13 @@ async def raw_worker(site_path: Path, warmup: float, window: float, flood: bool 
     mark("end")
     rss, peak = rss_mib()
     failed = [t for t in tasks if t.done() and t.exception() is not None]
+    emit(Report(len(meters), rss, peak, counts.cycles, 0, counts.errors, len(failed), counts.late))
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return Report(len(meters), rss, peak, counts.cycles, 0, counts.errors, len(failed), counts.late)
 
 
-async def pymodbus_worker(site_path: Path, warmup: float, window: float) -> Report:
+async def pymodbus_worker(site_path: Path, warmup: float, window: float) -> None:
     """The same planned reads with bare pymodbus clients, one task per meter, nothing done with the words."""
     from pymodbus.client import AsyncModbusTcpClient
 
@@ -292,10 +297,10 @@ async def pymodbus_worker(site_path: Path, warmup: float, window: float) -> Repo
     counts.measuring = False
     mark("end")
     rss, peak = rss_mib()
-    for t in tasks:
+    emit(Report(len(meters), rss, peak, counts.cycles, 0, counts.errors, 0, counts.late))
+    for t in tasks:  # at 800 clients pymodbus has been seen spinning for minutes here: the caller ends it
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return Report(len(meters), rss, peak, counts.cycles, 0, counts.errors, 0, counts.late)
 
 
 WORKER_KINDS = ("gateway", "raw_asyncio", "pymodbus", "raw_flood")
@@ -306,12 +311,11 @@ def worker_main(kind: str, site_path: Path, warmup: float, window: float) -> Non
 
     logging.basicConfig(level=logging.ERROR)  # the daemon's info lines would be noise here
     if kind == "gateway":
-        report = asyncio.run(gateway_worker(site_path, warmup, window))
+        asyncio.run(gateway_worker(site_path, warmup, window))
     elif kind == "pymodbus":
-        report = asyncio.run(pymodbus_worker(site_path, warmup, window))
+        asyncio.run(pymodbus_worker(site_path, warmup, window))
     else:
-        report = asyncio.run(raw_worker(site_path, warmup, window, flood=kind == "raw_flood"))
-    print("RESULT " + json.dumps(asdict(report)), flush=True)
+        asyncio.run(raw_worker(site_path, warmup, window, flood=kind == "raw_flood"))
 
 
 # ------------------------------------------------------------------------------------------- orchestrator
@@ -379,7 +383,12 @@ def run_worker(kind: str, site_path: Path, warmup: float, window: float, server:
                     end = edge
             elif line.startswith("RESULT "):
                 report = Report(**json.loads(line[len("RESULT ") :]))
-        code = proc.wait(timeout=60)
+                break
+        try:
+            code = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # its teardown hangs: the figures are in already
+            proc.kill()
+            code = proc.wait(10)
         if report is None:
             errors.seek(0)
             raise RuntimeError(f"{kind} worker failed (exit {code}):\n{errors.read()[-3000:]}")
