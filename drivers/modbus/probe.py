@@ -19,6 +19,7 @@ from drivers.modbus.line import Connection
 from drivers.modbus.planner import ReadRequest
 from drivers.modbus.poller import ReadOutcome
 from drivers.modbus.spec import LineSpec, Transport
+from drivers.modbus.tcp import TcpConnection
 from gateway.config.profile import Function
 from gateway.core.stats import LineStats
 
@@ -119,10 +120,14 @@ def format_interpretations(address: int, regs: Sequence[int]) -> list[str]:
 
 
 async def read_once(line: LineSpec, unit: int, function: Function, address: int, count: int) -> ReadOutcome:
-    """One read over a fresh connection of `line`; the connection is closed afterwards."""
-    conn = Connection(
-        line, LineStats(line=line.id, transport=line.transport), f"probe:{line.id}", lambda c, up: None
-    )
+    """One read over a fresh connection of `line`, through the client the line's devices are polled with;
+    the connection is closed afterwards."""
+    stats = LineStats(line=line.id, transport=line.transport)
+    conn: Connection | TcpConnection
+    if line.builtin_client:
+        conn = TcpConnection(line, stats, f"probe:{line.id}", lambda c, up: None)
+    else:
+        conn = Connection(line, stats, f"probe:{line.id}", lambda c, up: None)
     try:
         return await conn.read(ReadRequest(unit, function, address, count, ()))
     finally:
