@@ -228,7 +228,7 @@ class Bench:
         """The peer: influxdb-client's synchronous write API sending prebuilt line protocol, BATCH lines per
         request, to the same VictoriaMetrics."""
         enc = LineEncoder(self.site)
-        lines = [line for s in source.take(RAW_POINTS) if (line := enc.encode(s))]
+        lines = enc.encode_many(list(source.take(RAW_POINTS)))
         batches = [lines[i : i + BATCH] for i in range(0, len(lines), BATCH)]
         client = InfluxDBClient(url=self.vm.url, token="", org="bench", timeout=30_000, retries=False)
         api = client.write_api(write_options=SYNCHRONOUS)
@@ -254,8 +254,8 @@ class Bench:
         samples = list(source.take(FLOOR_SAMPLES))
         enc = LineEncoder(self.site)
         c0 = _cpu()
-        for s in samples:
-            enc.encode(s)
+        for i in range(0, len(samples), BATCH):  # as the sink's intake does: a batch at a time
+            enc.encode_many(samples[i : i + BATCH])
         encode = _cpu() - c0
         bus = Bus()
         sub = bus.subscribe("sink", maxsize=20_000, overflow="block")
@@ -283,7 +283,7 @@ class Bench:
         total = SITE_RATE * OUTAGE_S
         t0 = time.perf_counter()
         for _ in range(total // BATCH):
-            spool.append([line for s in source.take(BATCH) if (line := enc.encode(s))])
+            spool.append(enc.encode_many(list(source.take(BATCH))))
         wall = time.perf_counter() - t0
         size = spool.stats.bytes
         spool.close()

@@ -1,12 +1,16 @@
-"""The line protocol the encoder writes stays byte-identical to the original per-sample encoder (kept here as
-the reference) while the fast path builds lines from per-device templates: escaping of tags and field keys,
-integer quality, float fields from ints and bools, NaN and infinities skipped and counted, microsecond
-stamps, braces in names (the template is a str.format string), unknown devices."""
+"""The line protocol the encoder writes matches the original per-sample encoder (kept here as the reference)
+while the fast path builds a batch's lines from per-device templates and one orjson call for all numbers:
+escaping of tags and field keys, integer quality, float fields from ints and bools, NaN and infinities
+skipped and counted, microsecond stamps, braces in names (the template is a str.format string), unknown
+devices. Lines are byte-identical to the reference's except where a float needs an exponent: there orjson
+spells it otherwise (1.5e-7, 0.00001 for repr's 1.5e-07, 1e-05), and the test checks the text is a valid
+line-protocol float that reads back as exactly the same double."""
 
 from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -90,14 +94,80 @@ def random_sample(rng: random.Random, devices: list[str]) -> Sample:
     return Sample(rng.choice(devices), ts, values, rng.choice(QUALITIES))
 
 
-def test_lines_are_byte_identical_to_the_reference(site: Site) -> None:
+# A float in InfluxDB's line protocol (docs: "Line protocol", field value types): digits with a point or an
+# exponent, so that it can never be taken for an integer (those end in i anyway).
+FLOAT_TEXT = re.compile(r"-?(?:\d+\.\d+(?:e[+-]?\d+)?|\d+e[+-]?\d+)")
+
+
+def assert_same_line(got: str | None, want: str | None, sample: Sample) -> None:
+    """`got` is `want` but for the spelling of floats written with an exponent: each such value must be a
+    valid line-protocol float equal to the reference's, bit for bit (the sign of zero too)."""
+    if got == want:
+        return
+    assert got is not None and want is not None, (got, want, sample)
+    # the reference's line with every value replaced by a capture: the rest must match byte for byte
+    pattern, pos, expected = "", 0, []
+    for quantity, value in sample.values.items():
+        v = float(value)
+        if not math.isfinite(v):
+            continue
+        text = f"{_escape_key(field_name(quantity))}={v!r}"
+        at = want.index(text, pos)
+        pattern += re.escape(want[pos : at + len(text) - len(repr(v))]) + r"([^,\s]+)"
+        pos = at + len(text)
+        expected.append(v)
+    match = re.fullmatch(pattern + re.escape(want[pos:]), got)
+    assert match is not None, (got, want)
+    for text, v in zip(match.groups(), expected, strict=True):
+        assert FLOAT_TEXT.fullmatch(text), f"{text!r} is not a line-protocol float"
+        assert float(text) == v and math.copysign(1, float(text)) == math.copysign(1, v), (text, v)
+        if "e" not in repr(v):
+            assert text == repr(v), "without an exponent the text is repr's"
+
+
+def test_lines_match_the_reference(site: Site) -> None:
     rng = random.Random(11)
     enc = LineEncoder(site)
     ref = Reference(LineEncoder(site))
     devices = ["M1", "P1", "T1", "ghost", "odd device,x=y", "{brace}"]
+    exponents = 0
     for _ in range(20_000):
         s = random_sample(rng, devices)
-        assert enc.encode(s) == ref.encode(s), s
+        got, want = enc.encode(s), ref.encode(s)
+        exponents += got != want
+        assert_same_line(got, want, s)
+    assert exponents > 100  # the exponent spellings were met and checked
+
+
+def test_a_batch_gives_the_lines_of_its_samples_one_by_one(site: Site) -> None:
+    """encode_many is what the sink uses; encode (one sample) must give the same text, since tests compare
+    what the spool holds with encode's lines. Batches with NaN or infinities take the long way."""
+    rng = random.Random(12)
+    enc = LineEncoder(site)
+    devices = ["M1", "P1", "T1", "ghost", "odd device,x=y", "{brace}"]
+    for size in (1, 2, 7, 300):
+        for _ in range(30):
+            batch = [random_sample(rng, devices) for _ in range(size)]
+            one_by_one = [line for s in batch if (line := enc.encode(s)) is not None]
+            assert enc.encode_many(batch) == one_by_one
+
+
+def test_floats_stay_floats_and_read_back_exactly(site: Site) -> None:
+    enc = LineEncoder(site)
+    values = {"a": 230.0, "b": 1e16, "c": 1e-5, "d": 1.5e-7, "e": 5e-324, "f": -0.0, "g": 7, "h": True}
+    line = enc.encode(Sample("M1", 1.0, values))
+    assert line is not None
+    fields = dict(f.split("=") for f in line.split(" ")[1].split(","))
+    assert fields["a"] == "230.0" and fields["g"] == "7.0" and fields["h"] == "1.0" and fields["f"] == "-0.0"
+    for k, v in values.items():
+        assert FLOAT_TEXT.fullmatch(fields[k]) and float(fields[k]) == float(v), (k, fields[k])
+
+
+def test_a_stamp_past_64_bits_is_still_written(site: Site) -> None:
+    """orjson refuses integers past 64 bits: a sample from a broken clock must not fail the batch."""
+    enc = LineEncoder(site)
+    lines = enc.encode_many([Sample("M1", 1.0, {"a": 1.0}), Sample("M1", 1e20, {"a": 2.0})])
+    assert [line.rsplit(" ", 1)[1] for line in lines] == ["1000000", str(round(1e20 * 1_000_000))]
 
 
 def test_the_same_quantities_in_another_order_keep_their_order(site: Site) -> None:
@@ -120,8 +190,8 @@ def test_non_finite_values_are_skipped_and_counted(site: Site) -> None:
     # finite values whose sum overflows take the long way and lose nothing
     big = 1.7976931348623157e308
     assert enc.encode(Sample("M1", 1.0, {"a": big, "b": big})) == (
-        f"power,building=B1,device=M1,domain=B1-power,profile=sdm630,site=t1 a={big!r},b={big!r},quality=0i"
-        " 1000000"
+        "power,building=B1,device=M1,domain=B1-power,profile=sdm630,site=t1"
+        " a=1.7976931348623157e+308,b=1.7976931348623157e+308,quality=0i 1000000"
     )
     assert enc.skipped_values == 3
 

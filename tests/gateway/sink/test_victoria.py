@@ -143,3 +143,28 @@ async def test_spooled_points_survive_a_restart_of_the_sink(tmp_path: Path, vict
     stop2.set()
     await asyncio.gather(*tasks2)
     assert len(victoria.points("pressure_pressure", device="P1")) == 10
+
+
+# Floats whose shortest text needs an exponent: orjson (the encoder's formatter) spells them 1.5e-7, 0.00001,
+# 1e+16, where repr writes 1.5e-07, 1e-05, 1e+16. VictoriaMetrics must read each as the same number. Each is
+# a series of its own: VictoriaMetrics scales the values of a block of one series together, so 1e-300 next
+# to 1e300 in one series would come back as 0 whatever the text.
+EXPONENT_VALUES: list[float] = [1e-5, 1.5e-7, -2.5e-12, 1e-300, 1e16, 1.2345678901234568e17, -6.02e23, 1e300]
+
+
+async def test_floats_written_with_an_exponent_come_back_as_the_same_numbers(
+    tmp_path: Path, victoria: Victoria
+) -> None:
+    stop = asyncio.Event()
+    rt, tasks = start(make_site(tmp_path, victoria.url), tmp_path / "state", stop)
+    t0 = 1_700_000_300.0
+    await rt.bus.publish(Sample("T1", t0, {f"x{i}": v for i, v in enumerate(EXPONENT_VALUES)}))
+    n = len(EXPONENT_VALUES)
+    await eventually(lambda: victoria.count('{__name__=~"level_x.*"}') == n, what="every point")
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert rt.sink.stats.write_errors == {}
+    for i, v in enumerate(EXPONENT_VALUES):
+        got = victoria.points(f"level_x{i}", device="T1")
+        assert list(got) == [round(t0 * 1000)], got
+        assert math.isclose(got[round(t0 * 1000)], v, rel_tol=1e-13, abs_tol=0.0), (got, v)
