@@ -65,10 +65,12 @@ ALLOWED: dict[str, frozenset[str]] = {
             "rules",
         }
     ),
+    # the read-only fleet view: the fleet topics' names and version, the console's templates and style sheet
+    "gateway.fleetview": frozenset({"gateway.core", "gateway.config", "gateway.fleet", "gateway.web"}),
     # the daemon's wiring: every part, never the command line or the simulators
     "gateway.app": _BELOW_APP,
     # only the command line reaches the simulators (the demo, `meterwatch simulate`)
-    "gateway.cli": _BELOW_APP | {"gateway.app", "gateway.tools", "simulators"},
+    "gateway.cli": _BELOW_APP | {"gateway.app", "gateway.tools", "gateway.fleetview", "simulators"},
 }
 
 

@@ -1,0 +1,102 @@
+"""`meterwatch fleet`: the read-only fleet view (issue 13, item 3). It subscribes to the company's broker
+(gateway/fleetview/client.py), keeps the latest retained state in memory (gateway/fleetview/state.py) and
+serves one page and /api/fleet (gateway/fleetview/page.py). It writes nothing to the broker.
+
+A bad --broker, --http or --tls-ca is one line on stderr and exit status 2 (a usage error), never a
+traceback; a broker that does not answer yet is no error: the view says so on the page and keeps trying.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from gateway.config.fleet import parse_broker
+from gateway.fleetview.client import FleetClient, ViewOptions
+from gateway.fleetview.page import make_app
+from gateway.fleetview.state import FleetState
+
+log = logging.getLogger("meterwatch.fleetview")
+COMPANY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def usage_error(message: str) -> typer.Exit:
+    typer.echo(f"meterwatch fleet: {message}", err=True)
+    return typer.Exit(2)
+
+
+def parse_http(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--http {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8090")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def fleet(
+    broker: str = typer.Option(
+        ..., "--broker", help="the company's broker: mqtt://host[:port] or mqtts://host[:port]"
+    ),
+    company: str | None = typer.Option(
+        None, "--company", help="one company's sites only (the second topic level); default: every company"
+    ),
+    username: str | None = typer.Option(
+        None,
+        "--username",
+        envvar="METERWATCH_FLEET_USERNAME",
+        help="broker user name",
+    ),
+    password: str | None = typer.Option(
+        None,
+        "--password",
+        envvar="METERWATCH_FLEET_PASSWORD",
+        show_default=False,
+        help="broker password; better from the environment",
+    ),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA certificates (PEM) for an mqtts:// broker"),
+    http: str = typer.Option("127.0.0.1:8090", "--http", help="where the page is served, HOST:PORT"),
+) -> None:
+    """The read-only fleet view: every site, open incident, offline gateway and KPI from the broker."""
+    try:
+        address = parse_broker(broker)
+    except ValueError as exc:
+        raise usage_error(f"--broker {broker!r}: {exc}") from None
+    if company is not None and not COMPANY.match(company):
+        raise usage_error(
+            f"--company {company!r}: expected lower-case letters, digits and dashes (one topic level)"
+        )
+    if tls_ca is not None and not tls_ca.is_file():
+        raise usage_error(f"--tls-ca {tls_ca}: no such file")
+    try:
+        host, port = parse_http(http)
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    # bound before anything starts: a busy port is one clear line, not uvicorn's sys.exit
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise usage_error(f"--http {http}: cannot listen there ({exc.strerror})") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    state = FleetState()
+    options = ViewOptions(address, company, username, password, tls_ca)
+    client = FleetClient(options, state)
+    client.start()
+    app = make_app(state, client.status)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    typer.echo(
+        f"fleet view of {options.topic} at {address.host}:{address.port}: http://{host}:{sock.getsockname()[1]}/"
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        client.stop()
+        sock.close()

@@ -1,0 +1,139 @@
+"""The view's MQTT client: paho 2 (callback API 2), MQTT 5, a clean session under a random client id, so any
+number of views run side by side and each rebuilds everything from the retained topics. It subscribes to
+`meterwatch/<company or +>/+/#` and never publishes (the command topic of issue 13 item 2 is not built)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.config.fleet import BrokerAddress
+from gateway.fleet.topics import ROOT
+from gateway.fleetview.state import FleetState
+
+log = logging.getLogger("meterwatch.fleetview")
+
+
+@dataclass(frozen=True, slots=True)
+class ViewOptions:
+    broker: BrokerAddress
+    company: str | None = None
+    username: str | None = None
+    password: str | None = None
+    tls_ca: Path | None = None
+    keepalive: int = 30
+
+    @property
+    def topic(self) -> str:
+        return f"{ROOT}/{self.company or '+'}/+/#"
+
+
+class FleetClient:
+    def __init__(self, options: ViewOptions, state: FleetState) -> None:
+        self.options = options
+        self.state = state
+        self.client_id = f"meterwatch-fleetview-{uuid.uuid4().hex[:12]}"
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.connects = 0
+        self.last_error: str | None = None
+        self._refused_logged = False
+        self.client = self._make_client()
+
+    def _make_client(self) -> Client:
+        o = self.options
+        client = Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        if o.username is not None:
+            client.username_pw_set(o.username, o.password)
+        if o.broker.tls:
+            client.tls_set(ca_certs=str(o.tls_ca) if o.tls_ca else None, cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.suppress_exceptions = True  # a bug in a callback is logged by paho, never ends its thread
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connects in the background (paho's thread retries until the broker answers)."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0  # nothing kept for us: the retained topics are the state
+        self.client.connect_async(
+            self.options.broker.host,
+            self.options.broker.port,
+            keepalive=self.options.keepalive,
+            clean_start=True,
+            properties=props,
+        )
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(
+        self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode, props: Properties | None
+    ) -> None:
+        if reason.is_failure:
+            self.last_error = str(reason)
+            if not self._refused_logged:
+                self._refused_logged = True
+                log.error("the fleet broker refused the view (%s); trying again", reason)
+            return
+        self._refused_logged = False
+        self.last_error = None
+        self.connects += 1
+        self.connected.set()
+        log.info("connected to the fleet broker, subscribing to %s", self.options.topic)
+        client.subscribe(self.options.topic, qos=1)
+
+    def _on_subscribe(
+        self, client: Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Properties | None
+    ) -> None:
+        if any(r.is_failure for r in reasons):
+            self.last_error = f"subscription refused: {', '.join(str(r) for r in reasons)}"
+            log.error("the fleet broker refused the subscription to %s: %s", self.options.topic, reasons)
+            return
+        self.subscribed.set()
+
+    def _on_disconnect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+        if reason.is_failure:
+            self.last_error = str(reason)
+            log.warning("lost the fleet broker (%s); reconnecting, the state shown is kept", reason)
+
+    def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
+        self.state.ingest(msg.topic, bytes(msg.payload))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "broker": f"{self.options.broker.host}:{self.options.broker.port}",
+            "topic": self.options.topic,
+            "client_id": self.client_id,
+            "connected": self.connected.is_set(),
+            "subscribed": self.subscribed.is_set(),
+            "connects": self.connects,
+            "error": self.last_error,
+        }

@@ -1,0 +1,399 @@
+"""What the fleet view knows: the latest retained state of every gateway, open incident and KPI snapshot,
+merged by company + site (several gateways sharing a site id are one compound).
+
+Fed from paho's thread (`ingest`), read by the web server's (`snapshot`), so one lock guards it. A payload
+that is not a version-1 object of the topic's type is counted per topic and logged once per topic; it never
+changes what is known (the last good message stands until a good one or an empty retained payload comes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.fleet.topics import ROOT, VERSION
+
+log = logging.getLogger("meterwatch.fleetview")
+
+RESPONSE_TARGET_S = 1800.0  # the handbook's 30 minutes from dispatch to acknowledgement
+OFFLINE_AFTER_S = 90.0  # a heartbeat older than this says a gateway is silent when it names no interval
+HEARTBEATS_MISSED = 3  # ... and this many intervals when it does
+KPI_NAMES = ("informed", "response", "satisfaction")
+SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
+KINDS = ("gateway", "incident", "kpi")
+
+
+class BadPayload(ValueError):
+    """What is wrong with a payload, said for the log."""
+
+
+@dataclass(slots=True)
+class GatewayState:
+    gateway: str
+    state: str
+    at: float
+    received: float
+    heartbeat: float | None
+    devices_up: int
+    devices_total: int
+    buildings: list[str]
+    version: str
+
+
+@dataclass(slots=True)
+class IncidentState:
+    gateway: str
+    incident_id: int
+    title: str
+    kind: str
+    severity: str
+    state: str
+    buildings: list[str]
+    households: int
+    transition: str
+    opened_at: float
+    dispatched_at: float | None
+    acknowledged_at: float | None
+    on_site_at: float | None
+    drill: bool
+
+
+@dataclass(slots=True)
+class KpiState:
+    gateway: str
+    at: float
+    month: str
+    kpis: dict[str, dict[str, Any]]
+    response_target_s: float | None
+
+
+@dataclass(slots=True)
+class SiteState:
+    company: str
+    site: str
+    gateways: dict[str, GatewayState] = field(default_factory=dict)
+    incidents: dict[tuple[str, str], IncidentState] = field(default_factory=dict)  # (gateway, topic id)
+    kpis: dict[str, KpiState] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not (self.gateways or self.incidents or self.kpis)
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+def _obj(payload: bytes, kind: str) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadPayload(f"not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadPayload(f"expected a JSON object, got {type(body).__name__}")
+    if body.get("v") != VERSION:
+        raise BadPayload(f"version {body.get('v')!r}, expected {VERSION}")
+    if body.get("type") != kind:
+        raise BadPayload(f"type {body.get('type')!r}, expected {kind!r}")
+    return body
+
+
+def _get(body: dict[str, Any], key: str, types: type | tuple[type, ...], where: str = "") -> Any:
+    if key not in body:
+        raise BadPayload(f"missing field {where}{key}")
+    value = body[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+        raise BadPayload(f"field {where}{key} is {value!r}, expected {_names(types)}")
+    return value
+
+
+def _opt(body: dict[str, Any], key: str, types: type | tuple[type, ...], where: str = "") -> Any:
+    value = body.get(key)
+    return None if value is None else _get(body, key, types, where)
+
+
+def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _names(types: type | tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in _tuple(types))
+
+
+NUM = (int, float)
+
+
+def _strings(body: dict[str, Any], key: str, where: str = "") -> list[str]:
+    value = _get(body, key, list, where)
+    if not all(isinstance(v, str) for v in value):
+        raise BadPayload(f"field {where}{key} holds something other than strings")
+    return list(value)
+
+
+def parse_gateway(payload: bytes, gateway: str, received: float) -> GatewayState:
+    b = _obj(payload, "gateway")
+    state = _get(b, "state", str)
+    if state not in ("online", "offline"):
+        raise BadPayload(f"state {state!r}, expected 'online' or 'offline'")
+    heartbeat = _opt(b, "heartbeat", NUM)
+    return GatewayState(
+        gateway=gateway,
+        state=state,
+        at=float(_get(b, "at", NUM)),
+        received=received,
+        heartbeat=float(heartbeat) if heartbeat else None,
+        devices_up=int(b.get("devices_up") or 0),
+        devices_total=int(b.get("devices_total") or 0),
+        buildings=_strings(b, "buildings") if "buildings" in b else [],
+        version=str(b.get("version") or ""),
+    )
+
+
+def parse_incident(payload: bytes, gateway: str) -> IncidentState:
+    b = _obj(payload, "incident")
+    inc = _get(b, "incident", dict)
+    w = "incident."
+    return IncidentState(
+        gateway=gateway,
+        incident_id=int(_get(inc, "id", int, w)),
+        title=str(inc.get("title") or ""),
+        kind=_get(inc, "kind", str, w),
+        severity=_get(inc, "severity", str, w),
+        state=_get(inc, "state", str, w),
+        buildings=_strings(inc, "buildings", w),
+        households=int(inc.get("households") or 0),
+        transition=str(b.get("transition") or ""),
+        opened_at=float(_get(inc, "opened_at", NUM, w)),
+        dispatched_at=_opt(inc, "dispatched_at", NUM, w),
+        acknowledged_at=_opt(inc, "acknowledged_at", NUM, w),
+        on_site_at=_opt(inc, "on_site_at", NUM, w),
+        drill=bool(inc.get("drill")),
+    )
+
+
+def parse_kpi(payload: bytes, gateway: str) -> KpiState:
+    b = _obj(payload, "kpi")
+    kpis = _get(b, "kpis", dict)
+    for name, k in kpis.items():
+        if not isinstance(k, dict):
+            raise BadPayload(f"kpis.{name} is {k!r}, expected an object")
+        for key in ("met", "total", "target"):
+            _get(k, key, NUM, f"kpis.{name}.")
+        _opt(k, "value", NUM, f"kpis.{name}.")
+    target = _opt(b, "response_target_s", NUM)
+    return KpiState(
+        gateway=gateway,
+        at=float(_get(b, "at", NUM)),
+        month=str(b.get("month") or ""),
+        kpis=kpis,
+        response_target_s=float(target) if target else None,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the state
+
+
+@dataclass(slots=True)
+class Malformed:
+    count: int
+    last_error: str
+    last_at: float
+
+
+class FleetState:
+    """The latest retained state, by company + site. `ingest` takes each MQTT message as it comes."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.sites: dict[tuple[str, str], SiteState] = {}
+        self.malformed: dict[str, Malformed] = {}
+        self.messages = 0
+        self.ignored = 0  # events and anything else the view does not keep
+
+    def ingest(self, topic: str, payload: bytes) -> None:
+        now = self.clock()
+        parts = topic.split("/")
+        with self._lock:
+            self.messages += 1
+            if len(parts) < 5 or parts[0] != ROOT or parts[3] not in KINDS:
+                self.ignored += 1  # events/ (not state) and anything outside the version-1 layout
+                return
+            _, company, site_id, kind, gateway, *rest = parts
+            if (kind == "incident" and len(rest) != 1) or (kind != "incident" and rest):
+                self.ignored += 1
+                return
+            try:
+                self._apply(company, site_id, kind, gateway, rest, payload, now)
+            except BadPayload as exc:
+                self._bad(topic, str(exc), now)
+
+    def _apply(
+        self, company: str, site_id: str, kind: str, gateway: str, rest: list[str], payload: bytes, now: float
+    ) -> None:
+        key = (company, site_id)
+        site = self.sites.get(key)
+        if not payload:  # a retained topic cleared: the incident resolved (or a gateway retired)
+            if site is None:
+                return
+            if kind == "incident":
+                site.incidents.pop((gateway, rest[0]), None)
+            elif kind == "gateway":
+                site.gateways.pop(gateway, None)
+            else:
+                site.kpis.pop(gateway, None)
+            if site.empty():
+                del self.sites[key]
+            return
+        # parsed before the site is made: a bad payload leaves no trace in the state
+        if kind == "gateway":
+            g = parse_gateway(payload, gateway, now)
+            self._site(key).gateways[gateway] = g
+        elif kind == "incident":
+            inc = parse_incident(payload, gateway)
+            if inc.state in ("resolved", "merged"):  # a final state left retained: not open
+                if site is not None:
+                    site.incidents.pop((gateway, rest[0]), None)
+                return
+            self._site(key).incidents[(gateway, rest[0])] = inc
+        else:
+            self._site(key).kpis[gateway] = parse_kpi(payload, gateway)
+
+    def _site(self, key: tuple[str, str]) -> SiteState:
+        site = self.sites.get(key)
+        if site is None:
+            site = self.sites[key] = SiteState(*key)
+        return site
+
+    def _bad(self, topic: str, error: str, now: float) -> None:
+        seen = self.malformed.get(topic)
+        if seen is None:
+            self.malformed[topic] = Malformed(1, error, now)
+            log.warning(
+                "malformed fleet payload on %s: %s (ignored; what was known stays; logged once per topic)",
+                topic,
+                error,
+            )
+        else:
+            seen.count += 1
+            seen.last_error, seen.last_at = error, now
+
+    # ---- reading ---------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything known, judged at this moment (offline, past target, KPI met), as plain JSON data."""
+        now = self.clock()
+        with self._lock:
+            sites = [site_view(s, now) for s in self.sites.values()]
+            malformed = {t: {"count": m.count, "error": m.last_error} for t, m in self.malformed.items()}
+            messages, ignored = self.messages, self.ignored
+        sites.sort(key=lambda s: (s["company"], s["site"]))
+        return {
+            "at": now,
+            "sites": sites,
+            "totals": {
+                "sites": len(sites),
+                "gateways": sum(len(s["gateways"]) for s in sites),
+                "gateways_offline": sum(s["gateways_offline"] for s in sites),
+                "incidents": sum(len(s["incidents"]) for s in sites),
+                "incidents_late": sum(s["incidents_late"] for s in sites),
+            },
+            "messages": messages,
+            "ignored": ignored,
+            "malformed": malformed,
+            "malformed_total": sum(m["count"] for m in malformed.values()),
+        }
+
+
+def gateway_view(g: GatewayState, now: float) -> dict[str, Any]:
+    limit = HEARTBEATS_MISSED * g.heartbeat if g.heartbeat else OFFLINE_AFTER_S
+    # the last will's `at` is when the gateway connected: its age counts from when it was received
+    age = max(0.0, now - (g.at if g.state == "online" else g.received))
+    silent = g.state == "online" and age > limit
+    return {
+        "gateway": g.gateway,
+        "state": g.state,
+        "offline": g.state == "offline" or silent,
+        "why": "last_will" if g.state == "offline" else "silent" if silent else None,
+        "age_s": round(age, 1),
+        "silent_after_s": limit,
+        "at": g.at,
+        "heartbeat": g.heartbeat,
+        "devices_up": g.devices_up,
+        "devices_total": g.devices_total,
+        "buildings": g.buildings,
+        "version": g.version,
+    }
+
+
+def incident_view(i: IncidentState, target: float, now: float) -> dict[str, Any]:
+    since = i.dispatched_at if i.dispatched_at is not None else i.opened_at
+    elapsed = max(0.0, now - since)
+    acked = i.acknowledged_at is not None
+    return {
+        "gateway": i.gateway,
+        "id": i.incident_id,
+        "title": i.title,
+        "kind": i.kind,
+        "severity": i.severity,
+        "state": i.state,
+        "buildings": i.buildings,
+        "households": i.households,
+        "transition": i.transition,
+        "opened_at": i.opened_at,
+        "dispatched_at": i.dispatched_at,
+        "acknowledged_at": i.acknowledged_at,
+        "on_site_at": i.on_site_at,
+        "drill": i.drill,
+        "elapsed_s": round(elapsed, 1),
+        "target_s": target,
+        # the response target runs from the dispatch to the acknowledgement
+        "late": not acked and elapsed > target,
+        "acknowledged": acked,
+        "on_site": i.on_site_at is not None,
+    }
+
+
+def merged_kpis(kpis: list[KpiState]) -> dict[str, dict[str, Any]]:
+    """A compound's KPIs: every gateway's met and total added up, against the (shared) handbook target."""
+    out: dict[str, dict[str, Any]] = {}
+    names = [n for n in KPI_NAMES if any(n in k.kpis for k in kpis)]
+    names += sorted({n for k in kpis for n in k.kpis} - set(names))
+    for name in names:
+        parts = [k.kpis[name] for k in kpis if name in k.kpis]
+        met = float(sum(float(p["met"]) for p in parts))
+        total = float(sum(float(p["total"]) for p in parts))
+        target = float(parts[0]["target"])
+        value = met / total if total else None
+        out[name] = {
+            "met": int(met) if met.is_integer() else met,
+            "total": int(total) if total.is_integer() else total,
+            "value": value,
+            "target": target,
+            "ok": None if value is None else value >= target,
+        }
+    return out
+
+
+def site_view(s: SiteState, now: float) -> dict[str, Any]:
+    kpis = sorted(s.kpis.values(), key=lambda k: k.gateway)
+    target = next((k.response_target_s for k in kpis if k.response_target_s), None) or RESPONSE_TARGET_S
+    gateways = [gateway_view(g, now) for g in sorted(s.gateways.values(), key=lambda g: g.gateway)]
+    incidents = [incident_view(i, target, now) for i in s.incidents.values()]
+    incidents.sort(key=lambda i: (not i["late"], SEVERITY_RANK.get(i["severity"], 9), i["opened_at"]))
+    kpi = merged_kpis(kpis)
+    return {
+        "company": s.company,
+        "site": s.site,
+        "gateways": gateways,
+        "gateways_offline": sum(1 for g in gateways if g["offline"]),
+        "incidents": incidents,
+        "incidents_late": sum(1 for i in incidents if i["late"]),
+        "kpis": kpi,
+        "kpi_month": max((k.month for k in kpis), default=None),
+        "kpi_red": sum(1 for k in kpi.values() if k["ok"] is False),
+        "response_target_s": target,
+    }
