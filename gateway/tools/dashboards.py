@@ -13,6 +13,12 @@ Where the names come from:
 "Building utilities" reads InfluxDB (Flux) per building (a variable filled from Prometheus' device labels),
 shows devices up/down from Prometheus and open incidents as annotations (meterwatch_incident_open).
 "Gateway health" reads Prometheus only: Modbus round trips and errors, MQTT, the sink and the spool.
+"Fleet" reads InfluxDB (Flux) only, for many compounds writing to one central store: per site (a multi-select
+variable filled from the store's `site` tag, all by default) supply voltage, zone pressure, flow, devices
+reporting against devices seen in a day, the share of samples not good, and the sites worst first. It needs
+no gateway's Prometheus, which a central Grafana cannot reach. "Main meters" are not a tag the writer
+stores (a device's role is not written), so the voltage panels take every power meter of a site; a meter
+at 0 V that still reports pulls its site's lowest voltage to 0.
 """
 
 from __future__ import annotations
@@ -283,7 +289,7 @@ def quantiles(bucket: str, by: str = "") -> tuple[Prom, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the two dashboards
+# the building and gateway dashboards
 
 
 def building_utilities(profiles: Iterable[Profile]) -> dict[str, Any]:
@@ -490,12 +496,248 @@ def gateway_health() -> dict[str, Any]:
     )
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the fleet dashboard: many compounds writing to one central store
+
+SITE_FILTER = "r.site =~ /^${site:regex}$/"  # a regex, not contains(): InfluxDB pushes it down to storage
+RECENT = "5m"  # a device with a sample this close to the range's end is reporting
+EXPECTED = "24h"  # a device with a sample this long before the range's end is expected to report
+
+# the site variable: every site that wrote in the last 30 days
+SITES_QUERY = (
+    'import "influxdata/influxdb/schema"\n\nschema.tagValues(bucket: "${bucket}", tag: "site", start: -30d)'
+)
+
+
+def site_flux(measurement: str, fields: list[str], per_site: str) -> str:
+    """One series per site: each device's mean over `fields` (its phases) per window, then `per_site`
+    (mean, min, sum) over the site's devices."""
+    field_filter = " or ".join(f'r._field == "{f}"' for f in fields)
+    return (
+        'from(bucket: "${bucket}")\n'
+        "  |> range(start: v.timeRangeStart, stop: v.timeRangeStop)\n"
+        f'  |> filter(fn: (r) => r._measurement == "{measurement}" and {SITE_FILTER})\n'
+        f"  |> filter(fn: (r) => {field_filter})\n"
+        "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)\n"
+        '  |> group(columns: ["site", "device", "_time"])\n'
+        "  |> mean()\n"
+        '  |> group(columns: ["site", "_time"])\n'
+        f"  |> {per_site}()\n"
+        '  |> group(columns: ["site"])\n'
+        '  |> sort(columns: ["_time"])\n'
+        '  |> keep(columns: ["_time", "_value", "site"])'
+    )
+
+
+def quality_share_flux() -> str:
+    """Share of samples per site whose quality is not 0 (good); every measurement carries `quality`."""
+    return (
+        'from(bucket: "${bucket}")\n'
+        "  |> range(start: v.timeRangeStart, stop: v.timeRangeStop)\n"
+        f"  |> filter(fn: (r) => {SITE_FILTER})\n"
+        '  |> filter(fn: (r) => r._field == "quality")\n'
+        "  |> map(fn: (r) => ({r with _value: if r._value != 0 then 1.0 else 0.0}))\n"
+        '  |> group(columns: ["site"])\n'
+        "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)\n"
+        '  |> keep(columns: ["_time", "_value", "site"])'
+    )
+
+
+def reporting_flux() -> str:
+    """Per site: devices whose last sample is at most RECENT old, against devices seen in EXPECTED."""
+    return (
+        'import "date"\n\n'
+        f"recent = date.sub(d: {RECENT}, from: v.timeRangeStop)\n\n"
+        'from(bucket: "${bucket}")\n'
+        f"  |> range(start: date.sub(d: {EXPECTED}, from: v.timeRangeStop), stop: v.timeRangeStop)\n"
+        f"  |> filter(fn: (r) => {SITE_FILTER})\n"
+        '  |> filter(fn: (r) => r._field == "quality")\n'
+        "  |> last()\n"  # one series per device (its measurement's quality field): pushed down to storage
+        "  |> map(fn: (r) => ({r with up: if r._time >= recent then 1 else 0}))\n"
+        '  |> group(columns: ["site"])\n'
+        "  |> reduce(\n"
+        "      identity: {reporting: 0, expected: 0},\n"
+        "      fn: (r, accumulator) => ({reporting: accumulator.reporting + r.up, "
+        "expected: accumulator.expected + 1}),\n"
+        "  )\n"
+        "  |> map(fn: (r) => ({site: r.site, reporting: r.reporting, expected: r.expected, "
+        "missing: r.expected - r.reporting}))\n"
+        "  |> group()\n"
+        '  |> sort(columns: ["missing"], desc: true)'
+    )
+
+
+def latest_flux(name: str, measurement: str, fields: list[str]) -> str:
+    """A stream of one row per site: the lowest, over its devices, of a device's latest mean of `fields`."""
+    field_filter = " or ".join(f'r._field == "{f}"' for f in fields)
+    return (
+        f'{name} = from(bucket: "${{bucket}}")\n'
+        "  |> range(start: v.timeRangeStart, stop: v.timeRangeStop)\n"
+        f'  |> filter(fn: (r) => r._measurement == "{measurement}" and {SITE_FILTER})\n'
+        f"  |> filter(fn: (r) => {field_filter})\n"
+        "  |> last()\n"
+        '  |> group(columns: ["site", "device"])\n'
+        "  |> mean()\n"
+        '  |> group(columns: ["site"])\n'
+        "  |> min()\n"
+        f'  |> map(fn: (r) => ({{site: r.site, _field: "{name}", _value: r._value}}))\n'
+    )
+
+
+def worst_sites_flux(voltages: list[str]) -> str:
+    """Every site with its latest lowest main voltage and zone pressure, the lowest voltage first (0 V: an
+    outage), then the lowest pressure. A site without one of them shows it empty."""
+    return (
+        latest_flux("voltage", "power", voltages)
+        + "\n"
+        + latest_flux("pressure", "pressure", ["pressure"])
+        + "\n"
+        "union(tables: [voltage, pressure])\n"
+        "  |> group()\n"
+        '  |> pivot(rowKey: ["site"], columnKey: ["_field"], valueColumn: "_value")\n'
+        '  |> sort(columns: ["voltage", "pressure"])'
+    )
+
+
+@dataclass(frozen=True)
+class FleetFlux:
+    """A panel of one Flux query over the central store, one series (or row) per site."""
+
+    title: str
+    query: str
+    unit: str = "none"
+    kind: str = "timeseries"
+    w: int = 12
+    h: int = 8
+    description: str = ""
+    thresholds: tuple[tuple[str, float | None], ...] = ()
+
+
+def fleet_panel(layout: Layout, spec: FleetFlux) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": spec.unit}
+    if spec.kind == "timeseries":
+        defaults["displayName"] = "${__field.labels.site}"
+    if spec.thresholds:
+        defaults["color"] = {"mode": "thresholds"}
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": c, "value": v} for c, v in spec.thresholds],
+        }
+    panel: dict[str, Any] = {
+        "type": spec.kind,
+        "title": spec.title,
+        "id": layout._id(),
+        "gridPos": layout.place(spec.w, spec.h),
+        "datasource": _ds(INFLUX_UID),
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "targets": [{"refId": "A", "datasource": _ds(INFLUX_UID), "query": spec.query}],
+    }
+    if spec.kind == "timeseries":
+        panel["options"] = {
+            "legend": {"displayMode": "table", "placement": "right", "calcs": ["min", "lastNotNull"]},
+            "tooltip": {"mode": "multi", "sort": "asc"},
+        }
+    if spec.description:
+        panel["description"] = spec.description
+    return panel
+
+
+def fleet(profiles: Iterable[Profile]) -> dict[str, Any]:
+    cat = catalogue(profiles)
+    voltages = phase_fields(cat, "voltage")
+    for f in (*voltages, "pressure", "flow"):
+        assert f in cat, f"no built-in profile produces {f}"
+    volt = grafana_unit(cat[voltages[0]].unit)
+    low_voltage = (("red", None), ("orange", 100.0), ("green", 195.0))  # 0 V: an outage; 230 V - 15 %
+    layout = Layout()
+    table: list[str | FleetFlux] = [
+        "Power",
+        FleetFlux(
+            "Mean phase voltage by site",
+            site_flux("power", voltages, "mean"),
+            unit=volt,
+            description="mean of the phase voltages of every power meter of the site",
+        ),
+        FleetFlux(
+            "Lowest meter voltage by site",
+            site_flux("power", voltages, "min"),
+            unit=volt,
+            thresholds=low_voltage,
+            description="each meter's mean phase voltage, the lowest meter of the site: 0 V where a meter "
+            "that still reports sees no supply",
+        ),
+        "Water",
+        FleetFlux(
+            "Lowest zone pressure by site",
+            site_flux("pressure", ["pressure"], "min"),
+            unit=grafana_unit(cat["pressure"].unit),
+        ),
+        FleetFlux(
+            "Flow by site",
+            site_flux("flow", ["flow"], "sum"),
+            unit=grafana_unit(cat["flow"].unit),
+            description="sum of the site's flow meters",
+        ),
+        "Devices and data",
+        FleetFlux(
+            "Devices reporting",
+            reporting_flux(),
+            kind="table",
+            description=f"devices with a sample in the last {RECENT} of the range, against the devices that "
+            f"wrote in the {EXPECTED} before its end; most missing first",
+        ),
+        FleetFlux(
+            "Samples not good",
+            quality_share_flux(),
+            unit="percentunit",
+            thresholds=(("green", None), ("orange", 0.01), ("red", 0.1)),
+            description="share of samples with quality != 0 (stale, comm_error, decode_error)",
+        ),
+        "Sites",
+        FleetFlux(
+            "Sites, worst first",
+            worst_sites_flux(voltages),
+            kind="table",
+            w=24,
+            h=12,
+            description="latest lowest meter voltage and lowest zone pressure per site, the lowest voltage "
+            "first (0 V: an outage), then the lowest pressure",
+        ),
+    ]
+    panels = [layout.row(x) if isinstance(x, str) else fleet_panel(layout, x) for x in table]
+    variables = [
+        {"name": "bucket", "label": "InfluxDB bucket", "type": "constant", "query": BUCKET, "hide": 2},
+        {
+            "name": "site",
+            "label": "Site",
+            "type": "query",
+            "datasource": _ds(INFLUX_UID),
+            "query": SITES_QUERY,
+            "definition": SITES_QUERY,
+            "refresh": 2,
+            "sort": 1,
+            "multi": True,
+            "includeAll": True,
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        },
+    ]
+    return dashboard(
+        "meterwatch-fleet",
+        "Fleet",
+        panels,
+        variables=variables,
+        description="Every compound writing to one central store, per site: supply voltage, zone "
+        "pressure, flow, devices reporting, data quality, and the sites worst first.",
+    )
+
+
 def render_all(profiles: Iterable[Profile] | None = None) -> dict[str, str]:
     """file name -> JSON text of every dashboard."""
     profs = list(profiles if profiles is not None else builtin_profiles().values())
     out = {
         "building-utilities.json": building_utilities(profs),
         "gateway-health.json": gateway_health(),
+        "fleet.json": fleet(profs),
     }
     return {name: json.dumps(d, indent=2, sort_keys=True) + "\n" for name, d in out.items()}
 

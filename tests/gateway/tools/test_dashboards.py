@@ -187,22 +187,48 @@ def test_every_datasource_is_provisioned() -> None:
     assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
 
 
+# How each dashboard's variable narrows every InfluxDB query (one building; the selected sites).
+VARIABLE_FILTER = {
+    "building-utilities.json": 'r.building == "${building}"',
+    "fleet.json": "r.site =~ /^${site:regex}$/",
+}
+
+
+def pipelines(query: str) -> list[str]:
+    """The from(...) pipelines of a Flux query (the fleet's table joins two)."""
+    return ["from(" + part for part in query.split("from(")[1:]]
+
+
 def test_influx_queries_name_measurements_and_fields_the_writer_produces(full_site: Site) -> None:
     produced = written(full_site)
     assert {"power", "pressure", "flow"} <= set(produced)
+    # a pipeline over every measurement may ask for `quality` alone: the writer puts it in every one
+    assert all("quality" in fields for fields in produced.values())
     checked = 0
     for name, dash in dashboards().items():
         for q in flux_queries(dash):
-            measurements = re.findall(r'r\._measurement == "([^"]+)"', q)
-            fields = re.findall(r'r\._field == "([^"]+)"', q)
-            assert len(measurements) == 1 and fields, f"{name}: a query without measurement or fields:\n{q}"
-            m = measurements[0]
-            assert m in produced, f"{name}: measurement {m} is never written"
-            missing = set(fields) - produced[m]
-            assert not missing, f"{name}: {m} has no field {missing}; it has {sorted(produced[m])}"
-            assert 'r.building == "${building}"' in q and 'from(bucket: "${bucket}")' in q
-            checked += 1
-    assert checked >= 6
+            for pipe in pipelines(q):
+                measurements = re.findall(r'r\._measurement == "([^"]+)"', pipe)
+                fields = re.findall(r'r\._field == "([^"]+)"', pipe)
+                assert fields, f"{name}: a query without fields:\n{q}"
+                assert len(measurements) == 1 or (not measurements and set(fields) == {"quality"}), (
+                    f"{name}: a pipeline without one measurement:\n{pipe}"
+                )
+                for m in measurements:
+                    assert m in produced, f"{name}: measurement {m} is never written"
+                    missing = set(fields) - produced[m]
+                    assert not missing, f"{name}: {m} has no field {missing}; it has {sorted(produced[m])}"
+                assert VARIABLE_FILTER[name] in pipe and 'from(bucket: "${bucket}")' in pipe, pipe
+                checked += 1
+    assert checked >= 14
+
+
+def test_panel_ids_are_unique_and_every_panel_has_a_query() -> None:
+    for name, dash in dashboards().items():
+        ids = [p["id"] for p in panels(dash)]
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids {sorted(ids)}"
+        for p in panels(dash):
+            assert p["type"] == "row" or p["targets"], f"{name}: panel {p['title']!r} has no query"
 
 
 def test_prometheus_queries_name_metrics_the_gateway_exposes(exposed: set[str]) -> None:
@@ -266,3 +292,35 @@ def test_building_dashboard_has_what_engineers_look_for() -> None:
         "meterwatch_sink_write_duration_seconds_bucket",
     ):
         assert metric in health_exprs
+
+
+def test_fleet_dashboard_shows_every_site_by_default_and_each_panel_follows_the_selection() -> None:
+    dash = dashboards()["fleet.json"]
+    (site,) = [v for v in dash["templating"]["list"] if v["name"] == "site"]
+    assert site["multi"] and site["includeAll"] and site["current"]["value"] == ["$__all"]
+    assert site["datasource"]["type"] == "influxdb"
+    assert 'schema.tagValues(bucket: "${bucket}", tag: "site"' in site["query"]
+    titles = set()
+    for p in panels(dash):
+        if p["type"] == "row":
+            continue
+        titles.add(p["title"])
+        for t in p["targets"]:
+            assert t["query"].count("${site:regex}") == len(pipelines(t["query"])), p["title"]
+    assert {
+        "Mean phase voltage by site",
+        "Lowest meter voltage by site",
+        "Lowest zone pressure by site",
+        "Flow by site",
+        "Devices reporting",
+        "Samples not good",
+        "Sites, worst first",
+    } == titles
+    lowest = next(p for p in panels(dash) if p["title"] == "Lowest meter voltage by site")
+    q = lowest["targets"][0]["query"]
+    assert sorted(re.findall(r'r\._field == "([^"]+)"', q)) == ["voltage_l1", "voltage_l2", "voltage_l3"]
+    assert lowest["fieldConfig"]["defaults"]["unit"] == "volt"
+    worst = next(p for p in panels(dash) if p["title"] == "Sites, worst first")
+    assert (
+        worst["type"] == "table" and 'sort(columns: ["voltage", "pressure"])' in worst["targets"][0]["query"]
+    )
