@@ -502,6 +502,7 @@ def gateway_health() -> dict[str, Any]:
 SITE_FILTER = "r.site =~ /^${site:regex}$/"  # a regex, not contains(): InfluxDB pushes it down to storage
 RECENT = "5m"  # a device with a sample this close to the range's end is reporting
 EXPECTED = "24h"  # a device with a sample this long before the range's end is expected to report
+NO_SUPPLY_V = 50.0  # a meter that reports less sees no supply (its 230 V phases are out, not merely low)
 
 # the site variable: every site that wrote in the last 30 days
 SITES_QUERY = (
@@ -584,6 +585,15 @@ def latest_flux(name: str, measurement: str, fields: list[str]) -> str:
     )
 
 
+def dark_sites_flux(voltages: list[str]) -> str:
+    """How many sites have a meter below NO_SUPPLY_V in its latest sample."""
+    return (
+        latest_flux("voltage", "power", voltages)
+        + "\n"
+        + f"voltage\n  |> filter(fn: (r) => r._value < {NO_SUPPLY_V})\n  |> group()\n  |> count()"
+    )
+
+
 def worst_sites_flux(voltages: list[str]) -> str:
     """Every site with its latest lowest main voltage and zone pressure, the lowest voltage first (0 V: an
     outage), then the lowest pressure. A site without one of them shows it empty."""
@@ -615,6 +625,8 @@ class FleetFlux:
 
 def fleet_panel(layout: Layout, spec: FleetFlux) -> dict[str, Any]:
     defaults: dict[str, Any] = {"unit": spec.unit}
+    if spec.kind == "stat":
+        defaults["noValue"] = "0"  # count() of no rows is no table, not 0
     if spec.kind == "timeseries":
         defaults["displayName"] = "${__field.labels.site}"
     if spec.thresholds:
@@ -695,10 +707,19 @@ def fleet(profiles: Iterable[Profile]) -> dict[str, Any]:
         ),
         "Sites",
         FleetFlux(
+            "Sites with a meter at 0 V",
+            dark_sites_flux(voltages),
+            kind="stat",
+            w=4,
+            h=12,
+            thresholds=(("green", None), ("red", 1.0)),
+            description=f"sites where a power meter's latest mean phase voltage is below {NO_SUPPLY_V:g} V",
+        ),
+        FleetFlux(
             "Sites, worst first",
             worst_sites_flux(voltages),
             kind="table",
-            w=24,
+            w=20,
             h=12,
             description="latest lowest meter voltage and lowest zone pressure per site, the lowest voltage "
             "first (0 V: an outage), then the lowest pressure",

@@ -315,6 +315,7 @@ def test_fleet_dashboard_shows_every_site_by_default_and_each_panel_follows_the_
         "Devices reporting",
         "Samples not good",
         "Sites, worst first",
+        "Sites with a meter at 0 V",
     } == titles
     lowest = next(p for p in panels(dash) if p["title"] == "Lowest meter voltage by site")
     q = lowest["targets"][0]["query"]
