@@ -56,14 +56,17 @@ SDM630_VALUES, SDM630_READS = 30, 3  # the profile's polled points and its plann
 
 
 def site_text(ports: list[int], poll_interval: float, timeout: float) -> str:
-    """A site with one SDM630 per Modbus TCP endpoint; HTTP on a free port; no storage."""
+    """A site with one SDM630 per Modbus TCP endpoint; HTTP on a free port; no storage. Fields at their
+    default (1 s) are left out, to keep the generated file small."""
+    line_extra = f", timeout: {timeout}" if timeout != 1.0 else ""
+    device_extra = f", poll_interval: {poll_interval}" if poll_interval != 1.0 else ""
     lines = "\n".join(
-        f"  - {{id: m{i}, transport: tcp, host: 127.0.0.1, port: {p}, timeout: {timeout}}}"
+        f"  - {{id: m{i}, transport: tcp, host: 127.0.0.1, port: {p}{line_extra}}}"
         for i, p in enumerate(ports)
     )
     devices = "\n".join(
-        f"  - {{id: meter{i}, building: B1, domain: B1-power, line: m{i}, unit: 1, profile: sdm630,"
-        f" poll_interval: {poll_interval}}}"
+        f"  - {{id: meter{i}, building: B1, domain: B1-power, line: m{i}, unit: 1, profile: sdm630"
+        f"{device_extra}}}"
         for i in range(len(ports))
     )
     return f"""site: {{id: bench, name: Polling bench}}
@@ -145,6 +148,15 @@ class Measure:
 # ------------------------------------------------------------------------------------------------ workers
 
 
+def load_bench_site(path: Path) -> Any:
+    """The generated site; the loader's guard against huge hand-written files (50,000 YAML values, about
+    2,200 meters written out one by one) is lifted for it, in this worker process only."""
+    from gateway.config import load_site, yamlsrc
+
+    yamlsrc.MAX_VALUES = 10_000_000
+    return load_site(path)
+
+
 def mark(edge: str) -> None:
     """Tell the orchestrator the window starts or ends (it reads CPU and the server's counters then)."""
     print(f"WINDOW {edge}", flush=True)
@@ -158,10 +170,9 @@ def emit(report: Report) -> None:
 async def gateway_worker(site_path: Path, warmup: float, window: float) -> None:
     """The daemon's components on `site_path`; its own counters over [warmup, warmup + window]."""
     from gateway.app.daemon import build_runtime, serve
-    from gateway.config import load_site
     from gateway.core.stats import DeviceStats
 
-    site = load_site(site_path)
+    site = load_bench_site(site_path)
     with tempfile.TemporaryDirectory(prefix="meterwatch-bench-") as tmp:
         rt = build_runtime(site, state_dir=Path(tmp))
         stats: dict[str, DeviceStats] = rt.services.device_stats()
@@ -193,9 +204,8 @@ async def gateway_worker(site_path: Path, warmup: float, window: float) -> None:
 def planned_reads(site_path: Path) -> list[tuple[int, int, list[tuple[int, int]], float]]:
     """(port, unit, [(address, count)], interval) per meter: what the gateway's planner reads."""
     from gateway.app.modbus import modbus_specs
-    from gateway.config import load_site
 
-    site = load_site(site_path)
+    site = load_bench_site(site_path)
     return [
         (line.port or 502, dev.unit, [(r.address, r.count) for r in dev.requests], dev.poll_interval)
         for line, devices in modbus_specs(site)
@@ -554,6 +564,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             capacity.append(row)
             if "error" in row or row["overrun"]:
                 break
+        stopped_by = "the last step"
+        if capacity and "error" in capacity[-1]:
+            stopped_by = f"an error at the next step ({capacity[-1]['error'][:200]})"
+        elif capacity and capacity[-1]["overrun"]:
+            stopped_by = "an overrun"
+        elif len(capacity) < len(steps):
+            stopped_by = "the time budget"
         ok = [r for r in capacity if "error" not in r and not r["overrun"]]
         best = max(ok, key=lambda r: r["devices"], default=None)
         first_overrun = next((r["devices"] for r in capacity if r.get("overrun")), None)
@@ -563,6 +580,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_mib": best["rss_mib"] if best else None,
             "first_overrun_devices": first_overrun,
             "budget_s": args.budget,
+            "stopped_by": stopped_by,
             "steps": capacity,
         }
 

@@ -101,9 +101,9 @@ PARTS = [
     Part(
         "soak",
         "bench/soak.py",
-        ["--minutes", "3", "--interval", "10"],
+        ["--minutes", "5", "--interval", "10"],
         ["--minutes", "1", "--interval", "5"],
-        420,
+        480,
         True,
     ),
 ]
@@ -272,12 +272,10 @@ def rows(o: dict[str, Outcome]) -> list[Row]:
     def capacity() -> str:
         n = pick(o, "poll", "capacity.max_devices_no_overrun")
         cpu = pick(o, "poll", "capacity.cpu_percent")
-        first = (
-            o["poll"].result.get("capacity", {}).get("first_overrun_devices") if o["poll"].result else None
-        )
-        return (
-            f"{n:,} meters ({cpu}% CPU; {'first overrun ' + format(first, ',') if first else 'no overrun'})"
-        )
+        cap = (o["poll"].result or {}).get("capacity", {})
+        first = cap.get("first_overrun_devices")
+        stop = f"first overrun at {first:,}" if first else f"search stopped by {cap.get('stopped_by', '?')}"
+        return f"{n:,} meters ({cpu}% CPU; {stop})"
 
     def soak_slope() -> Any:
         try:
