@@ -13,6 +13,7 @@ from bench.fleet_view import ViewProcess, gateway_msg, incident_msg, kpi_msg, pu
 from tests.fixtures.mosquitto import Mosquitto, mosquitto  # noqa: F401
 from tests.helpers import wait_until
 
+Views = Callable[..., ViewProcess]
 TIMEOUT = 60.0  # generous: a time-out says the view never showed it, it is no speed claim
 
 
