@@ -290,7 +290,7 @@ class FleetState:
             sites = [site_view(s, now) for s in self.sites.values()]
             malformed = {t: {"count": m.count, "error": m.last_error} for t, m in self.malformed.items()}
             messages, ignored = self.messages, self.ignored
-        sites.sort(key=lambda s: (s["company"], s["site"]))
+        sites.sort(key=trouble_first)
         return {
             "at": now,
             "sites": sites,
@@ -306,6 +306,18 @@ class FleetState:
             "malformed": malformed,
             "malformed_total": sum(m["count"] for m in malformed.values()),
         }
+
+
+def trouble_first(site: dict[str, Any]) -> tuple[Any, ...]:
+    """Sites needing someone first: late incidents, then offline gateways, open incidents, red KPIs."""
+    return (
+        -site["incidents_late"],
+        -site["gateways_offline"],
+        -len(site["incidents"]),
+        -site["kpi_red"],
+        site["company"],
+        site["site"],
+    )
 
 
 def gateway_view(g: GatewayState, now: float) -> dict[str, Any]:

@@ -76,12 +76,13 @@ def test_offline_by_last_will_or_by_a_silent_heartbeat() -> None:
         gateway_msg("acme", "a", "gw", "online", NOW, heartbeat=30.0),
         gateway_msg("acme", "b", "gw", "offline", NOW - 5000),  # the will's `at` is its connect time
     )
-    a, b = state.snapshot()["sites"]
+    b, a = state.snapshot()["sites"]  # the site with a gateway offline first
+    assert (a["site"], b["site"]) == ("a", "b")
     assert not a["gateways"][0]["offline"]
     assert b["gateways"][0]["offline"] and b["gateways"][0]["why"] == "last_will"
     assert b["gateways"][0]["age_s"] == 0.0  # judged from when it was received
     clock.now = NOW + 91  # 3 x the 30 s heartbeat
-    a, _ = state.snapshot()["sites"]
+    a = next(s for s in state.snapshot()["sites"] if s["site"] == "a")
     assert a["gateways"][0]["offline"] and a["gateways"][0]["why"] == "silent"
     assert a["gateways_offline"] == 1
 
@@ -152,3 +153,17 @@ def test_events_and_other_topics_are_not_state() -> None:
     )
     snap = state.snapshot()
     assert snap["sites"] == [] and snap["ignored"] == 3 and snap["malformed_total"] == 0
+
+
+def test_sites_needing_someone_come_first() -> None:
+    state = FleetState(Clock())
+    feed(
+        state,
+        gateway_msg("acme", "a-calm", "gw", "online", NOW),
+        kpi_msg("acme", "b-red-kpi", "gw", NOW, {"informed": (1, 2)}),
+        incident_msg("acme", "c-open", "gw", 1, "comm_fault", "minor", ["B1"], NOW - 60),
+        gateway_msg("acme", "d-offline", "gw", "offline", NOW),
+        incident_msg("acme", "e-late", "gw", 1, "power_outage", "critical", ["B1"], NOW - 4000, NOW - 3900),
+    )
+    order = [s["site"] for s in state.snapshot()["sites"]]
+    assert order == ["e-late", "d-offline", "c-open", "b-red-kpi", "a-calm"]
