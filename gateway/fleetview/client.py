@@ -114,6 +114,8 @@ class FleetClient:
             self.last_error = f"subscription refused: {', '.join(str(r) for r in reasons)}"
             log.error("the fleet broker refused the subscription to %s: %s", self.options.topic, reasons)
             return
+        if self.connects > 1:  # subscribed again: the retained burst that follows replaces what is known
+            self.state.begin_resync()
         self.subscribed.set()
 
     def _on_disconnect(
@@ -131,7 +133,7 @@ class FleetClient:
             log.warning("lost the fleet broker (%s); reconnecting, the state shown is kept", reason)
 
     def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
-        self.state.ingest(msg.topic, bytes(msg.payload))
+        self.state.ingest(msg.topic, bytes(msg.payload), bool(msg.retain))
 
     def status(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,9 @@ HEARTBEATS_MISSED = 3  # ... and this many intervals when it does
 KPI_NAMES = ("informed", "response", "satisfaction")
 SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
 KINDS = ("gateway", "incident", "kpi")
+RESYNC_QUIET_S = 3.0  # after a reconnect, the retained burst is over once nothing retained came for this long
+
+Key = tuple[str, str, str, str, str]  # kind, company, site, gateway, incident topic id ("" for the others)
 
 
 class BadPayload(ValueError):
@@ -213,12 +216,52 @@ class FleetState:
         self.malformed: dict[str, Malformed] = {}
         self.messages = 0
         self.ignored = 0  # events and anything else the view does not keep
+        self.resyncs = 0
+        # after a reconnect: what was known and has not come again yet (a topic cleared while the view was
+        # away sends nothing at all, so what the retained burst leaves out is dropped once it is over)
+        self._stale: set[Key] | None = None
+        self._last_retained = 0.0
 
-    def ingest(self, topic: str, payload: bytes) -> None:
+    def begin_resync(self) -> None:
+        """Subscribed again (a reconnect): what the broker retains now replaces what is known."""
+        now = self.clock()
+        with self._lock:
+            # a resync cut short by another reconnect starts over with everything known
+            self._stale = set(self._keys())
+            self._last_retained = now
+            self.resyncs += 1
+
+    def _keys(self) -> list[Key]:
+        keys: list[Key] = []
+        for (company, site_id), site in self.sites.items():
+            keys += [("gateway", company, site_id, g, "") for g in site.gateways]
+            keys += [("kpi", company, site_id, g, "") for g in site.kpis]
+            keys += [("incident", company, site_id, g, i) for g, i in site.incidents]
+        return keys
+
+    def _settle(self, now: float) -> None:
+        if self._stale is None or now - self._last_retained < RESYNC_QUIET_S:
+            return
+        stale, self._stale = self._stale, None
+        for kind, company, site_id, gateway, incident in stale:
+            site = self.sites.get((company, site_id))
+            if site is None:
+                continue
+            if kind == "gateway":
+                site.gateways.pop(gateway, None)
+            elif kind == "kpi":
+                site.kpis.pop(gateway, None)
+            else:
+                site.incidents.pop((gateway, incident), None)
+            if site.empty():
+                del self.sites[(company, site_id)]
+
+    def ingest(self, topic: str, payload: bytes, retained: bool = False) -> None:
         now = self.clock()
         parts = topic.split("/")
         with self._lock:
             self.messages += 1
+            self._settle(now)
             if len(parts) < 5 or parts[0] != ROOT or parts[3] not in KINDS:
                 self.ignored += 1  # events/ (not state) and anything outside the version-1 layout
                 return
@@ -226,6 +269,11 @@ class FleetState:
             if (kind == "incident" and len(rest) != 1) or (kind != "incident" and rest):
                 self.ignored += 1
                 return
+            if self._stale is not None:
+                if retained:
+                    self._last_retained = now
+                # a malformed one too: the topic is still there, what was known of it stays
+                self._stale.discard((kind, company, site_id, gateway, rest[0] if rest else ""))
             try:
                 self._apply(company, site_id, kind, gateway, rest, payload, now)
             except BadPayload as exc:
@@ -287,9 +335,10 @@ class FleetState:
         """Everything known, judged at this moment (offline, past target, KPI met), as plain JSON data."""
         now = self.clock()
         with self._lock:
+            self._settle(now)
             sites = [site_view(s, now) for s in self.sites.values()]
             malformed = {t: {"count": m.count, "error": m.last_error} for t, m in self.malformed.items()}
-            messages, ignored = self.messages, self.ignored
+            messages, ignored, resyncs = self.messages, self.ignored, self.resyncs
         sites.sort(key=trouble_first)
         return {
             "at": now,
@@ -303,6 +352,7 @@ class FleetState:
             },
             "messages": messages,
             "ignored": ignored,
+            "resyncs": resyncs,
             "malformed": malformed,
             "malformed_total": sum(m["count"] for m in malformed.values()),
         }

@@ -167,3 +167,32 @@ def test_sites_needing_someone_come_first() -> None:
     )
     order = [s["site"] for s in state.snapshot()["sites"]]
     assert order == ["e-late", "d-offline", "c-open", "b-red-kpi", "a-calm"]
+
+
+def test_after_a_reconnect_what_the_retained_burst_leaves_out_goes() -> None:
+    clock = Clock()
+    state = FleetState(clock)
+    gw = gateway_msg("acme", "north", "gw-a", "online", NOW)
+    kept = incident_msg("acme", "north", "gw-a", 1, "power_outage", "critical", ["B1"], NOW - 60)
+    cleared = incident_msg("acme", "north", "gw-a", 2, "comm_fault", "minor", ["B2"], NOW - 60)
+    other = gateway_msg("acme", "south", "gw-s", "online", NOW)
+    for topic, payload in (gw, kept, cleared, other):
+        state.ingest(topic, payload, retained=True)
+    state.begin_resync()  # reconnected; incident 2 and site south were cleared meanwhile
+    clock.now += 0.5
+    for topic, payload in (gw, kept):
+        state.ingest(topic, payload, retained=True)
+    clock.now += 1.0
+    snap = state.snapshot()  # the burst is not over yet: nothing dropped
+    assert snap["totals"] == {
+        "sites": 2,
+        "gateways": 2,
+        "gateways_offline": 0,
+        "incidents": 2,
+        "incidents_late": 0,
+    }
+    clock.now += 3.0
+    snap = state.snapshot()
+    assert [s["site"] for s in snap["sites"]] == ["north"]
+    assert [i["id"] for i in snap["sites"][0]["incidents"]] == [1]
+    assert snap["resyncs"] == 1

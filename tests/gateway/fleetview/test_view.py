@@ -218,3 +218,40 @@ def test_a_broker_that_is_not_there_yet_is_said_on_the_page(
     assert 'id="disconnected"' in view.get("").decode()
     mosquitto.start()
     shows(view, lambda s: s["broker"]["subscribed"], "the view connected once the broker is up")
+
+
+def test_an_incident_cleared_while_the_view_was_away_goes_after_it_reconnects(
+    mosquitto: Mosquitto, view_factory: Views
+) -> None:
+    now = time.time()
+    retain(
+        mosquitto,
+        gateway_msg("acme", "north", "gw-a", "online", now),
+        incident_msg("acme", "north", "gw-a", 1, "power_outage", "critical", ["B1"], now - 60),
+        incident_msg("acme", "north", "gw-a", 2, "comm_fault", "minor", ["B2"], now - 60),
+    )
+    view = view_factory()
+    state = shows(view, lambda s: s["totals"]["incidents"] == 2, "both incidents")
+    # another client takes the view's client id: the broker drops the view's connection, and the view
+    # reconnects a second later (paho's backoff); meanwhile incident 2 resolves (its retained topic cleared)
+    thief = Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=state["broker"]["client_id"],
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    thief.connect(mosquitto.host, mosquitto.port, keepalive=30)
+    thief.loop_start()
+    try:
+        info = thief.publish("meterwatch/acme/north/incident/gw-a/2", b"", qos=1, retain=True)
+        info.wait_for_publish(10)
+        assert info.is_published()
+    finally:
+        thief.disconnect()
+        thief.loop_stop()
+    after = shows(
+        view,
+        lambda s: s["broker"]["connects"] >= 2 and s["resyncs"] >= 1 and s["totals"]["incidents"] == 1,
+        "the view reconnected, with incident 2 gone",
+    )
+    assert [i["id"] for i in after["sites"][0]["incidents"]] == [1]
+    assert after["sites"][0]["gateways"][0]["state"] == "online"  # what came again stays
