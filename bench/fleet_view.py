@@ -165,7 +165,13 @@ class ViewProcess:
     """`meterwatch fleet` as a child process on a free port; `api()` reads its /api/fleet."""
 
     def __init__(
-        self, broker_port: int, *args: str, host: str = "127.0.0.1", log: Path | None = None
+        self,
+        broker_port: int,
+        *args: str,
+        host: str = "127.0.0.1",
+        scheme: str = "mqtt",
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -173,9 +179,9 @@ class ViewProcess:
         out = log.open("ab") if log is not None else subprocess.DEVNULL
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "fleet", "--broker", f"mqtt://{host}:{broker_port}",
+            [sys.executable, "-m", "gateway.cli", "fleet", "--broker", f"{scheme}://{host}:{broker_port}",
              "--http", f"127.0.0.1:{self.port}", *args],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )  # fmt: skip
 
     def get(self, path: str, timeout: float = 5.0) -> bytes:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from paho.mqtt.client import Client
@@ -255,3 +256,37 @@ def test_an_incident_cleared_while_the_view_was_away_goes_after_it_reconnects(
     )
     assert [i["id"] for i in after["sites"][0]["incidents"]] == [1]
     assert after["sites"][0]["gateways"][0]["state"] == "online"  # what came again stays
+
+
+def test_tls_and_a_broker_user_from_the_environment(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "mosquitto-tls-users", users={"viewer": "v1ew-pw"}, tls=True)
+    broker.start()
+    views: list[ViewProcess] = []
+    try:
+        assert broker.ca_file is not None
+        pub = Client(CallbackAPIVersion.VERSION2, client_id="seed", protocol=MQTTProtocolVersion.MQTTv5)
+        pub.username_pw_set("viewer", "v1ew-pw")
+        pub.tls_set(ca_certs=str(broker.ca_file))
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        topic, payload = gateway_msg("acme", "north", "gw-a", "online", time.time())
+        info = pub.publish(topic, payload, qos=1, retain=True)
+        info.wait_for_publish(10)
+        pub.disconnect()
+        pub.loop_stop()
+        assert info.is_published()
+        env = {"METERWATCH_FLEET_USERNAME": "viewer", "METERWATCH_FLEET_PASSWORD": "v1ew-pw"}
+        ca = ("--tls-ca", str(broker.ca_file))
+        good = ViewProcess(broker.port, *ca, scheme="mqtts", env=env, log=tmp_path / "good.log")
+        views.append(good)
+        shows(good, lambda s: s["totals"]["gateways"] == 1, "the gateway over TLS with a user")
+        wrong = {**env, "METERWATCH_FLEET_PASSWORD": "nope"}
+        refused = ViewProcess(broker.port, *ca, scheme="mqtts", env=wrong, log=tmp_path / "refused.log")
+        views.append(refused)
+        state = shows(refused, lambda s: s["broker"]["error"], "the refusal said")
+        assert not state["broker"]["connected"] and state["sites"] == []
+        assert "v1ew-pw" not in refused.output() and "nope" not in refused.output()
+    finally:
+        for v in views:
+            v.stop()
+        broker.stop()
