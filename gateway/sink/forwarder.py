@@ -2,7 +2,8 @@
 
 Two loops share one buffer:
 - intake reads the bus (a blocking subscription: a full queue slows the sources, never loses a sample),
-  gathers up to `batch_size` points or `flush_interval` seconds and appends them in ONE spool transaction.
+  gathers up to `batch_size` samples or `flush_interval` seconds, encodes them together and appends their
+  lines in ONE spool transaction.
   In durable mode a sample counts as acknowledged only after that commit.
 - send reads the buffer oldest first, up to `batch_size` points as whole chunks (the appended batches, kept
   as request bodies: gateway/sink/spool.py), rate-limited to `replay_rate` points/s, writes their
