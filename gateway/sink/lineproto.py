@@ -104,7 +104,7 @@ class LineEncoder:
 
     Float text is orjson's, not repr's: the same digits (both are the shortest text that reads back as the
     same double) and the same text wherever no exponent is needed; with one they differ in spelling only
-    (orjson: 1e+16, 1.5e-7, 0.00001; repr: 1e+16, 1.5e-07, 1e-05). Both are floats to InfluxDB's line
+    (orjson 1.5e-7 and 0.00001, repr 1.5e-07 and 1e-05; both 1e+16). Both are floats to InfluxDB's line
     protocol (Go's strconv.ParseFloat) and to VictoriaMetrics' parser; a float value always keeps its
     point or exponent (230.0, never 230), so no value reads as an integer."""
 

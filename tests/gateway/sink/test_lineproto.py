@@ -152,6 +152,17 @@ def test_a_batch_gives_the_lines_of_its_samples_one_by_one(site: Site) -> None:
             assert enc.encode_many(batch) == one_by_one
 
 
+def test_a_newline_in_a_name_keeps_the_lines_apart(site: Site) -> None:
+    """The batch is cut into lines at newlines: a name holding one (no store accepts it, but it must not
+    shift the other samples' lines) takes the way one sample at a time."""
+    enc = LineEncoder(site)
+    lines = enc.encode_many([Sample("M1", 1.0, {"a\nb": 1.5}), Sample("T1", 2.0, {"x": 2.5})])
+    assert lines == [
+        "power,building=B1,device=M1,domain=B1-power,profile=sdm630,site=t1 a\nb=1.5,quality=0i 1000000",
+        "level,building=B1,device=T1,profile=mqtt,site=t1 x=2.5,quality=0i 2000000",
+    ]
+
+
 def test_floats_stay_floats_and_read_back_exactly(site: Site) -> None:
     enc = LineEncoder(site)
     values = {"a": 230.0, "b": 1e16, "c": 1e-5, "d": 1.5e-7, "e": 5e-324, "f": -0.0, "g": 7, "h": True}
