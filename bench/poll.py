@@ -142,7 +142,11 @@ class Measure:
 
     @property
     def overrun(self) -> bool:
-        return self.skipped_cycles > 0 or self.errors > 0 or self.down > 0
+        """The 1 s period not held: by the client's own count, or seen from the server (ThingsBoard says
+        nothing when it falls behind: fewer of its meters' values a second than it was asked for)."""
+        rate = self.readings_per_meter_s
+        behind = self.kind == "thingsboard" and rate is not None and rate < 0.95
+        return self.skipped_cycles > 0 or self.errors > 0 or self.down > 0 or behind
 
 
 # ------------------------------------------------------------------------------------------------ workers
