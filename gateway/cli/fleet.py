@@ -20,6 +20,7 @@ from gateway.config.fleet import parse_broker
 from gateway.fleetview.client import FleetClient, ViewOptions
 from gateway.fleetview.page import make_app
 from gateway.fleetview.state import FleetState
+from gateway.observe.logs import setup_logging
 
 log = logging.getLogger("meterwatch.fleetview")
 COMPANY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -59,6 +60,7 @@ def fleet(
     ),
     tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA certificates (PEM) for an mqtts:// broker"),
     http: str = typer.Option("127.0.0.1:8090", "--http", help="where the page is served, HOST:PORT"),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error"),
 ) -> None:
     """The read-only fleet view: every site, open incident, offline gateway and KPI from the broker."""
     try:
@@ -69,6 +71,8 @@ def fleet(
         raise usage_error(
             f"--company {company!r}: expected lower-case letters, digits and dashes (one topic level)"
         )
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise usage_error(f"--log-level {log_level!r}: expected debug, info, warning or error")
     if tls_ca is not None and not tls_ca.is_file():
         raise usage_error(f"--tls-ca {tls_ca}: no such file")
     try:
@@ -84,7 +88,7 @@ def fleet(
     except OSError as exc:
         sock.close()
         raise usage_error(f"--http {http}: cannot listen there ({exc.strerror})") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level)  # logfmt on stderr, as `meterwatch run` logs
 
     state = FleetState()
     options = ViewOptions(address, company, username, password, tls_ca)
