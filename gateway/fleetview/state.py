@@ -41,6 +41,7 @@ class GatewayState:
     state: str
     at: float
     received: float
+    heard: float  # when the gateway last spoke, on the view's clock (see _apply)
     heartbeat: float | None
     devices_up: int
     devices_total: int
@@ -147,6 +148,7 @@ def parse_gateway(payload: bytes, gateway: str, received: float) -> GatewayState
         state=state,
         at=float(_get(b, "at", NUM)),
         received=received,
+        heard=received,
         heartbeat=float(heartbeat) if heartbeat else None,
         devices_up=int(b.get("devices_up") or 0),
         devices_total=int(b.get("devices_total") or 0),
@@ -275,12 +277,20 @@ class FleetState:
                 # a malformed one too: the topic is still there, what was known of it stays
                 self._stale.discard((kind, company, site_id, gateway, rest[0] if rest else ""))
             try:
-                self._apply(company, site_id, kind, gateway, rest, payload, now)
+                self._apply(company, site_id, kind, gateway, rest, payload, now, retained)
             except BadPayload as exc:
                 self._bad(topic, str(exc), now)
 
     def _apply(
-        self, company: str, site_id: str, kind: str, gateway: str, rest: list[str], payload: bytes, now: float
+        self,
+        company: str,
+        site_id: str,
+        kind: str,
+        gateway: str,
+        rest: list[str],
+        payload: bytes,
+        now: float,
+        retained: bool,
     ) -> None:
         key = (company, site_id)
         site = self.sites.get(key)
@@ -299,6 +309,11 @@ class FleetState:
         # parsed before the site is made: a bad payload leaves no trace in the state
         if kind == "gateway":
             g = parse_gateway(payload, gateway, now)
+            if retained:
+                # the broker's stored copy, sent at SUBSCRIBE: said at `at` (the gateway's clock), no later
+                # than now; a heartbeat that comes live is judged by the view's clock, so a gateway whose
+                # clock is off shows silent at most until its next heartbeat
+                g.heard = min(g.at, now)
             self._site(key).gateways[gateway] = g
         elif kind == "incident":
             inc = parse_incident(payload, gateway)
@@ -373,7 +388,7 @@ def trouble_first(site: dict[str, Any]) -> tuple[Any, ...]:
 def gateway_view(g: GatewayState, now: float) -> dict[str, Any]:
     limit = HEARTBEATS_MISSED * g.heartbeat if g.heartbeat else OFFLINE_AFTER_S
     # the last will's `at` is when the gateway connected: its age counts from when it was received
-    age = max(0.0, now - (g.at if g.state == "online" else g.received))
+    age = max(0.0, now - (g.heard if g.state == "online" else g.received))
     silent = g.state == "online" and age > limit
     return {
         "gateway": g.gateway,

@@ -196,3 +196,22 @@ def test_after_a_reconnect_what_the_retained_burst_leaves_out_goes() -> None:
     assert [s["site"] for s in snap["sites"]] == ["north"]
     assert [i["id"] for i in snap["sites"][0]["incidents"]] == [1]
     assert snap["resyncs"] == 1
+
+
+def test_a_live_heartbeat_counts_on_the_views_clock_a_retained_one_on_its_own() -> None:
+    clock = Clock()
+    state = FleetState(clock)
+    # a gateway whose clock is 10 minutes behind, heard live: online
+    state.ingest(*gateway_msg("acme", "skewed", "gw", "online", NOW - 600, heartbeat=30.0))
+    # the stored copy of a gateway last heard 10 minutes ago, sent at SUBSCRIBE: silent
+    state.ingest(*gateway_msg("acme", "stale", "gw", "online", NOW - 600, heartbeat=30.0), retained=True)
+    # a retained copy stamped in the future (a clock ahead) is no younger than now
+    state.ingest(*gateway_msg("acme", "ahead", "gw", "online", NOW + 600, heartbeat=30.0), retained=True)
+    gateways = {s["site"]: s["gateways"][0] for s in state.snapshot()["sites"]}
+    assert not gateways["skewed"]["offline"] and gateways["skewed"]["age_s"] == 0.0
+    assert gateways["stale"]["offline"] and gateways["stale"]["why"] == "silent"
+    assert gateways["stale"]["age_s"] == 600.0
+    assert not gateways["ahead"]["offline"]
+    clock.now += 91
+    gateways = {s["site"]: s["gateways"][0] for s in state.snapshot()["sites"]}
+    assert gateways["ahead"]["offline"] and gateways["skewed"]["offline"]
