@@ -174,11 +174,14 @@ def emit(report: Report) -> None:
 async def gateway_worker(site_path: Path, warmup: float, window: float) -> None:
     """The daemon's components on `site_path`; its own counters over [warmup, warmup + window]."""
     from gateway.app.daemon import build_runtime, serve
+    from gateway.core import gctune
     from gateway.core.stats import DeviceStats
 
     site = load_bench_site(site_path)
     with tempfile.TemporaryDirectory(prefix="meterwatch-bench-") as tmp:
         rt = build_runtime(site, state_dir=Path(tmp))
+        # the collector as `meterwatch run` sets it once started (METERWATCH_GC, default tuned)
+        rt.components.append(gctune.AfterStart(gctune.settings_from_env()))
         stats: dict[str, DeviceStats] = rt.services.device_stats()
         stop = asyncio.Event()
         serving = asyncio.create_task(serve(rt, stop))

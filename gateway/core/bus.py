@@ -24,6 +24,28 @@ from gateway.core.types import Event
 Overflow = Literal["block", "drop_oldest"]
 
 
+class WakingQueue(asyncio.Queue[Event]):
+    """A queue that also wakes the one future its consumer waits on in `Subscription.get_until`.
+
+    Waiting there used to cost two futures and an `asyncio.wait` per call, and a consumer that keeps up
+    waits once per event: at 800 meters polled every second that was about a tenth of the gateway's CPU.
+    `_put` is the hook every put goes through (put, put_nowait), so no event can slip past the waiter.
+    """
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self.waiter: asyncio.Future[None] | None = None
+
+    def _put(self, item: Event) -> None:
+        super()._put(item)  # the hook Queue subclasses override (PriorityQueue, LifoQueue)
+        _wake(self.waiter)
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass
 class Subscription:
     name: str
@@ -33,6 +55,10 @@ class Subscription:
     delivered: int = 0
     shed_after: float | None = None  # "block" only: longest wait for room before shedding (None: no limit)
     shedding: bool = False  # shed_after passed and the queue has not drained to half since
+    # stop event -> the task that wakes get_until's waiter when it is set (one per stop event, not per call)
+    _stop_watches: dict[tuple[asyncio.Event, asyncio.AbstractEventLoop], asyncio.Task[None]] = field(
+        default_factory=dict, repr=False
+    )
 
     async def get(self) -> Event:
         return await self.queue.get()
@@ -46,12 +72,42 @@ class Subscription:
     async def get_until(self, stop: asyncio.Event, timeout: float | None = None) -> Event | None:
         """The next event, or None once `stop` is set or `timeout` passes with nothing queued.
 
-        An event that arrives while the wait is being cancelled is returned, never lost: a durable consumer
-        relies on every event it was handed.
+        Nothing is taken from the queue while waiting, so a consumer cancelled in the wait loses no event:
+        a durable consumer relies on every event it was handed.
         """
         ev = self.get_nowait()
         if ev is not None or stop.is_set():
             return ev
+        queue = self.queue
+        if not isinstance(queue, WakingQueue):
+            return await self._get_until_slow(stop, timeout)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        queue.waiter = waiter
+        self._watch(stop, loop)
+        timer = None if timeout is None else loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            queue.waiter = None
+            if timer is not None:
+                timer.cancel()
+        return self.get_nowait()
+
+    def _watch(self, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
+        """Make sure a task wakes this subscription's waiter once `stop` is set."""
+        key = (stop, loop)
+        task = self._stop_watches.get(key)
+        if task is None or task.done():
+            self._stop_watches[key] = loop.create_task(self._wake_on(stop), name=f"bus-stop-{self.name}")
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        if isinstance(self.queue, WakingQueue):
+            _wake(self.queue.waiter)
+
+    async def _get_until_slow(self, stop: asyncio.Event, timeout: float | None) -> Event | None:
+        """get_until for a subscription built on a plain asyncio.Queue."""
         getter = asyncio.ensure_future(self.queue.get())
         stopper = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({getter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -76,7 +132,7 @@ class Bus:
     published: int = 0
 
     def subscribe(self, name: str, maxsize: int = 10_000, overflow: Overflow = "block") -> Subscription:
-        sub = Subscription(name=name, queue=asyncio.Queue(maxsize=maxsize), overflow=overflow)
+        sub = Subscription(name=name, queue=WakingQueue(maxsize=maxsize), overflow=overflow)
         self.subscriptions.append(sub)
         return sub
 

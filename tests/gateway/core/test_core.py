@@ -63,6 +63,45 @@ async def test_get_until_returns_events_then_none_on_stop_or_timeout() -> None:
     assert isinstance(queued, Sample) and queued.ts == 2.0
 
 
+async def test_get_until_wakes_on_each_put_and_a_cancelled_wait_loses_nothing() -> None:
+    bus = Bus()
+    sub = bus.subscribe("rules")
+    stop = asyncio.Event()
+    # woken by a publish, by a put_nowait from outside the bus, and many times in a row
+    for n in range(50):
+        waiting = asyncio.create_task(sub.get_until(stop))  # no timeout: only the put can end it
+        await asyncio.sleep(0)  # the task is waiting now
+        if n % 2:
+            await bus.publish(sample(n))
+        else:
+            sub.queue.put_nowait(sample(n))
+        got = await asyncio.wait_for(waiting, 10)  # a generous bound: an unwoken wait fails here
+        assert isinstance(got, Sample) and got.ts == float(n)
+    # a wait cancelled takes nothing: the event published after it is still there
+    waiting = asyncio.create_task(sub.get_until(stop))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await bus.publish(sample(99))
+    again = await asyncio.wait_for(sub.get_until(stop), 10)
+    assert isinstance(again, Sample) and again.ts == 99.0
+
+
+async def test_get_until_with_a_wake_event_set_and_cleared_over_and_over() -> None:
+    """The detector passes an event it sets to be woken for a staff action and clears after each round."""
+    sub = Bus().subscribe("rules")
+    wake = asyncio.Event()
+    for _ in range(20):
+        wake.clear()
+        waiting = asyncio.create_task(sub.get_until(wake))
+        await asyncio.sleep(0)
+        wake.set()
+        assert await asyncio.wait_for(waiting, 10) is None
+    wake.clear()
+    assert await sub.get_until(wake, timeout=0.01) is None  # and a timeout still ends a wait
+
+
 async def test_publish_nowait_refuses_when_a_durable_subscriber_is_full() -> None:
     bus = Bus()
     durable = bus.subscribe("sink", maxsize=1, overflow="block")
