@@ -54,8 +54,29 @@ _POW10 = [10**i for i in range(23)]  # 10**22 is the largest power of ten a floa
 _NO_PROBLEMS: tuple[Problem, ...] = ()
 
 
+# float32 values already turned into their shortest decimal: a meter's readings repeat (a voltage moves within
+# a few volts at 0.1 V steps), and the format calls below cost 1-2 us a value against ~50 ns for a lookup.
+# Keyed by the widened value, which maps one to one to a finite float32 but for the two zeros (equal keys):
+# zeros are never memoised.
+_F32_MEMO: dict[float, float] = {}
+F32_MEMO_MAX = 1 << 16  # entries; the memo starts afresh when full
+
+
 def float32_of(wide: float) -> float:
     """codec.float32_value for a finite float32 already widened (same digits tried in the same order)."""
+    value = _F32_MEMO.get(wide)
+    if value is not None:
+        return value
+    if wide == 0.0:
+        return wide  # its own shortest form, sign kept
+    value = _float32_shortest(wide)
+    if len(_F32_MEMO) >= F32_MEMO_MAX:
+        _F32_MEMO.clear()
+    _F32_MEMO[wide] = value
+    return value
+
+
+def _float32_shortest(wide: float) -> float:
     packed = _F32.pack(wide)
     value = float(format(wide, ".6g"))  # unrolled: this is the hot path of float32 meters
     if _F32.pack(value) == packed:

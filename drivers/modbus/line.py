@@ -269,6 +269,21 @@ class Connection:
 AnyConnection = Connection | TcpConnection
 
 
+async def _sleep(loop: asyncio.AbstractEventLoop, delay: float) -> None:
+    """asyncio.sleep(delay) on a loop the caller already has."""
+    wake: asyncio.Future[None] = loop.create_future()
+    timer = loop.call_later(delay, _set_done, wake)
+    try:
+        await wake
+    finally:
+        timer.cancel()
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class ConnectionWatcher:
     """Callable the connections report to; publishes SourceStatus when the line's state changes."""
 
@@ -417,10 +432,11 @@ class LineActor:
         stats = self.device_stats[device.id]
         interval = device.poll_interval
         due = first_due
+        loop = asyncio.get_running_loop()  # once: asyncio.sleep asks for it (a getpid() syscall) every time
         while not stop.is_set():
             delay = due - time.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await _sleep(loop, delay)
             try:
                 if poller.up is False:
                     answered = await poller.probe()

@@ -330,3 +330,28 @@ def test_devices_of_one_profile_share_their_plans() -> None:
         a[id(request)].decode(as_data(words), decimals)
         kept.append(decimals)
     assert kept == [{key: 1}, {key: 3}]
+
+
+def test_float32_memo_gives_the_reference_value_every_time_and_keeps_both_zeros() -> None:
+    from drivers.modbus import decoders
+    from drivers.modbus.codec import float32_value
+
+    rng = random.Random(32)
+    words = [rng.getrandbits(32) for _ in range(3000)] + [0x00000000, 0x80000000]
+    for _ in range(2):  # the second pass reads the memo
+        for bits in words:
+            wide = struct.unpack(">f", struct.pack(">I", bits))[0]
+            if not math.isfinite(wide):
+                continue
+            got, want = decoders.float32_of(wide), float32_value(bits)
+            assert struct.pack(">d", got) == struct.pack(">d", want), hex(bits)
+    assert math.copysign(1.0, decoders.float32_of(-0.0)) == -1.0
+    # the memo is bounded: full, it starts afresh
+    saved = decoders.F32_MEMO_MAX
+    try:
+        decoders.F32_MEMO_MAX = 10
+        for bits in words[:100]:
+            decoders.float32_of(struct.unpack(">f", struct.pack(">I", bits & 0x7F7FFFFF))[0])
+            assert len(decoders._F32_MEMO) <= 10
+    finally:
+        decoders.F32_MEMO_MAX = saved
