@@ -1,8 +1,9 @@
 """A small threaded HTTP receiver for the benches: records every request with its arrival time.
 
-tests/fixtures/receiver.py does more (failures, delays, gates) but imports pytest; the benches need only
-the arrivals. Each request is kept as a `Hit` (time.monotonic() at arrival, path, body); `wait_for` blocks
-on a condition until a predicate over the hits holds, so a bench waits on events, not sleeps.
+The server is gateway/tools/receiver.py's (the demo's too); tests/fixtures/receiver.py does more (failures,
+delays, gates) but imports pytest; the benches need only the arrivals. Each request is kept as a `Hit`
+(time.monotonic() at arrival, path, body); `wait_for` blocks on a condition until a predicate over the hits
+holds, so a bench waits on events, not sleeps.
 
     with BenchReceiver() as rx:
         url = rx.url("json", "/staff")          # json://127.0.0.1:PORT/staff, an apprise target
@@ -15,11 +16,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, TypeVar
+
+from gateway.tools.receiver import LocalReceiver
 
 T = TypeVar("T")
 
@@ -38,12 +40,17 @@ class BenchReceiver:
     """Answers every POST/PUT/GET with 200 and records it. Use as a context manager (start/stop)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.port = port
         self._cond = threading.Condition()
         self._hits: list[Hit] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = LocalReceiver(self._arrived, host, port, name="bench-receiver")
+
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        return self._server.port
 
     def url(self, scheme: str = "json", path: str = "/") -> str:
         return f"{scheme}://{self.host}:{self.port}{path}"
@@ -68,48 +75,18 @@ class BenchReceiver:
                     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
                 self._cond.wait(min(left, 0.5))
 
-    def _record(self, hit: Hit) -> None:
+    def _arrived(self, path: str, headers: Mapping[str, str], body: bytes) -> None:  # the server's thread
+        hit = Hit(time.monotonic(), path.split("?", 1)[0], body)
         with self._cond:
             self._hits.append(hit)
             self._cond.notify_all()
 
     def start(self) -> BenchReceiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                receiver._record(Hit(time.monotonic(), self.path.split("?", 1)[0], body))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            do_POST = do_GET = do_PUT = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                pass
-
-        server = ThreadingHTTPServer((self.host, self.port), Handler)
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name=f"bench-receiver:{self.port}", daemon=True
-        )
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> BenchReceiver:
         return self.start()

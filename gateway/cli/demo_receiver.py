@@ -4,7 +4,8 @@ Each channel of the demo site is an apprise `json://127.0.0.1:PORT/<channel>` UR
 gateway sends arrives here as apprise's JSON body (`{"title", "message", "type", ...}`) with the outbox key
 in the X-Meterwatch-Key header (`incident:3/dispatch/oncall/oncall`). The receiver answers 200 and hands
 each message, parsed, to the asyncio loop (`notices`), where the live view shows it and the demo reacts.
-The server runs in its own thread so a busy loop never stalls the gateway's sender.
+The server (gateway/tools/receiver.py, the benches' too) runs in its own thread so a busy loop never
+stalls the gateway's sender.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from gateway.tools.receiver import LocalReceiver
 
 KEY_HEADER = "X-Meterwatch-Key"  # as gateway/respond/sender.py sends it
 _URL = re.compile(r"https?://\S+")
@@ -63,7 +65,7 @@ class Notice:
         return {incident for incident, _, _ in self.parts()}
 
 
-def parse_notice(path: str, headers: dict[str, str], body: bytes, at: float) -> Notice:
+def parse_notice(path: str, headers: Mapping[str, str], body: bytes, at: float) -> Notice:
     """A request as a Notice; a body that is not apprise's JSON is shown as it came (never an error)."""
     channel = urllib.parse.unquote(path.split("?", 1)[0].strip("/")) or "-"
     raw = next((v for k, v in headers.items() if k.lower() == KEY_HEADER.lower()), "")
@@ -85,63 +87,40 @@ class DemoReceiver:
     of a channel whose messages arrive tagged with that channel's name."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port = 0
         self.notices: asyncio.Queue[Notice] = asyncio.Queue()
         self.received: list[Notice] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = LocalReceiver(self._request, host, name="demo-receiver", poll_interval=0.1)
+
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        return self._server.port
 
     def url(self, channel: str) -> str:
         return f"json://{self.host}:{self.port}/{channel}"
 
     @property
     def address(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self._server.address
 
     def _arrived(self, notice: Notice) -> None:  # on the loop
         self.received.append(notice)
         self.notices.put_nowait(notice)
 
+    def _request(self, path: str, headers: Mapping[str, str], body: bytes) -> None:  # the server's thread
+        notice = parse_notice(path, headers, body, time.time())
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._arrived, notice)
+
     def start(self) -> DemoReceiver:
         self._loop = asyncio.get_running_loop()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                notice = parse_notice(self.path, dict(self.headers.items()), body, time.time())
-                loop = receiver._loop
-                if loop is not None and not loop.is_closed():
-                    loop.call_soon_threadsafe(receiver._arrived, notice)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            do_POST = do_GET = do_PUT = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:  # the pane shows what arrived
-                pass
-
-        server = ThreadingHTTPServer((self.host, 0), Handler)
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.1,), name="demo-receiver", daemon=True
-        )
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._server.stop()
