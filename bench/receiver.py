@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar
 
 from gateway.tools.receiver import LocalReceiver
@@ -36,21 +35,13 @@ class Hit:
         return json.loads(self.body.decode("utf-8"))
 
 
-class BenchReceiver:
+class BenchReceiver(LocalReceiver):
     """Answers every POST/PUT/GET with 200 and records it. Use as a context manager (start/stop)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(self._arrived, host, port, name="bench-receiver")
         self._cond = threading.Condition()
         self._hits: list[Hit] = []
-        self._server = LocalReceiver(self._arrived, host, port, name="bench-receiver")
-
-    @property
-    def host(self) -> str:
-        return self._server.host
-
-    @property
-    def port(self) -> int:
-        return self._server.port
 
     def url(self, scheme: str = "json", path: str = "/") -> str:
         return f"{scheme}://{self.host}:{self.port}{path}"
@@ -80,18 +71,3 @@ class BenchReceiver:
         with self._cond:
             self._hits.append(hit)
             self._cond.notify_all()
-
-    def start(self) -> BenchReceiver:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> BenchReceiver:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from gateway.tools.receiver import LocalReceiver
 
@@ -80,32 +80,20 @@ def parse_notice(path: str, headers: Mapping[str, str], body: bytes, at: float) 
     return Notice(at, channel, "", text, keys)
 
 
-class DemoReceiver:
+class DemoReceiver(LocalReceiver):
     """Answers every request with 200 and puts each, as a Notice, on `notices` (the loop's queue).
 
     Start it from the running loop (`start()`), stop it with `stop()`; `url(channel)` is the apprise URL
     of a channel whose messages arrive tagged with that channel's name."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__(self._request, host, name="demo-receiver", poll_interval=0.1)
         self.notices: asyncio.Queue[Notice] = asyncio.Queue()
         self.received: list[Notice] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server = LocalReceiver(self._request, host, name="demo-receiver", poll_interval=0.1)
-
-    @property
-    def host(self) -> str:
-        return self._server.host
-
-    @property
-    def port(self) -> int:
-        return self._server.port
 
     def url(self, channel: str) -> str:
         return f"json://{self.host}:{self.port}/{channel}"
-
-    @property
-    def address(self) -> str:
-        return self._server.address
 
     def _arrived(self, notice: Notice) -> None:  # on the loop
         self.received.append(notice)
@@ -117,10 +105,6 @@ class DemoReceiver:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._arrived, notice)
 
-    def start(self) -> DemoReceiver:
+    def start(self) -> Self:
         self._loop = asyncio.get_running_loop()
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
+        return super().start()

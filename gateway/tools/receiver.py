@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 OnRequest = Callable[[str, Mapping[str, str], bytes], None]
 
@@ -23,7 +23,8 @@ OnRequest = Callable[[str, Mapping[str, str], bytes], None]
 class LocalReceiver:
     """A threaded HTTP server on `host` (port 0: a free one) answering GET/POST/PUT with 200 and `{}`.
 
-    Use start()/stop() or a `with` block; `port` is the bound port once started."""
+    Use start()/stop() or a `with` block; `port` is the bound port once started. The demo's and the
+    benches' receivers are subclasses that say what a request means."""
 
     def __init__(
         self,
@@ -45,7 +46,7 @@ class LocalReceiver:
     def address(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> LocalReceiver:
+    def start(self) -> Self:
         on_request = self.on_request
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,7 +87,7 @@ class LocalReceiver:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> LocalReceiver:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
