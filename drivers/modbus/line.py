@@ -30,6 +30,7 @@ from drivers.modbus.answer import expected
 from drivers.modbus.framers import CheckedRtuFramer, CheckedSocketFramer, Exchange, FrameWatch, OnStray
 from drivers.modbus.planner import ReadRequest, silence
 from drivers.modbus.poller import DevicePoller, Emit, Read, ReadOutcome
+from drivers.modbus.retry import with_retries
 from drivers.modbus.spec import DeviceSpec, LineSpec
 from drivers.modbus.tcp import RECONNECT_MAX, RECONNECT_MIN, TcpConnection
 from gateway.core.once import OnceLog
@@ -77,6 +78,8 @@ class Connection:
         self.next_connect = 0.0
         self.connect_delay = RECONNECT_MIN
         self.was_connected = False
+        self.attempts = 1 + line.retries
+        self._attempt = self._exchange
         self.watch = FrameWatch(self._stray)
         self.client = self._client()
         framer = CheckedRtuFramer(self.watch) if line.serial_timing else CheckedSocketFramer(self.watch)
@@ -156,27 +159,15 @@ class Connection:
         """Drop what is left of the receive buffer: bytes before a request cannot be its answer."""
         self.client.ctx.recv_buffer = b""
 
+    @property
+    def connected(self) -> bool:
+        return bool(self.client.connected)
+
     async def read(self, request: ReadRequest) -> ReadOutcome:
-        """One request with the line's retries; never raises for device or network trouble."""
+        """One request with the line's retries (drivers/modbus/retry.py); never raises for device or network
+        trouble."""
         async with self.lock:
-            outcome = ReadOutcome(failure="timeout")
-            dropped: list[tuple[str, str]] = []
-            for _attempt in range(1 + self.line.retries):
-                why_not = await self._ensure_connected()
-                if why_not is not None:
-                    outcome = ReadOutcome(failure="connection", detail=why_not)
-                    break
-                outcome = await self._exchange(request)
-                for kind, _why in outcome.dropped:
-                    self.stats.errors[kind] += 1
-                dropped += outcome.dropped
-                if outcome.failure is None:
-                    break
-                self.stats.errors[outcome.failure] += 1
-                if outcome.failure == "connection":
-                    break
-            outcome.dropped = dropped
-            return outcome
+            return await with_retries(self, request)
 
     async def _exchange(self, request: ReadRequest) -> ReadOutcome:
         """One attempt: send, wait for the answer (RTU: and the silence after it), classify."""

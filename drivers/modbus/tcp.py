@@ -20,8 +20,9 @@ request leaves the timer as it is (a stale wake-up costs one callback per timeou
 `pipeline` requests may be outstanding on one connection (the line's setting; 1 = one at a time, what most
 meters and every serial gateway need). Callers beyond that wait in order.
 
-The line discipline is line.Connection's: the line's retries, its inter_request_delay, connection attempts
-backed off from RECONNECT_MIN to RECONNECT_MAX, and the same error counters in LineStats.
+The line discipline is line.Connection's: the line's retries (the loop of drivers/modbus/retry.py, shared
+with it), its inter_request_delay, connection attempts backed off from RECONNECT_MIN to RECONNECT_MAX, and
+the same error counters in LineStats.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING
 from drivers.modbus.answer import EXCEPTION_BIT, FRAMING, STALE, Expected, expected
 from drivers.modbus.planner import ReadRequest
 from drivers.modbus.poller import ReadOutcome
+from drivers.modbus.retry import with_retries
 from drivers.modbus.spec import LineSpec
 from gateway.core.stats import LineStats
 
@@ -143,6 +145,8 @@ class TcpConnection:
         self._expected: dict[tuple[int, int, int, int], Expected] = {}
         self._silence = f"no answer within {line.timeout:g} s"
         self._unanswered = 0  # requests in a row that ended at their deadline
+        # one attempt of the retry loop (drivers/modbus/retry.py), chosen once: no pause, no extra await
+        self._attempt = self._paced if self.gap else self._exchange
 
     @property
     def connected(self) -> bool:
@@ -165,35 +169,15 @@ class TcpConnection:
                 if outcome.failure is not None:
                     self.stats.errors[outcome.failure] += 1
                 return outcome
-            return await self._attempts(request)
+            return await with_retries(self, request)
         finally:
             self._release()
 
-    async def _attempts(self, request: ReadRequest) -> ReadOutcome:
-        """The request with the line's retries, connecting and pausing as the line says."""
-        outcome: ReadOutcome | None = None
-        dropped: list[tuple[str, str]] = []
-        for _attempt in range(self.attempts):
-            if self._link is None:
-                why_not = await self._ensure_connected()
-                if why_not is not None:
-                    outcome = ReadOutcome(failure="connection", detail=why_not)
-                    break
-            if self.gap:
-                await self._pause()
-            outcome = await self._exchange(request)
-            if self.gap:
-                self.ready_at = max(self.ready_at, time.monotonic() + self.gap)
-            for kind, _why in outcome.dropped:
-                self.stats.errors[kind] += 1
-            dropped += outcome.dropped
-            if outcome.failure is None:
-                break
-            self.stats.errors[outcome.failure] += 1
-            if outcome.failure == "connection":
-                break
-        assert outcome is not None  # attempts >= 1
-        outcome.dropped = dropped  # every attempt's, each counted once
+    async def _paced(self, request: ReadRequest) -> ReadOutcome:
+        """One attempt on a line with an inter_request_delay: the pause before, the next one's start after."""
+        await self._pause()
+        outcome = await self._exchange(request)
+        self.ready_at = max(self.ready_at, time.monotonic() + self.gap)
         return outcome
 
     async def _pause(self) -> None:
