@@ -9,6 +9,7 @@ from drivers.modbus.planner import CycleEstimate, estimate_cycle, request_time
 from drivers.modbus.spec import DeviceSpec, LineSpec
 from gateway.app.modbus import modbus_specs
 from gateway.config import Site
+from gateway.config.shard import describe as describe_shard
 
 Echo = Callable[[str], None]
 
@@ -63,6 +64,8 @@ def print_summary(site: Site, echo: Echo = print) -> bool:
         f"{len(cfg.buildings)} building(s), {len(cfg.lines)} Modbus line(s) with {n_modbus} device(s), "
         f"{len(mqtt_devices)} MQTT device(s)"
     )
+    for text in describe_shard(site.shard):
+        echo(text)
     ok = True
     for line, devices in specs:
         est = estimate_cycle(line, devices)
@@ -87,6 +90,8 @@ def print_summary(site: Site, echo: Echo = print) -> bool:
 
 def print_plan(site: Site, echo: Echo = print) -> bool:
     """Print the exact requests of every line, in the order the poller sends them, and the cycle estimate."""
+    for text in describe_shard(site.shard):
+        echo(text)
     ok = True
     for line, devices in modbus_specs(site):
         est = estimate_cycle(line, devices)

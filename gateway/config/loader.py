@@ -16,6 +16,8 @@ from gateway.config.modbus import Line
 from gateway.config.profile import Profile, builtin_profiles, load_profile_file
 from gateway.config.rules import RULE_KINDS
 from gateway.config.schema import SiteConfig
+from gateway.config.shard import Shard, compound_domains, narrow
+from gateway.config.shard import problems as shard_problems
 from gateway.config.site import Building, SupplyDomain
 from gateway.config.validators import cross_check
 from gateway.config.yamlsrc import Loc, YamlSyntaxError, load
@@ -25,9 +27,23 @@ from gateway.config.yamlsrc import Loc, YamlSyntaxError, load
 class Site:
     """A validated site file plus what it refers to (profiles), ready for the runtime."""
 
-    config: SiteConfig
+    config: SiteConfig  # with a `shard:` section, narrowed to the shard (gateway/config/shard.py)
     path: Path
     profiles: dict[str, Profile]
+    shard: Shard | None = None
+
+    @property
+    def compound(self) -> SiteConfig:
+        """The whole site file: the compound every shard shares (the config itself without a shard)."""
+        return self.shard.compound if self.shard is not None else self.config
+
+    def whole(self) -> Site:
+        """This site file with no shard applied (e.g. to simulate the whole compound)."""
+        return Site(config=self.compound, path=self.path, profiles=self.profiles)
+
+    def supply_domains(self) -> dict[str, SupplyDomain]:
+        """Every supply domain of the whole compound, by id."""
+        return compound_domains(self.compound.buildings)
 
     def device(self, device_id: str) -> Device:
         for d in self.config.devices:
@@ -164,9 +180,11 @@ def load_site(path: str | Path, env: dict[str, str] | None = None) -> Site:
                 continue
             profiles[prof.name] = prof
     issues.extend(cross_check(cfg, src, profiles))
+    issues.extend(ConfigIssue(p, src.line_of(loc), loc, msg) for loc, msg in shard_problems(cfg))
     if issues:
         raise ConfigError(issues)
-    return Site(config=cfg, path=p, profiles=profiles)
+    runs, shard = narrow(cfg)
+    return Site(config=runs, path=p, profiles=profiles, shard=shard)
 
 
 def _strip_union_tags(loc: Loc) -> Loc:

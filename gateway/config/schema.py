@@ -18,6 +18,7 @@ from gateway.config.notify import NotifyConfig
 from gateway.config.oncall import OncallConfig
 from gateway.config.review import ReviewConfig
 from gateway.config.rules import RuleSpec
+from gateway.config.shard import ShardSpec
 from gateway.config.site import Building, SiteInfo
 from gateway.config.store import InfluxConfig, SpoolConfig
 
@@ -60,4 +61,9 @@ class SiteConfig(Strict):
     fleet: FleetConfig | None = Field(
         default=None,
         description="the event bridge to the company's broker (docs/fleet-topics.md); absent: none",
+    )
+    shard: ShardSpec | None = Field(
+        default=None,
+        description="this gateway's buildings when several gateways share the site (a compound); absent: "
+        "the whole site",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.config import Site
 from gateway.config.default_rules import effective_rules
+from gateway.config.shard import own_domains
 from rules.compile import compile_rules, settings
 from rules.engine import Engine
 from rules.topology import DeviceNode, DomainNode, Mains, Topology
@@ -14,10 +15,15 @@ def topology_from_site(site: Site) -> Topology:
     lines = {ln.id: ln for ln in cfg.lines}
     buildings = {b.id: b for b in cfg.buildings}
     domains: dict[str, DomainNode] = {}
-    for b in cfg.buildings:
-        for d in b.domains:
-            hh = d.households if d.households is not None else b.households
-            domains[d.id] = DomainNode(d.id, d.kind, b.id, hh, d.parent, d.name)
+    # a shard judges only the domains wholly its own (gateway/config/shard.py own_domains)
+    declared = (
+        own_domains(site.shard)
+        if site.shard is not None
+        else [(b, d) for b in cfg.buildings for d in b.domains]
+    )
+    for b, d in declared:
+        hh = d.households if d.households is not None else b.households
+        domains[d.id] = DomainNode(d.id, d.kind, b.id, hh, d.parent, d.name)
     devices: dict[str, DeviceNode] = {}
     for dev in cfg.devices:
         line = lines.get(dev.line) if dev.line else None
