@@ -19,9 +19,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.broker import free_port as free_port  # bench/fleet_view.py imports it from here
+from bench.broker import start_broker
 from gateway.config import load_site
 from gateway.fleet.bridge import FleetBridge
 from gateway.fleet.publisher import FleetPublisher
@@ -44,31 +43,6 @@ buildings:
   - {{id: B1, households: 10, domains: [{{id: B1-power, kind: power}}]}}
 fleet: {{company: acme, broker: "mqtt://127.0.0.1:{port}", gateway: gw-bench, heartbeat: 30s}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\nlog_dest none\n"
-    )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, port
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise SystemExit(f"mosquitto did not start on port {port}")
 
 
 def incident(i: int, now: float) -> Incident:

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +42,8 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.modules.pop("rules", None)
+# the repo root, last (a tree put first on PYTHONPATH still wins): for bench.broker
+sys.path.append(str(_HERE.parent))
 
 from paho.mqtt.client import Client, MQTTMessage  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
@@ -52,6 +52,7 @@ from paho.mqtt.properties import Properties  # noqa: E402
 
 import drivers.mqtt.subscriber  # noqa: E402
 import rules.engine  # noqa: E402
+from bench import broker  # noqa: E402
 from drivers.mqtt.subscriber import MqttSubscriber  # noqa: E402
 from gateway.app.mqtt import mqtt_settings  # noqa: E402
 from gateway.config import load_site  # noqa: E402
@@ -67,33 +68,13 @@ PUBLISHERS = 2
 TOPIC_FILTER = "bench/+"  # what the gateway subscribes for `bench/{device}`; the paho baseline takes the same
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = work / "mosquitto.conf"
     # no bound on queued or in-flight messages, QoS 0 queued for offline sessions too: the bench measures
     # the consumer, never the broker's drops
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\n"
-        "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 0\nqueue_qos0_messages true\n"
-        "log_dest none\n"
+    return broker.start_broker(
+        work,
+        "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 0\nqueue_qos0_messages true\n",
     )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, port
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise SystemExit(f"mosquitto did not start on port {port}")
 
 
 PUBLISHER = """
