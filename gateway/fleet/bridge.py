@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.config import Site
 from gateway.config.fleet import FleetConfig
+from gateway.config.shard import supply_path
 from gateway.fleet import outbox
 from gateway.fleet.outbox import Owed
 from gateway.fleet.topics import VERSION, Topics, dumps
@@ -66,7 +67,23 @@ def devices_of(inc: Incident) -> list[str]:
     return sorted(found)
 
 
+def supply_of(inc: Incident, site: Site) -> tuple[list[str], str | None]:
+    """The supply path of an incident on a supply domain (the domain and its ancestors by `parent`, from
+    the whole compound: e.g. ["B1-power", "T1"]) and that domain's kind; ([], None) for other scopes (a
+    device, a line, a building, the site), which the fleet view never links."""
+    scope_kind, _, ref = inc.scope.partition(":")
+    if scope_kind != "domain":
+        return [], None
+    domains = site.supply_domains()
+    dom = domains.get(ref)
+    if dom is None:
+        return [], None
+    return supply_path(domains, ref), dom.kind
+
+
 def summary(inc: Incident, response: Response, site: Site) -> dict[str, Any]:
+    """An incident as the fleet sees it: on its retained topic and in every transition's event."""
+    path, supply_kind = supply_of(inc, site)
     return {
         "id": inc.id,
         "title": inc.title,
@@ -88,6 +105,9 @@ def summary(inc: Incident, response: Response, site: Site) -> dict[str, Any]:
         "merged_into": inc.merged_into,
         "drill": inc.drill,
         "manual": inc.manual,
+        "shard": site.shard.id if site.shard is not None else None,
+        "supply_path": path,
+        "supply_kind": supply_kind,
     }
 
 

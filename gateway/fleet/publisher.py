@@ -160,6 +160,7 @@ class FleetPublisher:
                 "started_at": self.started_at,
                 "version": self.version,
                 "buildings": facts.get("buildings", []),
+                "shard": self.site.shard.id if self.site.shard is not None else None,
                 "devices_up": facts.get("devices_up", 0),
                 "devices_total": facts.get("devices_total", 0),
                 "open_incidents": facts.get("open_incidents", 0),
