@@ -38,7 +38,12 @@ class Runtime:
     components: list[Component] = field(default_factory=list)
 
 
-def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
+def build_runtime(
+    site: Site, state_dir: Path | None = None, tune_gc: gctune.GcSettings | None = None
+) -> Runtime:
+    """The daemon's parts in start order. `tune_gc`: the collector's settings, applied once every other
+    component has started (`meterwatch run` and the benches that measure it pass METERWATCH_GC's); None
+    leaves the collector as it is (tests, the demo)."""
     state = state_dir or default_state_dir(site)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     # the state dir holds readings, incidents with residents' buildings, the link secret: owner only
@@ -82,6 +87,9 @@ def build_runtime(site: Site, state_dir: Path | None = None) -> Runtime:
         components.append(services.http)
     components.append(SystemdNotifier(lambda: services.readiness.ready))
     components.append(_StartMarker(services.readiness))
+    if tune_gc is not None:
+        # last: freezes what start-up built and sets the collector (issue 11; gateway/core/gctune.py)
+        components.append(gctune.AfterStart(tune_gc))
     return Runtime(site=site, bus=bus, state_dir=state, services=services, components=components)
 
 
@@ -135,13 +143,11 @@ def run_daemon(site: Site, state_dir: Path | None = None, tap: Path | None = Non
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        rt = build_runtime(site, state_dir)
+        rt = build_runtime(site, state_dir, tune_gc=gc_settings)
         if tap is not None:  # debug: every published sample to a JSON-lines file (gateway/sink/tap.py)
             from gateway.sink.tap import SampleTap
 
             rt.components.insert(0, SampleTap(rt.bus, tap))
-        # last: freezes what start-up built and sets the collector (issue 11; gateway/core/gctune.py)
-        rt.components.append(gctune.AfterStart(gc_settings))
         await serve(rt, stop)
 
     asyncio.run(main())

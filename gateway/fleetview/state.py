@@ -1,5 +1,10 @@
 """What the fleet view knows: the latest retained state of every gateway, open incident and KPI snapshot,
-merged by company + site (several gateways sharing a site id are one compound).
+merged by company + site (several gateways sharing a site id are one compound, each gateway a shard).
+
+Incidents of different gateways of one compound are linked as one group ("same cause: T1") when they are
+on supply domains of the same kind whose supply paths (the domain and its ancestors, from the site file)
+share a domain, and they opened within LINK_WINDOW_S of each other (both are open, so their open periods
+overlap): a transformer feeding buildings of two shards shows as one cause, not two unrelated outages.
 
 Fed from paho's thread (`ingest`), read by the web server's (`snapshot`), so one lock guards it. A payload
 that is not a version-1 object of the topic's type is counted per topic and logged once per topic; it never
@@ -27,6 +32,12 @@ KPI_NAMES = ("informed", "response", "satisfaction")
 SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
 KINDS = ("gateway", "incident", "kpi")
 RESYNC_QUIET_S = 3.0  # after a reconnect, the retained burst is over once nothing retained came for this long
+# Two shards see one upstream cut within seconds (each after its own `for`); an outage of the same transformer
+# that opened much later is another event, even while the first is still open
+LINK_WINDOW_S = 900.0
+# what a linked group says of each of its incidents
+LINK_FIELDS = ("gateway", "shard", "id", "kind", "severity", "buildings", "households", "elapsed_s",
+               "target_s", "late", "acknowledged", "on_site")  # fmt: skip
 
 Key = tuple[str, str, str, str, str]  # kind, company, site, gateway, incident topic id ("" for the others)
 
@@ -47,6 +58,7 @@ class GatewayState:
     devices_total: int
     buildings: list[str]
     version: str
+    shard: str | None = None  # the shard of the compound it watches (None: the whole site)
 
 
 @dataclass(slots=True)
@@ -65,6 +77,9 @@ class IncidentState:
     acknowledged_at: float | None
     on_site_at: float | None
     drill: bool
+    shard: str | None = None
+    supply_path: list[str] = field(default_factory=list)  # its domain and the domain's ancestors
+    supply_kind: str | None = None  # power | water; None: not on a supply domain (never linked)
 
 
 @dataclass(slots=True)
@@ -154,6 +169,7 @@ def parse_gateway(payload: bytes, gateway: str, received: float) -> GatewayState
         devices_total=int(b.get("devices_total") or 0),
         buildings=_strings(b, "buildings") if "buildings" in b else [],
         version=str(b.get("version") or ""),
+        shard=_opt(b, "shard", str),
     )
 
 
@@ -176,6 +192,9 @@ def parse_incident(payload: bytes, gateway: str) -> IncidentState:
         acknowledged_at=_opt(inc, "acknowledged_at", NUM, w),
         on_site_at=_opt(inc, "on_site_at", NUM, w),
         drill=bool(inc.get("drill")),
+        shard=_opt(inc, "shard", str, w),
+        supply_path=_strings(inc, "supply_path", w) if inc.get("supply_path") is not None else [],
+        supply_kind=_opt(inc, "supply_kind", str, w),
     )
 
 
@@ -364,6 +383,7 @@ class FleetState:
                 "gateways_offline": sum(s["gateways_offline"] for s in sites),
                 "incidents": sum(len(s["incidents"]) for s in sites),
                 "incidents_late": sum(s["incidents_late"] for s in sites),
+                "links": sum(len(s["links"]) for s in sites),
             },
             "messages": messages,
             "ignored": ignored,
@@ -403,6 +423,7 @@ def gateway_view(g: GatewayState, now: float) -> dict[str, Any]:
         "devices_total": g.devices_total,
         "buildings": g.buildings,
         "version": g.version,
+        "shard": g.shard or g.gateway,
     }
 
 
@@ -431,6 +452,10 @@ def incident_view(i: IncidentState, target: float, now: float) -> dict[str, Any]
         "late": not acked and elapsed > target,
         "acknowledged": acked,
         "on_site": i.on_site_at is not None,
+        "shard": i.shard or i.gateway,
+        "supply_path": i.supply_path,
+        "supply_kind": i.supply_kind,
+        "link": None,  # the cause of its linked group, set by site_view
     }
 
 
@@ -455,18 +480,98 @@ def merged_kpis(kpis: list[KpiState]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _cause(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """The nearest supply domain two incidents of different gateways share, when they are to be linked."""
+    if a["gateway"] == b["gateway"] or a["supply_kind"] is None or a["supply_kind"] != b["supply_kind"]:
+        return None
+    if abs(a["opened_at"] - b["opened_at"]) > LINK_WINDOW_S:
+        return None
+    return next((d for d in a["supply_path"] if d in b["supply_path"]), None)
+
+
+def linked_groups(incidents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The incidents (incident_view dicts of one compound) linked by a shared supply domain: each group
+    with its cause (the nearest domain every member's path holds) and its members; each member's `link`
+    is set to the cause. Pairs are linked by _cause, groups are their connected sets (paths run up one
+    tree, so a group's members always share a domain)."""
+    n = len(incidents)
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if _cause(incidents[i], incidents[j]) is not None:
+                parent[root(i)] = root(j)
+    members: dict[int, list[dict[str, Any]]] = {}
+    for i in range(n):
+        members.setdefault(root(i), []).append(incidents[i])
+    groups: list[dict[str, Any]] = []
+    for group in members.values():
+        if len(group) < 2:
+            continue
+        common = [d for d in group[0]["supply_path"] if all(d in m["supply_path"] for m in group[1:])]
+        if not common:  # cannot happen on a tree; a file with a cycle of parents is left unlinked
+            continue
+        group.sort(key=lambda m: (m["shard"], m["gateway"], m["opened_at"]))
+        for m in group:
+            m["link"] = common[0]
+        groups.append(
+            {
+                "cause": common[0],
+                "kind": group[0]["supply_kind"],
+                "shards": sorted({m["shard"] for m in group}),
+                "gateways": sorted({m["gateway"] for m in group}),
+                "buildings": sorted({b for m in group for b in m["buildings"]}),
+                "opened_at": min(m["opened_at"] for m in group),
+                "late": any(m["late"] for m in group),
+                "incidents": [{k: m[k] for k in LINK_FIELDS} for m in group],
+            }
+        )
+    groups.sort(key=lambda g: (not g["late"], g["opened_at"]))
+    return groups
+
+
+def shards_view(gateways: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The compound's shards: each with its gateways and buildings, offline when every gateway of it is."""
+    shards: dict[str, list[dict[str, Any]]] = {}
+    for g in gateways:
+        shards.setdefault(g["shard"], []).append(g)
+    return [
+        {
+            "shard": name,
+            "gateways": [g["gateway"] for g in gs],
+            "buildings": sorted({b for g in gs for b in g["buildings"]}),
+            "offline": all(g["offline"] for g in gs),
+        }
+        for name, gs in sorted(shards.items())
+    ]
+
+
 def site_view(s: SiteState, now: float) -> dict[str, Any]:
     kpis = sorted(s.kpis.values(), key=lambda k: k.gateway)
     target = next((k.response_target_s for k in kpis if k.response_target_s), None) or RESPONSE_TARGET_S
     gateways = [gateway_view(g, now) for g in sorted(s.gateways.values(), key=lambda g: g.gateway)]
     incidents = [incident_view(i, target, now) for i in s.incidents.values()]
     incidents.sort(key=lambda i: (not i["late"], SEVERITY_RANK.get(i["severity"], 9), i["opened_at"]))
+    links = linked_groups(incidents)
     kpi = merged_kpis(kpis)
+    offline = sum(1 for g in gateways if g["offline"])
     return {
         "company": s.company,
         "site": s.site,
         "gateways": gateways,
-        "gateways_offline": sum(1 for g in gateways if g["offline"]),
+        "gateways_offline": offline,
+        # a compound: several gateways (shards) under one site id; partly offline when some are
+        "compound": len(gateways) > 1,
+        "shards": shards_view(gateways),
+        "buildings": sorted({b for g in gateways for b in g["buildings"]}),
+        "partly_offline": 0 < offline < len(gateways),
+        "links": links,
         "incidents": incidents,
         "incidents_late": sum(1 for i in incidents if i["late"]),
         "kpis": kpi,

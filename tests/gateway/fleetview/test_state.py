@@ -190,6 +190,7 @@ def test_after_a_reconnect_what_the_retained_burst_leaves_out_goes() -> None:
         "gateways_offline": 0,
         "incidents": 2,
         "incidents_late": 0,
+        "links": 0,
     }
     clock.now += 3.0
     snap = state.snapshot()
