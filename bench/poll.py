@@ -179,9 +179,8 @@ async def gateway_worker(site_path: Path, warmup: float, window: float) -> None:
 
     site = load_bench_site(site_path)
     with tempfile.TemporaryDirectory(prefix="meterwatch-bench-") as tmp:
-        rt = build_runtime(site, state_dir=Path(tmp))
         # the collector as `meterwatch run` sets it once started (METERWATCH_GC, default tuned)
-        rt.components.append(gctune.AfterStart(gctune.settings_from_env()))
+        rt = build_runtime(site, state_dir=Path(tmp), tune_gc=gctune.settings_from_env())
         stats: dict[str, DeviceStats] = rt.services.device_stats()
         stop = asyncio.Event()
         serving = asyncio.create_task(serve(rt, stop))

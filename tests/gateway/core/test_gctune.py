@@ -142,3 +142,21 @@ def test_the_daemon_refuses_a_bad_setting_before_starting(tmp_path: Path) -> Non
     assert done.returncode == 2, done.stderr
     assert "METERWATCH_GC='fast' is not a garbage-collector setting" in done.stderr
     assert "meterwatch starting" not in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_build_runtime_adds_the_tuning_last_only_when_asked(tmp_path: Path) -> None:
+    """One place decides where the tuning goes (build_runtime): after every other component, so that what
+    their first steps built is frozen; without settings the collector is left alone (tests, the demo)."""
+    from gateway.app.daemon import build_runtime
+    from gateway.config import load_site
+    from gateway.core import gctune
+
+    site = load_site(daemon_site(tmp_path))
+    settings = GcSettings("tuned", (5000, 10, 10))
+    tuned = build_runtime(site, tmp_path / "a", tune_gc=settings)
+    last = tuned.components[-1]
+    assert isinstance(last, gctune.AfterStart) and last.settings == settings
+    assert sum(isinstance(c, gctune.AfterStart) for c in tuned.components) == 1
+    plain = build_runtime(site, tmp_path / "b")
+    assert not any(isinstance(c, gctune.AfterStart) for c in plain.components)
+    assert [c.name for c in tuned.components[:-1]] == [c.name for c in plain.components]
