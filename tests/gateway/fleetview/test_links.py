@@ -13,9 +13,16 @@ from gateway.fleetview.state import LINK_WINDOW_S, FleetState
 from tests.gateway.fleetview.test_state import NOW, Clock
 
 
-def shard_gateway(site: str, gateway: str, shard: str, buildings: list[str], state: str = "online",
-                  company: str = "acme") -> tuple[str, bytes]:  # fmt: skip
-    topic, payload = gateway_msg(company, site, gateway, state, NOW)
+def shard_gateway(
+    site: str,
+    gateway: str,
+    shard: str,
+    buildings: list[str],
+    state: str = "online",
+    company: str = "acme",
+    at: float = NOW,
+) -> tuple[str, bytes]:
+    topic, payload = gateway_msg(company, site, gateway, state, at)
     body = json.loads(payload)
     body.update(shard=shard, buildings=buildings)
     return topic, json.dumps(body).encode()

@@ -1,12 +1,11 @@
 """The fleet page in headless Chromium (Debian's, installed by scripts/bootstrap; a missing one fails the
 test): the DOM after load has every site, the incidents, the offline gateway and the red KPIs; a
 screenshot of a realistic morning (six sites, two with open incidents, one past the 30-minute target, one
-gateway offline by its last will, some KPIs red). MW_UPDATE_SCREENSHOTS=1 copies it to
-docs/screenshots/fleet.png."""
+gateway offline by its last will, some KPIs red). docs/screenshots/fleet.png is this morning plus a compound
+of two shards with linked incidents: test_links_page.py makes it."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -75,6 +74,3 @@ def test_the_fleet_page_in_chromium(tmp_path: Path, mosquitto: Mosquitto, view_f
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     en = chromium(view.url + "?lang=en", tmp_path)
     assert "Fleet overview" in en and "past the 30 min response target" in en
-    if os.environ.get("MW_UPDATE_SCREENSHOTS") == "1":
-        SHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, SHOT)
