@@ -20,16 +20,14 @@ import asyncio
 import collections
 import contextlib
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessageInfo
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -38,6 +36,7 @@ from gateway.config import Site
 from gateway.config.fleet import FleetConfig
 from gateway.fleet.bridge import FleetBridge, NoticeEvents
 from gateway.fleet.kpi import kpi_payload, next_due
+from gateway.fleet.mqttconn import BrokerLogin, make_client
 from gateway.fleet.outbox import FleetOutbox
 from gateway.fleet.topics import VERSION, dumps, with_id
 
@@ -172,33 +171,11 @@ class FleetPublisher:
     # ---- paho --------------------------------------------------------------------------------------------
     def _make_client(self) -> Client:
         cfg = self.cfg
-        client = Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5
-        )
-        if cfg.username is not None:
-            client.username_pw_set(
-                cfg.username, cfg.password.get_secret_value() if cfg.password is not None else None
-            )
-        if cfg.address.tls:
-            base = self.site.path.parent
-
-            def path(p: Path | None) -> str | None:
-                return None if p is None else str(p if p.is_absolute() else base / p)
-
-            tls = cfg.tls
-            client.tls_set(
-                ca_certs=path(tls.ca_file) if tls else None,
-                certfile=path(tls.cert_file) if tls else None,
-                keyfile=path(tls.key_file) if tls else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            if tls is not None and tls.insecure:
-                client.tls_insecure_set(True)
+        client = make_client(self.client_id, BrokerLogin.from_config(cfg, self.site.path.parent))
         # the broker says this for us when we vanish without a DISCONNECT (kill -9, power, network)
         client.will_set(self.topics.state, self.state_payload("offline", self.clock()), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(cfg.reconnect_max)))
         client.max_inflight_messages_set(WINDOW + RESERVED)
-        client.suppress_exceptions = True  # a bug in a callback is logged by paho, never ends its thread
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -1,24 +1,26 @@
 """The view's MQTT client: paho 2 (callback API 2), MQTT 5, a clean session under a random client id, so any
 number of views run side by side and each rebuilds everything from the retained topics. It subscribes to
-`meterwatch/<company or +>/+/#` and never publishes (the command topic of issue 13 item 2 is not built)."""
+`meterwatch/<company or +>/+/#`. It publishes nothing, except the signed commands of a view started with
+--command-key (gateway/fleetview/commands.py), at QoS 1 on the gateways' command topics; their outcomes come
+back on the events topics and are handed to `on_event`."""
 
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage, MQTTMessageInfo
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config.fleet import BrokerAddress
+from gateway.fleet.mqttconn import BrokerLogin, make_client
 from gateway.fleet.topics import ROOT
 from gateway.fleetview.state import FleetState
 
@@ -41,10 +43,15 @@ class ViewOptions:
         return f"{ROOT}/{self.company or '+'}/+/#"
 
 
+# (topic, payload) of a message on an events/ topic: the command outcomes (gateway/fleetview/commands.py)
+EventHook = Callable[[str, bytes], None]
+
+
 class FleetClient:
-    def __init__(self, options: ViewOptions, state: FleetState) -> None:
+    def __init__(self, options: ViewOptions, state: FleetState, on_event: EventHook | None = None) -> None:
         self.options = options
         self.state = state
+        self.on_event = on_event
         self.client_id = f"meterwatch-fleetview-{uuid.uuid4().hex[:12]}"
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -55,15 +62,8 @@ class FleetClient:
 
     def _make_client(self) -> Client:
         o = self.options
-        client = Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5
-        )
-        if o.username is not None:
-            client.username_pw_set(o.username, o.password)
-        if o.broker.tls:
-            client.tls_set(ca_certs=str(o.tls_ca) if o.tls_ca else None, cert_reqs=ssl.CERT_REQUIRED)
+        client = make_client(self.client_id, BrokerLogin(o.broker, o.username, o.password, o.tls_ca))
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.suppress_exceptions = True  # a bug in a callback is logged by paho, never ends its thread
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -133,7 +133,14 @@ class FleetClient:
             log.warning("lost the fleet broker (%s); reconnecting, the state shown is kept", reason)
 
     def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
-        self.state.ingest(msg.topic, bytes(msg.payload), bool(msg.retain))
+        payload = bytes(msg.payload)
+        self.state.ingest(msg.topic, payload, bool(msg.retain))
+        if self.on_event is not None and "/events/" in msg.topic:
+            self.on_event(msg.topic, payload)
+
+    def publish(self, topic: str, payload: bytes) -> MQTTMessageInfo:
+        """QoS 1, not retained (a command is for now, never for a gateway that starts later)."""
+        return self.client.publish(topic, payload, qos=1, retain=False)
 
     def status(self) -> dict[str, Any]:
         return {
