@@ -78,6 +78,8 @@ def build_runtime(
     components.append(detection.retention)
     if detection.fleet is not None:  # the fleet bridge's publisher (its own thread and paho's)
         components.append(detection.fleet.publisher)
+        if detection.fleet.commands is not None:  # fleet.commands: signed commands from the fleet view
+            components.append(detection.fleet.commands)
     components.extend(lines)
     if subscriber is not None:
         components.append(subscriber)

@@ -98,10 +98,14 @@ def build(site: Site, bus: Bus, state_dir: Path, presence: DevicePresence | None
     fleet = fleet_app.build(site, mgr, path, presence, now)
     if fleet is not None:  # last: it publishes the response steps the respond side added to the round
         hooks.append(fleet.bridge.on_batch)
+        if fleet.commands is not None:  # after the bridge: a command's outcome follows the steps it made
+            hooks.append(fleet.commands.on_batch)
         wakers.append(fleet.publisher.wake)
     detector = Detector(mgr, sub, on_batch=each_round(*hooks), on_commit=each_commit(*wakers))
     responder.bind(detector.call)
     desk = DaemonDesk(site, mgr, responder, detector.call)
+    if fleet is not None:  # fleet.commands: the fleet view's signed commands act through a desk too
+        fleet_app.bind_desk(fleet, site, mgr, responder, detector.call)
 
     def held() -> set[int]:
         return set(mgr.engine.incidents) | evidence.held_incidents()

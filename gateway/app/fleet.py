@@ -1,6 +1,8 @@
 """The fleet bridge in the daemon (the site file's `fleet:` section): the detector hook that owes the fleet
 its incident transitions (gateway/fleet/bridge.py) and the publisher that sends them (gateway/fleet/
-publisher.py). None when the site has no fleet section."""
+publisher.py). None when the site has no fleet section. With `fleet.commands` enabled, also the command
+client (gateway/fleet/commands.py): a detector hook after the bridge's, a component, and a desk of its own
+(`bind_desk`) that acts as the daemon's desk does."""
 
 from __future__ import annotations
 
@@ -12,9 +14,13 @@ from typing import Any
 
 from gateway.config import Site
 from gateway.fleet.bridge import FleetBridge
+from gateway.fleet.command_format import load_public_key
+from gateway.fleet.commands import Call, FleetCommands
 from gateway.fleet.publisher import FleetPublisher
 from gateway.incidents.manager import IncidentManager
 from gateway.observe.presence import DevicePresence
+from gateway.respond.desk import DaemonDesk
+from gateway.respond.responder import Responder
 
 
 @dataclass
@@ -22,6 +28,7 @@ class Fleet:
     bridge: FleetBridge
     publisher: FleetPublisher
     presence: DevicePresence | None = None  # the daemon's view of its devices (devices_up)
+    commands: FleetCommands | None = None  # fleet.commands enabled: signed commands from the fleet view
 
 
 def _version() -> str:
@@ -56,5 +63,19 @@ def build(
     def facts() -> dict[str, Any]:
         return gateway_facts(site, manager, fleet.presence)
 
-    fleet = Fleet(bridge, FleetPublisher(site, cfg, bridge, facts, _version()), presence)
+    publisher = FleetPublisher(site, cfg, bridge, facts, _version())
+    commands = None
+    if cfg.commands.enabled and cfg.commands.public_key is not None:
+        path = cfg.commands.public_key
+        # read at start: a missing or wrong key stops the daemon with one line (KeyFileError is an OSError)
+        key = load_public_key(path if path.is_absolute() else site.path.parent / path)
+        commands = FleetCommands(site, cfg, bridge.topics, store_path, key, publisher.wake)
+    fleet = Fleet(bridge, publisher, presence, commands)
     return fleet
+
+
+def bind_desk(fleet: Fleet, site: Site, manager: IncidentManager, responder: Responder, call: Call) -> None:
+    """The commands' desk: the daemon's desk class on the same manager, responder and detector, whose calls
+    let the command client add the outcome to the action's own round (FleetCommands.through)."""
+    if fleet.commands is not None:
+        fleet.commands.bind(DaemonDesk(site, manager, responder, fleet.commands.through(call)))

@@ -7,9 +7,12 @@
       password: ${FLEET_PASSWORD}
       tls: {ca_file: fleet-ca.pem}
       kpi_at: "06:00"
+      commands: {enabled: true, public_key: fleet-cmd.pub, max_age: 5m}
 
-Every event goes to `meterwatch/<company>/<site>/...` (docs/fleet-topics.md). The password (or a user
-name) taken from `${ENV}` is masked wherever the config is printed (gateway/core/secrets.py).
+`commands` (off by default) lets the fleet view acknowledge from afar: signed commands on the gateway's
+command topic (gateway/fleet/commands.py). Every event goes to `meterwatch/<company>/<site>/...`
+(docs/fleet-topics.md). The password (or a user name) taken from `${ENV}` is masked wherever the config is
+printed (gateway/core/secrets.py).
 """
 
 from __future__ import annotations
@@ -79,6 +82,32 @@ class FleetTls(Strict):
         return self
 
 
+class FleetCommands(Strict):
+    """Acknowledge / on site / note from the fleet view, signed with its Ed25519 key (issue 13, item 2)."""
+
+    enabled: bool = Field(default=False, description="take signed commands on command/<gateway>")
+    public_key: Path | None = Field(
+        default=None,
+        description="the fleet view's Ed25519 public key (PEM; `meterwatch fleet keygen DIR` makes the "
+        "pair), relative to the site file",
+    )
+    max_age: Duration = Field(
+        default=300.0, gt=0, le=86400.0, description="a command older than this (by its issued_at) is refused"
+    )
+    skew: Duration = Field(
+        default=30.0,
+        ge=0,
+        le=3600.0,
+        description="how far in the future a command's issued_at may be (the two clocks differ a little)",
+    )
+
+    @model_validator(mode="after")
+    def _key(self) -> FleetCommands:
+        if self.enabled and self.public_key is None:
+            raise ValueError("enabled without public_key: give the fleet view's public key file")
+        return self
+
+
 TopicId = Annotated[str, Field(min_length=1, max_length=63)]
 
 
@@ -119,6 +148,9 @@ class FleetConfig(Strict):
         default=7 * 86400.0,
         ge=0,
         description="how long the broker keeps this gateway's session while it is away (MQTT 5)",
+    )
+    commands: FleetCommands = Field(
+        default_factory=FleetCommands, description="signed commands from the fleet view (off by default)"
     )
 
     @field_validator("company", "gateway")
