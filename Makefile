@@ -46,6 +46,13 @@ bench-notify: bootstrap
 	$(PY) bench/notify_latency.py --runs $(NOTIFY_RUNS) --prom-runs $(PROM_RUNS)
 	$(PY) bench/outbox_throughput.py
 
+# Issue 13's acceptance: 20 real gateways (simulated compounds) -> one mosquitto + one VictoriaMetrics, 5
+# outages, the broker stopped 2 minutes mid-way (nothing lost: every event once at a counting subscriber), a
+# gateway SIGKILLed shown offline within 1.5 x keepalive; a line per check and a JSON line (~5 min on 2 cores).
+.PHONY: fleet-sim
+fleet-sim: bootstrap
+	$(PY) -m tests.fleet_sim.run --gateways 20 --outages 5 --broker-stop 120 --keepalive 10
+
 # Opt-in, not part of `bench`: runs for minutes (MINUTES=60 make soak for a longer look at memory growth).
 MINUTES ?= 6
 soak: bootstrap
