@@ -184,10 +184,9 @@ def describe(shard: Shard | None) -> list[str]:
         )
     if shard.left_out_lines:
         out.append(f"  left out: {len(shard.left_out_lines)} line(s): {', '.join(shard.left_out_lines)}")
+    domains = compound_domains(shard.compound.buildings)
     own = {d.id for _, d in own_domains(shard)}
-    shared = sorted(d.id for b in shard.compound.buildings for d in b.domains if d.id not in own)
-    shared = [d for d in shared if any(d in supply_path(compound_domains(shard.compound.buildings), o)
-                                       for o in own)]  # fmt: skip
+    shared = sorted({up for o in own for up in supply_path(domains, o)} - own)
     if shared:
         out.append(
             f"  shared with other shards (not judged here; named in its incidents' supply path): "
