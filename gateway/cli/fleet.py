@@ -1,9 +1,12 @@
-"""`meterwatch fleet`: the read-only fleet view (issue 13, item 3). It subscribes to the company's broker
+"""`meterwatch fleet`: the fleet view (issue 13, item 3). It subscribes to the company's broker
 (gateway/fleetview/client.py), keeps the latest retained state in memory (gateway/fleetview/state.py) and
-serves one page and /api/fleet (gateway/fleetview/page.py). It writes nothing to the broker.
+serves one page and /api/fleet (gateway/fleetview/page.py). It writes nothing to the broker, unless started
+with --command-key: then it signs and publishes the acknowledge / on site / note commands asked for on its
+page (gateway/fleetview/commands.py, issue 13 item 2). `meterwatch fleet keygen DIR` makes the key pair.
 
-A bad --broker, --http or --tls-ca is one line on stderr and exit status 2 (a usage error), never a
-traceback; a broker that does not answer yet is no error: the view says so on the page and keeps trying.
+A bad --broker, --http, --tls-ca or --command-key is one line on stderr and exit status 2 (a usage error),
+never a traceback; a broker that does not answer yet is no error: the view says so on the page and keeps
+trying.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import typer
 import uvicorn
 
 from gateway.config.fleet import parse_broker
+from gateway.fleet.command_format import PRIVATE_NAME, PUBLIC_NAME, KeyFileError, keygen, load_private_key
 from gateway.fleetview.client import FleetClient, ViewOptions
+from gateway.fleetview.commands import CommandDesk
 from gateway.fleetview.page import make_app
 from gateway.fleetview.state import FleetState
 from gateway.observe.logs import setup_logging
@@ -38,9 +43,33 @@ def parse_http(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def fleet(
-    broker: str = typer.Option(
-        ..., "--broker", help="the company's broker: mqtt://host[:port] or mqtts://host[:port]"
+fleet = typer.Typer(
+    invoke_without_command=True,
+    rich_markup_mode=None,
+    help="The fleet view: every site, open incident, offline gateway and KPI from the broker.",
+)
+
+
+@fleet.command("keygen")
+def fleet_keygen(
+    directory: Path = typer.Argument(..., help="where to write fleet-cmd.key and fleet-cmd.pub"),
+) -> None:
+    """Make the key pair for commands from the fleet view: fleet-cmd.key stays with the view
+    (--command-key), fleet-cmd.pub goes to every gateway (fleet.commands.public_key)."""
+    try:
+        private, public = keygen(directory)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise usage_error(f"keygen: {where}{exc.strerror or exc}") from None
+    typer.echo(f"private key (the fleet view's --command-key; keep it secret): {private}")
+    typer.echo(f"public key (each gateway's fleet.commands.public_key): {public}")
+
+
+@fleet.callback()
+def view(
+    ctx: typer.Context,
+    broker: str | None = typer.Option(
+        None, "--broker", help="the company's broker: mqtt://host[:port] or mqtts://host[:port]"
     ),
     company: str | None = typer.Option(
         None, "--company", help="one company's sites only (the second topic level); default: every company"
@@ -61,8 +90,19 @@ def fleet(
     tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA certificates (PEM) for an mqtts:// broker"),
     http: str = typer.Option("127.0.0.1:8090", "--http", help="where the page is served, HOST:PORT"),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error"),
+    command_key: Path | None = typer.Option(
+        None,
+        "--command-key",
+        help=f"the Ed25519 private key ({PRIVATE_NAME}) to sign commands with: the page gets acknowledge / "
+        f"on site / note buttons; gateways check them with {PUBLIC_NAME}. Without it the view is read-only",
+    ),
 ) -> None:
-    """The read-only fleet view: every site, open incident, offline gateway and KPI from the broker."""
+    """The fleet view: every site, open incident, offline gateway and KPI from the broker (read-only
+    unless --command-key is given)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if broker is None:
+        raise usage_error("--broker is required: mqtt://host[:port] or mqtts://host[:port]")
     try:
         address = parse_broker(broker)
     except ValueError as exc:
@@ -75,6 +115,12 @@ def fleet(
         raise usage_error(f"--log-level {log_level!r}: expected debug, info, warning or error")
     if tls_ca is not None and not tls_ca.is_file():
         raise usage_error(f"--tls-ca {tls_ca}: no such file")
+    key = None
+    if command_key is not None:
+        try:
+            key = load_private_key(command_key)
+        except KeyFileError as exc:
+            raise usage_error(f"--command-key {exc.filename}: {exc.strerror}") from None
     try:
         host, port = parse_http(http)
     except ValueError as exc:
@@ -93,11 +139,17 @@ def fleet(
     state = FleetState()
     options = ViewOptions(address, company, username, password, tls_ca)
     client = FleetClient(options, state)
+    commands = None
+    if key is not None:
+        commands = CommandDesk(key, client, state.snapshot)
+        client.on_event = commands.on_event
     client.start()
-    app = make_app(state, client.status)
+    app = make_app(state, client.status, commands=commands)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    mode = "with commands" if commands is not None else "read-only"
     typer.echo(
-        f"fleet view of {options.topic} at {address.host}:{address.port}: http://{host}:{sock.getsockname()[1]}/"
+        f"fleet view of {options.topic} at {address.host}:{address.port} ({mode}): "
+        f"http://{host}:{sock.getsockname()[1]}/"
     )
     try:
         server.run(sockets=[sock])

@@ -53,7 +53,7 @@ register_desk(app)  # staff actions through the daemon's write API: open, ack, o
 app.add_typer(deadletter, name="deadletter")  # send refused points again (gateway/cli/deadletter.py)
 app.command()(drill)  # a drill through the real notice and dispatch chain (gateway/cli/drill.py)
 app.command()(report)  # an incident's report or the monthly review, from the store (gateway/cli/report.py)
-app.command()(fleet)  # the read-only fleet view of a company's gateways (gateway/cli/fleet.py)
+app.add_typer(fleet, name="fleet")  # the fleet view of a company's gateways, keygen (gateway/cli/fleet.py)
 
 
 def main() -> None:
