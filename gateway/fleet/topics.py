@@ -10,7 +10,8 @@ All topics are under `meterwatch/<company>/<site>/`:
                                       failed, each with a unique, stable `id`
                                       (<site>/<gateway>/<epoch>-<seq>): a redelivery carries the same id
     kpi/<gateway>                     retained, QoS 1: the month-to-date handbook KPIs, daily at fleet.kpi_at
-    command/<gateway>                 reserved for acknowledging from afar (issue 13, item 2); not used yet
+    command/<gateway>                 QoS 1, not retained: signed commands from the fleet view, when
+                                      fleet.commands is enabled (gateway/fleet/commands.py)
 
 Every payload is a JSON object with "v": 1 and "type"; times are Unix seconds (UTC). A consumer ignores
 fields it does not know; a change that would break one gets a new "v".
