@@ -19,6 +19,14 @@ reporting against devices seen in a day, the share of samples not good, and the 
 no gateway's Prometheus, which a central Grafana cannot reach. "Main meters" are not a tag the writer
 stores (a device's role is not written), so the voltage panels take every power meter of a site; a meter
 at 0 V that still reports pulls its site's lowest voltage to 0.
+"Fleet (VictoriaMetrics)" (fleet-victoriametrics.json) is the same dashboard for a central VictoriaMetrics,
+which has no Flux: the same panels and site variable in PromQL (one MetricsQL function, count_gt_over_time,
+where PromQL cannot count raw samples above a value) on a Prometheus-type datasource pointed at it
+(VICTORIA_UID, provisioned by deploy/grafana/provisioning/datasources/fleet-victoriametrics.yaml).
+VictoriaMetrics stores field f of measurement m as the metric `m_f` with the tags as labels, so every series
+name comes from lineproto.series_name. Its tables are instant queries at the range's end, one per column,
+merged by site in Grafana. tests/gateway/tools/test_dashboards_victoria.py runs each of its queries on a real
+VictoriaMetrics holding points the gateway's own encoder wrote.
 """
 
 from __future__ import annotations
@@ -33,11 +41,22 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.profile import Profile, builtin_profiles
-from gateway.sink.lineproto import measurement_for_profile, produced_fields
+from gateway.sink.lineproto import (
+    MEASUREMENTS,
+    QUALITY_FIELD,
+    measurement_for_profile,
+    produced_fields,
+    series_name,
+)
 
 INFLUX_UID = "meterwatch-influxdb"
 PROMETHEUS_UID = "meterwatch-prometheus"
-DATASOURCES: dict[str, str] = {INFLUX_UID: "influxdb", PROMETHEUS_UID: "prometheus"}
+VICTORIA_UID = "meterwatch-victoriametrics"  # Grafana's Prometheus type, pointed at VictoriaMetrics
+DATASOURCES: dict[str, str] = {
+    INFLUX_UID: "influxdb",
+    PROMETHEUS_UID: "prometheus",
+    VICTORIA_UID: "prometheus",
+}
 BUCKET = "meterwatch"  # the default of InfluxConfig.bucket; a dashboard variable, so one edit changes it
 
 # Grafana unit ids for the profiles' units; anything else is shown with the unit as a suffix.
@@ -609,21 +628,85 @@ def worst_sites_flux(voltages: list[str]) -> str:
     )
 
 
+# The same dashboard over VictoriaMetrics (no Flux): PromQL on a Prometheus-type datasource. The store names
+# field f of measurement m `m_f` (lineproto.series_name) and keeps the tags as labels. Grafana formats a
+# multi-value variable in a regex matcher as (a|b), so `site=~"$site"` takes the selected sites.
+SITE_MATCH = 'site=~"$site"'
+NO_SUPPLY_V_TEXT = f"{NO_SUPPLY_V:g}"
+# MetricsQL functions the VictoriaMetrics variant uses where PromQL has no exact equivalent (a count of the
+# raw samples above a value); tests/gateway/tools/test_dashboards_victoria.py runs them on VictoriaMetrics.
+METRICSQL_ONLY = frozenset({"count_gt_over_time"})
+
+
+def selector(measurement: str, fields: list[str], match: str = SITE_MATCH) -> str:
+    """The series of `fields` of `measurement` at the selected sites."""
+    names = [series_name(measurement, f) for f in fields]
+    if len(names) == 1:
+        return f"{names[0]}{{{match}}}"
+    return f'{{__name__=~"{"|".join(names)}", {match}}}'
+
+
+def quality_selector() -> str:
+    """Every measurement's `quality` series (each device writes one), at the selected sites."""
+    names = "|".join(series_name(m, QUALITY_FIELD) for m in MEASUREMENTS)
+    return f'{{__name__=~"{names}", {SITE_MATCH}}}'
+
+
+def site_promql(measurement: str, fields: list[str], per_site: str) -> str:
+    """As site_flux: each device's mean over `fields` per window, then `per_site` over the site's devices."""
+    device = f"avg by (site, device) (avg_over_time({selector(measurement, fields)}[$__interval]))"
+    return f"{per_site} by (site) ({device})"
+
+
+def latest_promql(measurement: str, fields: list[str]) -> str:
+    """As latest_flux: per site, the lowest over its devices of a device's latest mean of `fields`."""
+    device = f"avg by (site, device) (last_over_time({selector(measurement, fields)}[$__range]))"
+    return f"min by (site) ({device})"
+
+
+def reporting_promql() -> tuple[str, str, str]:
+    """As reporting_flux: devices with a sample in the last RECENT, devices seen in EXPECTED, the missing."""
+    q = quality_selector()
+    expected = f"count by (site) (last_over_time({q}[{EXPECTED}]))"
+    reporting = f"count by (site) (last_over_time({q}[{RECENT}])) or {expected} * 0"  # a silent site: 0
+    return f"{reporting}", expected, f"{expected} - ({reporting})"
+
+
+def quality_share_promql() -> str:
+    """As quality_share_flux: per site and window, samples with quality != 0 over all samples (MetricsQL's
+    count_gt_over_time counts raw samples; quality is never negative)."""
+    q = f"{quality_selector()}[$__interval]"
+    return f"sum by (site) (count_gt_over_time({q}, 0)) / sum by (site) (count_over_time({q}))"
+
+
 @dataclass(frozen=True)
-class FleetFlux:
-    """A panel of one Flux query over the central store, one series (or row) per site."""
+class PromQuery:
+    """One PromQL target of a fleet panel: over time (a range query per step) or at the range's end."""
+
+    expr: str
+    name: str = ""  # the column an instant query fills in a table
+    instant: bool = False
+
+
+@dataclass(frozen=True)
+class FleetPanel:
+    """A panel of the fleet dashboard, one series (or row) per site: its Flux query over InfluxDB and its
+    PromQL queries over VictoriaMetrics (several for a table: one per column, merged by site)."""
 
     title: str
     query: str
+    promql: tuple[PromQuery, ...]
     unit: str = "none"
     kind: str = "timeseries"
     w: int = 12
     h: int = 8
     description: str = ""
     thresholds: tuple[tuple[str, float | None], ...] = ()
+    sort: str = ""  # a table's column to sort by (PromQL variant)
+    sort_desc: bool = False
 
 
-def fleet_panel(layout: Layout, spec: FleetFlux) -> dict[str, Any]:
+def _fleet_defaults(spec: FleetPanel) -> dict[str, Any]:
     defaults: dict[str, Any] = {"unit": spec.unit}
     if spec.kind == "stat":
         defaults["noValue"] = "0"  # count() of no rows is no table, not 0
@@ -635,97 +718,170 @@ def fleet_panel(layout: Layout, spec: FleetFlux) -> dict[str, Any]:
             "mode": "absolute",
             "steps": [{"color": c, "value": v} for c, v in spec.thresholds],
         }
+    return defaults
+
+
+def fleet_panel(layout: Layout, spec: FleetPanel, uid: str = INFLUX_UID) -> dict[str, Any]:
+    """The panel over InfluxDB (Flux) or, with uid VICTORIA_UID, over VictoriaMetrics (PromQL)."""
+    targets: list[dict[str, Any]]
+    if uid == INFLUX_UID:
+        targets = [{"refId": "A", "datasource": _ds(uid), "query": spec.query}]
+    else:
+        targets = [_prom_target(spec, i, q) for i, q in enumerate(spec.promql)]
     panel: dict[str, Any] = {
         "type": spec.kind,
         "title": spec.title,
         "id": layout._id(),
         "gridPos": layout.place(spec.w, spec.h),
-        "datasource": _ds(INFLUX_UID),
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "targets": [{"refId": "A", "datasource": _ds(INFLUX_UID), "query": spec.query}],
+        "datasource": _ds(uid),
+        "fieldConfig": {"defaults": _fleet_defaults(spec), "overrides": []},
+        "targets": targets,
     }
     if spec.kind == "timeseries":
         panel["options"] = {
             "legend": {"displayMode": "table", "placement": "right", "calcs": ["min", "lastNotNull"]},
             "tooltip": {"mode": "multi", "sort": "asc"},
         }
+    if uid != INFLUX_UID and spec.kind == "table":
+        panel["transformations"] = _table_transformations(spec)
     if spec.description:
         panel["description"] = spec.description
     return panel
 
 
-def fleet(profiles: Iterable[Profile]) -> dict[str, Any]:
+def _prom_target(spec: FleetPanel, i: int, q: PromQuery) -> dict[str, Any]:
+    target: dict[str, Any] = {
+        "refId": chr(ord("A") + i),
+        "datasource": _ds(VICTORIA_UID),
+        "expr": q.expr,
+        "legendFormat": "{{site}}",
+        "instant": q.instant,
+        "range": not q.instant,
+    }
+    if spec.kind == "table":
+        target["format"] = "table"
+    return target
+
+
+def _table_transformations(spec: FleetPanel) -> list[dict[str, Any]]:
+    """Instant queries, one column each, as one row per site: merged on the site label, each `Value #X`
+    named after its query, the time column hidden, sorted as the Flux variant sorts."""
+    names = {f"Value #{chr(ord('A') + i)}": q.name for i, q in enumerate(spec.promql)}
+    out: list[dict[str, Any]] = [
+        {"id": "merge", "options": {}},
+        {"id": "organize", "options": {"excludeByName": {"Time": True}, "renameByName": names}},
+    ]
+    if spec.sort:
+        out.append({"id": "sortBy", "options": {"sort": [{"field": spec.sort, "desc": spec.sort_desc}]}})
+    return out
+
+
+def fleet_panels(profiles: Iterable[Profile]) -> list[str | FleetPanel]:
+    """The fleet dashboard's rows and panels, each with its query for both stores."""
     cat = catalogue(profiles)
     voltages = phase_fields(cat, "voltage")
     for f in (*voltages, "pressure", "flow"):
         assert f in cat, f"no built-in profile produces {f}"
+    power, pressure, flow = cat[voltages[0]].measurement, cat["pressure"].measurement, cat["flow"].measurement
     volt = grafana_unit(cat[voltages[0]].unit)
     low_voltage = (("red", None), ("orange", 100.0), ("green", 195.0))  # 0 V: an outage; 230 V - 15 %
-    layout = Layout()
-    table: list[str | FleetFlux] = [
+    reporting, expected, missing = reporting_promql()
+    return [
         "Power",
-        FleetFlux(
+        FleetPanel(
             "Mean phase voltage by site",
-            site_flux("power", voltages, "mean"),
+            site_flux(power, voltages, "mean"),
+            (PromQuery(site_promql(power, voltages, "avg")),),
             unit=volt,
             description="mean of the phase voltages of every power meter of the site",
         ),
-        FleetFlux(
+        FleetPanel(
             "Lowest meter voltage by site",
-            site_flux("power", voltages, "min"),
+            site_flux(power, voltages, "min"),
+            (PromQuery(site_promql(power, voltages, "min")),),
             unit=volt,
             thresholds=low_voltage,
             description="each meter's mean phase voltage, the lowest meter of the site: 0 V where a meter "
             "that still reports sees no supply",
         ),
         "Water",
-        FleetFlux(
+        FleetPanel(
             "Lowest zone pressure by site",
-            site_flux("pressure", ["pressure"], "min"),
+            site_flux(pressure, ["pressure"], "min"),
+            (PromQuery(site_promql(pressure, ["pressure"], "min")),),
             unit=grafana_unit(cat["pressure"].unit),
         ),
-        FleetFlux(
+        FleetPanel(
             "Flow by site",
-            site_flux("flow", ["flow"], "sum"),
+            site_flux(flow, ["flow"], "sum"),
+            (PromQuery(site_promql(flow, ["flow"], "sum")),),
             unit=grafana_unit(cat["flow"].unit),
             description="sum of the site's flow meters",
         ),
         "Devices and data",
-        FleetFlux(
+        FleetPanel(
             "Devices reporting",
             reporting_flux(),
+            (
+                PromQuery(reporting, "reporting", instant=True),
+                PromQuery(expected, "expected", instant=True),
+                PromQuery(missing, "missing", instant=True),
+            ),
             kind="table",
             description=f"devices with a sample in the last {RECENT} of the range, against the devices that "
             f"wrote in the {EXPECTED} before its end; most missing first",
+            sort="missing",
+            sort_desc=True,
         ),
-        FleetFlux(
+        FleetPanel(
             "Samples not good",
             quality_share_flux(),
+            (PromQuery(quality_share_promql()),),
             unit="percentunit",
             thresholds=(("green", None), ("orange", 0.01), ("red", 0.1)),
             description="share of samples with quality != 0 (stale, comm_error, decode_error)",
         ),
         "Sites",
-        FleetFlux(
+        FleetPanel(
             "Sites with a meter at 0 V",
             dark_sites_flux(voltages),
+            (
+                PromQuery(
+                    f"count({latest_promql(power, voltages)} < {NO_SUPPLY_V_TEXT}) or vector(0)", instant=True
+                ),
+            ),
             kind="stat",
             w=4,
             h=12,
             thresholds=(("green", None), ("red", 1.0)),
             description=f"sites where a power meter's latest mean phase voltage is below {NO_SUPPLY_V:g} V",
         ),
-        FleetFlux(
+        FleetPanel(
             "Sites, worst first",
             worst_sites_flux(voltages),
+            (
+                PromQuery(latest_promql(power, voltages), "voltage", instant=True),
+                PromQuery(latest_promql(pressure, ["pressure"]), "pressure", instant=True),
+            ),
             kind="table",
             w=20,
             h=12,
             description="latest lowest meter voltage and lowest zone pressure per site, the lowest voltage "
             "first (0 V: an outage), then the lowest pressure",
+            sort="voltage",
         ),
     ]
-    panels = [layout.row(x) if isinstance(x, str) else fleet_panel(layout, x) for x in table]
+
+
+FLEET_DESCRIPTION = (
+    "Every compound writing to one central store, per site: supply voltage, zone pressure, flow, devices "
+    "reporting, data quality, and the sites worst first."
+)
+
+
+def fleet(profiles: Iterable[Profile]) -> dict[str, Any]:
+    layout = Layout()
+    panels = [layout.row(x) if isinstance(x, str) else fleet_panel(layout, x) for x in fleet_panels(profiles)]
     variables = [
         {"name": "bucket", "label": "InfluxDB bucket", "type": "constant", "query": BUCKET, "hide": 2},
         {
@@ -742,13 +898,44 @@ def fleet(profiles: Iterable[Profile]) -> dict[str, Any]:
             "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         },
     ]
+    return dashboard("meterwatch-fleet", "Fleet", panels, variables=variables, description=FLEET_DESCRIPTION)
+
+
+def victoria_sites_query() -> str:
+    """Every site with a series in the dashboard's range (Grafana's label_values over /api/v1/labels)."""
+    names = "|".join(series_name(m, QUALITY_FIELD) for m in MEASUREMENTS)
+    return f'label_values({{__name__=~"{names}"}}, site)'
+
+
+def fleet_victoria(profiles: Iterable[Profile]) -> dict[str, Any]:
+    """The Fleet dashboard over VictoriaMetrics: the same panels and site variable, in PromQL."""
+    layout = Layout()
+    panels = [
+        layout.row(x) if isinstance(x, str) else fleet_panel(layout, x, VICTORIA_UID)
+        for x in fleet_panels(profiles)
+    ]
+    sites = victoria_sites_query()
+    variables = [
+        {
+            "name": "site",
+            "label": "Site",
+            "type": "query",
+            "datasource": _ds(VICTORIA_UID),
+            "query": {"query": sites, "refId": "site"},
+            "definition": sites,
+            "refresh": 2,
+            "sort": 1,
+            "multi": True,
+            "includeAll": True,
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        },
+    ]
     return dashboard(
-        "meterwatch-fleet",
-        "Fleet",
+        "meterwatch-fleet-victoriametrics",
+        "Fleet (VictoriaMetrics)",
         panels,
         variables=variables,
-        description="Every compound writing to one central store, per site: supply voltage, zone "
-        "pressure, flow, devices reporting, data quality, and the sites worst first.",
+        description=FLEET_DESCRIPTION,
     )
 
 
@@ -759,6 +946,7 @@ def render_all(profiles: Iterable[Profile] | None = None) -> dict[str, str]:
         "building-utilities.json": building_utilities(profs),
         "gateway-health.json": gateway_health(),
         "fleet.json": fleet(profs),
+        "fleet-victoriametrics.json": fleet_victoria(profs),
     }
     return {name: json.dumps(d, indent=2, sort_keys=True) + "\n" for name, d in out.items()}
 
