@@ -167,11 +167,11 @@ class FleetCommands:
             applying = self._applying
 
             def act(now: float) -> T:
-                before = self._acked_by(applying.cmd) if applying is not None else None
+                before = self._done_by(applying.cmd) if applying is not None else None
                 result = fn(now)  # raises: nothing changed, the caller hears why
                 if applying is not None:
                     applying.ran = True
-                    detail = f"already acknowledged by {before}" if before else None
+                    detail = f"already {before}" if before else None
                     owed = self._outcome(applying.cmd.id, applying.cmd, ACCEPTED, detail, now)
                     self._settled.append((applying.cmd.id, now, owed))
                     self._recent[applying.cmd.id] = now
@@ -181,11 +181,16 @@ class FleetCommands:
 
         return wrapped
 
-    def _acked_by(self, cmd: Command) -> str | None:
-        if cmd.action == "note" or self.desk is None:
+    def _done_by(self, cmd: Command) -> str | None:
+        """Who already did what the command asks (the first one counts, as in the HTTP API), or None."""
+        view = None if self.desk is None else self.desk.response(cmd.incident)
+        if view is None:
             return None
-        view = self.desk.response(cmd.incident)
-        return None if view is None or view.acked_at is None else view.acked_by
+        if cmd.action == "acknowledge" and view.acked_at is not None:
+            return f"acknowledged by {view.acked_by}"
+        if cmd.action == "on_site" and view.on_site_at is not None:
+            return f"on site: {view.on_site_by}"
+        return None
 
     def on_batch(self, batch: Batch, now: float) -> None:
         """Detector hook, after the bridge's: the accepted commands' ids and outcomes, in the round's

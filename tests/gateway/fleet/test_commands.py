@@ -234,7 +234,7 @@ def test_commands_from_afar(tmp_path: Path, mosquitto: Mosquitto, subscriber_fac
             assert response["acked_by"] == "王工 via fleet" and response["acked_ts"] == acked[0]["at"]
 
             on_site = sender.send(sender.command("on_site", inc))
-            outcome(sub, on_site)
+            assert outcome(sub, on_site)["reason"] is None
             note_cmd = sender.command("note", inc, text="已到配电房，正在排查")
             note = sender.send(note_cmd)
             outcome(sub, note)
