@@ -3,8 +3,9 @@ merged by company + site (several gateways sharing a site id are one compound, e
 
 Incidents of different gateways of one compound are linked as one group ("same cause: T1") when they are
 on supply domains of the same kind whose supply paths (the domain and its ancestors, from the site file)
-share a domain, and they opened within LINK_WINDOW_S of each other (both are open, so their open periods
-overlap): a transformer feeding buildings of two shards shows as one cause, not two unrelated outages.
+share a domain, and they opened within 15 minutes of each other (both are open, so their open periods
+overlap; the rule is gateway/fleet/links.py's): a transformer feeding buildings of two shards shows as one
+cause, not two unrelated outages.
 
 Fed from paho's thread (`ingest`), read by the web server's (`snapshot`), so one lock guards it. A payload
 that is not a version-1 object of the topic's type is counted per topic and logged once per topic; it never
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.fleet.links import Supply, cause
 from gateway.fleet.topics import ROOT, VERSION
 
 log = logging.getLogger("meterwatch.fleetview")
@@ -32,9 +34,6 @@ KPI_NAMES = ("informed", "response", "satisfaction")
 SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
 KINDS = ("gateway", "incident", "kpi")
 RESYNC_QUIET_S = 3.0  # after a reconnect, the retained burst is over once nothing retained came for this long
-# Two shards see one upstream cut within seconds (each after its own `for`); an outage of the same transformer
-# that opened much later is another event, even while the first is still open
-LINK_WINDOW_S = 900.0
 # what a linked group says of each of its incidents
 LINK_FIELDS = ("gateway", "shard", "id", "kind", "severity", "buildings", "households", "elapsed_s",
                "target_s", "late", "acknowledged", "on_site")  # fmt: skip
@@ -480,21 +479,17 @@ def merged_kpis(kpis: list[KpiState]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _cause(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """The nearest supply domain two incidents of different gateways share, when they are to be linked."""
-    if a["gateway"] == b["gateway"] or a["supply_kind"] is None or a["supply_kind"] != b["supply_kind"]:
-        return None
-    if abs(a["opened_at"] - b["opened_at"]) > LINK_WINDOW_S:
-        return None
-    return next((d for d in a["supply_path"] if d in b["supply_path"]), None)
+def _supply(i: dict[str, Any]) -> Supply:
+    return Supply(i["gateway"], i["supply_kind"], i["supply_path"], i["opened_at"])
 
 
 def linked_groups(incidents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The incidents (incident_view dicts of one compound) linked by a shared supply domain: each group
     with its cause (the nearest domain every member's path holds) and its members; each member's `link`
     is set to the cause. Pairs are linked by _cause, groups are their connected sets (paths run up one
-    tree, so a group's members always share a domain)."""
+    tree, so a group's members always share a domain). The rule: gateway/fleet/links.py."""
     n = len(incidents)
+    supplies = [_supply(i) for i in incidents]
     parent = list(range(n))
 
     def root(i: int) -> int:
@@ -505,7 +500,7 @@ def linked_groups(incidents: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     for i in range(n):
         for j in range(i + 1, n):
-            if _cause(incidents[i], incidents[j]) is not None:
+            if cause(supplies[i], supplies[j]) is not None:
                 parent[root(i)] = root(j)
     members: dict[int, list[dict[str, Any]]] = {}
     for i in range(n):

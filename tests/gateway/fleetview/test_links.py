@@ -9,7 +9,8 @@ import json
 from typing import Any
 
 from bench.fleet_view import gateway_msg, incident_msg
-from gateway.fleetview.state import LINK_WINDOW_S, FleetState
+from gateway.fleet.links import LINK_WINDOW_S
+from gateway.fleetview.state import FleetState
 from tests.gateway.fleetview.test_state import NOW, Clock
 
 
