@@ -68,6 +68,7 @@ def build_runtime(
         mqtt=subscriber,
         routers=web.build(site, detection, presence),
         fleet=None if detection.fleet is None else detection.fleet.publisher,
+        fleet_commands=None if detection.fleet is None else detection.fleet.commands,
     )
     components: list[Component] = [presence]
     if sink is not None:
@@ -80,6 +81,8 @@ def build_runtime(
         components.append(detection.fleet.publisher)
         if detection.fleet.commands is not None:  # fleet.commands: signed commands from the fleet view
             components.append(detection.fleet.commands)
+        if detection.fleet.peers is not None:  # a shard: its peer shards' incidents of the same cause
+            components.append(detection.fleet.peers)
     components.extend(lines)
     if subscriber is not None:
         components.append(subscriber)

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from drivers.modbus.line import LineActor
 from drivers.mqtt.subscriber import MqttSubscriber
 from gateway.core.stats import DeviceStats
+from gateway.fleet.commands import FleetCommands
 from gateway.fleet.publisher import FleetPublisher
 from gateway.incidents.evidence import EvidenceKeeper
 from gateway.incidents.manager import IncidentManager
@@ -37,6 +38,7 @@ class Services:
     routers: list[APIRouter] = field(default_factory=list)
     http: HttpServer | None = None
     fleet: FleetPublisher | None = None  # the fleet bridge's publisher; its counters: fleet.stats
+    fleet_commands: FleetCommands | None = None  # fleet.commands enabled; its counters: fleet_commands.stats
 
     @property
     def http_port(self) -> int | None:
@@ -62,4 +64,5 @@ class Services:
             retention=self.retention,
             incident_store=None if self.incidents is None else self.incidents.store.path,
             fleet=None if self.fleet is None else self.fleet.stats,
+            fleet_commands=None if self.fleet_commands is None else self.fleet_commands.stats,
         )

@@ -129,6 +129,17 @@ class FleetCounters(Protocol):
     connects: int
 
 
+class CommandCounters(Protocol):
+    """The fleet command client's counters (fleet.commands.CommandStats: observe may not import it)"""
+
+    connected: bool
+    received: int
+    accepted: int
+    rejected: int
+    untold: int
+    dropped: int
+
+
 @dataclass
 class Exported:
     """The stats objects /metrics reads at each scrape, handed over by the parts that keep them."""
@@ -145,6 +156,7 @@ class Exported:
     retention: Retention | None = None
     incident_store: Path | None = None  # the SQLite file
     fleet: FleetCounters | None = None  # the fleet bridge's publisher, when the site has a fleet: section
+    fleet_commands: CommandCounters | None = None  # fleet.commands enabled: signed commands from afar
 
 
 # -- the snapshot: plain copies taken on the loop ----------------------------------------------------------
@@ -267,6 +279,7 @@ class Snapshot:
     glitches: dict[tuple[str, str], int] | None
     store: StoreSnapshot
     fleet: tuple[bool, int, int, int, int, int, int] | None = None  # FleetCounters, in its order
+    fleet_commands: tuple[bool, int, int, int, int, int] | None = None  # CommandCounters, in its order
     gc: tuple[int, int, int, float, float, float] | None = None  # collections per generation, pauses
 
 
@@ -328,6 +341,16 @@ class GatewayCollector(Collector):
                 ex.fleet.dropped,
                 ex.fleet.refused,
                 ex.fleet.connects,
+            ),
+            fleet_commands=None
+            if ex.fleet_commands is None
+            else (
+                ex.fleet_commands.connected,
+                ex.fleet_commands.received,
+                ex.fleet_commands.accepted,
+                ex.fleet_commands.rejected,
+                ex.fleet_commands.untold,
+                ex.fleet_commands.dropped,
             ),
             gc=(
                 gctune.PAUSES.collections[0],
@@ -856,6 +879,31 @@ class GatewayCollector(Collector):
         )
         yield _one_counter("meterwatch_fleet_refused", "fleet events the broker refused (logged)", refused)
         yield _one_counter("meterwatch_fleet_connects", "connections made to the fleet broker", connects)
+        if snap.fleet_commands is None:
+            return
+        c_connected, received, accepted, rejected, untold, c_dropped = snap.fleet_commands
+        yield _one_gauge(
+            "meterwatch_fleet_commands_connected", "1 while the command topic is subscribed", int(c_connected)
+        )
+        yield _one_counter(
+            "meterwatch_fleet_commands_received", "commands from the fleet view received", received
+        )
+        outcomes = _counter(
+            "meterwatch_fleet_commands",
+            "commands from the fleet view by outcome (each answered once)",
+            "outcome",
+        )
+        outcomes.add_metric(["accepted"], accepted)
+        outcomes.add_metric(["rejected"], rejected)
+        yield outcomes
+        yield _one_counter(
+            "meterwatch_fleet_commands_untold",
+            "malformed or unsigned commands past the rate limit: logged, no outcome published",
+            untold,
+        )
+        yield _one_counter(
+            "meterwatch_fleet_commands_dropped", "QoS 0 commands dropped past the 1,000 waiting", c_dropped
+        )
 
     def _gc(self, snap: Snapshot) -> Iterator[Metric]:
         """Python's garbage collector as counted since start (gateway/core/gctune.py): its pauses stall

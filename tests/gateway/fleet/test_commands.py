@@ -279,6 +279,17 @@ def test_commands_from_afar(tmp_path: Path, mosquitto: Mosquitto, subscriber_fac
             late = sender.send(sender.command("acknowledge", closed))
             rejected(sub, late, "refused", f"incident {closed} is resolved")
             assert commands.stats.accepted == 4 and commands.stats.rejected >= 11
+            # and /metrics counts them by outcome
+            with urllib.request.urlopen(site.daemon.url + "/metrics", timeout=10) as resp:
+                metrics = resp.read().decode()
+            assert "meterwatch_fleet_commands_connected 1.0" in metrics
+            assert 'meterwatch_fleet_commands_total{outcome="accepted"} 4.0' in metrics
+            rej = [
+                ln
+                for ln in metrics.splitlines()
+                if ln.startswith('meterwatch_fleet_commands_total{outcome="rejected"}')
+            ]
+            assert rej and float(rej[0].split()[1]) == commands.stats.rejected, rej
 
         # replayed after a restart: the ids are kept in the incident store
         restarted = FleetSite(site.directory, site.site_path)
