@@ -16,6 +16,7 @@ from gateway.config import Site
 from gateway.fleet.bridge import FleetBridge
 from gateway.fleet.command_format import load_public_key
 from gateway.fleet.commands import Call, FleetCommands
+from gateway.fleet.peers import PeerLinks
 from gateway.fleet.publisher import FleetPublisher
 from gateway.incidents.manager import IncidentManager
 from gateway.observe.presence import DevicePresence
@@ -29,6 +30,7 @@ class Fleet:
     publisher: FleetPublisher
     presence: DevicePresence | None = None  # the daemon's view of its devices (devices_up)
     commands: FleetCommands | None = None  # fleet.commands enabled: signed commands from the fleet view
+    peers: PeerLinks | None = None  # a shard: notes its peer shards' incidents of the same cause
 
 
 def _version() -> str:
@@ -71,6 +73,8 @@ def build(
         key = load_public_key(path if path.is_absolute() else site.path.parent / path)
         commands = FleetCommands(site, cfg, bridge.topics, store_path, key, publisher.wake)
     fleet = Fleet(bridge, publisher, presence, commands)
+    if site.shard is not None:
+        fleet.peers = PeerLinks(site, cfg, bridge.topics, manager, store_path)
     return fleet
 
 
@@ -79,3 +83,5 @@ def bind_desk(fleet: Fleet, site: Site, manager: IncidentManager, responder: Res
     let the command client add the outcome to the action's own round (FleetCommands.through)."""
     if fleet.commands is not None:
         fleet.commands.bind(DaemonDesk(site, manager, responder, fleet.commands.through(call)))
+    if fleet.peers is not None:  # a note of a peer's incident, as staff's notes are made
+        fleet.peers.bind(DaemonDesk(site, manager, responder, call))

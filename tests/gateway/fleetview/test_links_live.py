@@ -33,6 +33,14 @@ def compound(state: dict[str, Any]) -> dict[str, Any] | None:
     return site_of(state, SITE)
 
 
+PEER_BUILDING = {"north": "B1", "south": "B2"}
+
+
+def notes(daemon: DaemonThread, incident_id: int) -> list[str]:
+    detail = daemon.api(f"/api/incidents/{incident_id}")
+    return [e["detail"] for e in detail["timeline"] if e["event"] == "note"]
+
+
 def test_a_cut_of_a_shared_transformer_shows_as_linked_incidents_of_two_shards(
     tmp_path: Path, mosquitto: Mosquitto, view_factory: Views
 ) -> None:
@@ -96,12 +104,27 @@ def test_a_cut_of_a_shared_transformer_shows_as_linked_incidents_of_two_shards(
             "同一原因：T1" in page and 'data-linked="gw-north/' in page and 'data-linked="gw-south/' in page
         )
 
+        # each gateway learns its peer's incident and notes it once in its own incident's timeline
+        ids = {i["shard"]: i["id"] for i in outages}
+        for shard, peer in (("north", "south"), ("south", "north")):
+            want = (
+                f"peer shards: same cause T1 as gw-{peer} #{ids[peer]} (shard {peer}, {PEER_BUILDING[peer]})"
+            )
+            wait_until(
+                lambda shard=shard, want=want: notes(daemons[shard], ids[shard]).count(want) == 1,
+                30.0,
+                0.1,
+                f"{shard}'s note of {peer}'s incident",
+            )
+
         sim.world.restore_power("T1")
         shows(
             view,
             lambda s: (c := compound(s)) and not c["incidents"] and not c["links"],
             "both incidents gone once T1 is back",
         )
+        for shard, peer in (("north", "south"), ("south", "north")):  # noted once, not once a second
+            assert len([n for n in notes(daemons[shard], ids[shard]) if f"gw-{peer} #" in n]) == 1
     finally:
         for d in daemons.values():
             d.stop()
