@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from gateway.core.types import Event
 
@@ -39,6 +40,47 @@ class WakingQueue(asyncio.Queue[Event]):
     def _put(self, item: Event) -> None:
         super()._put(item)  # the hook Queue subclasses override (PriorityQueue, LifoQueue)
         _wake(self.waiter)
+
+    # asyncio.Queue's own state, which `offer` and `take` use directly (typeshed does not declare it)
+    if TYPE_CHECKING:
+        _queue: deque[Event]
+        _maxsize: int
+        _putters: deque[asyncio.Future[None]]
+        _getters: deque[asyncio.Future[None]]
+        _unfinished_tasks: int
+        _finished: asyncio.Event
+
+        def _wakeup_next(self, waiters: deque[asyncio.Future[None]]) -> None: ...
+
+    def offer(self, item: Event) -> bool:
+        """put_nowait that answers False when full instead of raising: the publisher's hot path (one
+        event per poll and subscriber), with what put_nowait does inlined."""
+        items = self._queue
+        if 0 < self._maxsize <= len(items):
+            return False
+        items.append(item)
+        _wake(self.waiter)
+        self._unfinished_tasks += 1
+        self._finished.clear()
+        if self._getters:
+            self._wakeup_next(self._getters)
+        return True
+
+    def take(self, limit: int) -> list[Event]:
+        """Up to `limit` queued events, oldest first, without waiting: as many get_nowait calls would
+        return, and waking as many blocked putters, in one call."""
+        items = self._queue
+        if len(items) <= limit:
+            out = list(items)
+            items.clear()
+        else:
+            pop = items.popleft
+            out = [pop() for _ in range(limit)]
+        putters, wake = self._putters, len(out)
+        while putters and wake:
+            self._wakeup_next(putters)
+            wake -= 1
+        return out
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
@@ -68,6 +110,20 @@ class Subscription:
             return self.queue.get_nowait()
         except asyncio.QueueEmpty:
             return None
+
+    def get_many(self, limit: int) -> list[Event]:
+        """Up to `limit` events already queued (oldest first; none when the queue is empty), without
+        waiting. A consumer that batches (the sink) takes a batch in one call rather than one per event."""
+        queue = self.queue
+        if isinstance(queue, WakingQueue):
+            return queue.take(limit)
+        out: list[Event] = []
+        while len(out) < limit:
+            try:
+                out.append(queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return out
 
     async def get_until(self, stop: asyncio.Event, timeout: float | None = None) -> Event | None:
         """The next event, or None once `stop` is set or `timeout` passes with nothing queued.
@@ -143,7 +199,10 @@ class Bus:
         self.published += 1
         for sub in self.subscriptions:
             if sub.overflow == "block":
-                if sub.shed_after is None:
+                queue = sub.queue
+                if not sub.shedding and isinstance(queue, WakingQueue) and queue.offer(event):
+                    pass  # room in the queue: what put or _put_or_shed would do first, without a coroutine
+                elif sub.shed_after is None:
                     await sub.queue.put(event)
                 elif not await self._put_or_shed(sub, event):
                     continue
