@@ -12,7 +12,7 @@ per second: a large residential compound (20 buildings, a main meter, unit meter
    cores are. The raw peer runs before and after the sink and the mean is the baseline; the ratio is
    (sink points per CPU-second) / (raw points per CPU-second).
    Beside it, on the same samples, the two costs no spool or HTTP change removes: encoding alone (a batch
-   at a time, as the intake does: LineEncoder.encode_many) and the bus alone (publish, one blocking
+   at a time, as the intake does: LineEncoder.encode_body) and the bus alone (publish, one blocking
    subscriber's get), and the ratio those two alone would allow.
 
    Measured (2 shared cores, other helpers' work running: alternate runs of the tree before and after in the
@@ -270,7 +270,7 @@ class Bench:
         enc = LineEncoder(self.site)
         c0 = _cpu()
         for i in range(0, len(samples), BATCH):  # as the sink's intake does: a batch at a time
-            enc.encode_many(samples[i : i + BATCH])
+            enc.encode_body(samples[i : i + BATCH])
         encode = _cpu() - c0
         bus = Bus()
         sub = bus.subscribe("sink", maxsize=20_000, overflow="block")

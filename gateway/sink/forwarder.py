@@ -172,69 +172,77 @@ class Forwarder:
     # -- intake -------------------------------------------------------------------------------------------
     async def _intake(self, stop: asyncio.Event) -> None:
         while True:
-            lines = await self._gather(stop)
-            if lines:
-                await self._append(lines, stop)
+            samples = await self._gather(stop)
+            if samples:
+                encoded = self.encoder.encode_body(samples)
+                if encoded is None:  # a line holds a newline: the spool stores such lines one by one
+                    lines = self.encoder.encode_many(samples)
+                    await self._append(len(lines), stop, self.buffer.append, lines)
+                elif encoded[1]:
+                    await self._append(encoded[1], stop, self.buffer.append_body, *encoded)
             elif stop.is_set() and self.sub.queue.empty():
                 return
 
-    async def _gather(self, stop: asyncio.Event) -> list[str]:
-        """Lines of up to batch_size samples: the events queued now, then more until flush_interval has
-        passed, encoded together (LineEncoder.encode_many: one C call for all their numbers). The hot loop
-        of the intake (once per event): hence the locals and the queue's own get_nowait."""
+    async def _gather(self, stop: asyncio.Event) -> list[Sample]:
+        """Up to batch_size samples: the events queued now, then more until flush_interval has passed. They
+        are encoded together (LineEncoder.encode_body: one C call for all their numbers) and taken from the
+        queue a batch at a time (Subscription.get_many), not one call per event."""
         samples: list[Sample] = []
         ev = await self._next_event(stop, None)
         if ev is None:
-            return []
+            return samples
+        if isinstance(ev, Sample):  # device and source status are not stored as time series
+            samples.append(ev)
         deadline = time.monotonic() + self.flush_interval
-        append, get = samples.append, self.sub.queue.get_nowait
-        batch_size = self.batch_size
+        take, batch_size = self.sub.get_many, self.batch_size
         try:
-            while True:
-                if isinstance(ev, Sample):  # device and source status are not stored as time series
-                    append(ev)
-                    if len(samples) >= batch_size:
-                        break
-                try:
-                    ev = get()
-                except asyncio.QueueEmpty:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or stop.is_set():
-                        break
-                    ev = await self._next_event(stop, left)
-                    if ev is None:
-                        break
+            while len(samples) < batch_size:
+                events = take(batch_size - len(samples))
+                if events:
+                    samples.extend([e for e in events if isinstance(e, Sample)])
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0 or stop.is_set():
+                    break
+                ev = await self._next_event(stop, left)
+                if ev is None:
+                    break
+                if isinstance(ev, Sample):
+                    samples.append(ev)
         finally:
             self.stats.samples_in += len(samples)
-        return self.encoder.encode_many(samples)
+        return samples
 
     async def _next_event(self, stop: asyncio.Event, timeout: float | None) -> Event | None:
         return await self.sub.get_until(stop, timeout)
 
-    async def _append(self, lines: list[str], stop: asyncio.Event) -> None:
-        """Store the batch, or shed it. A healthy spool that fails is retried for up to `shed_after`
-        seconds (a passing hiccup sheds nothing); during a failing episode each batch gets one attempt.
+    async def _append(
+        self, points: int, stop: asyncio.Event, store: Callable[..., None], *args: object
+    ) -> None:
+        """Store the batch of `points` (store(*args) on the spool thread), or shed it. A healthy spool that
+        fails is retried for up to `shed_after` seconds (a passing hiccup sheds nothing); during a failing
+        episode each batch gets one attempt.
         Neither outlives stop: at stop a failing batch is shed at once, and while storage fails the batches
         still queued at stop are shed without an attempt (a locked file costs seconds per attempt)."""
         if stop.is_set() and self.storage.failing:
-            self.storage.shed_samples(len(lines))
+            self.storage.shed_samples(points)
             return
         retry_until = None if self.storage.failing else time.monotonic() + self.shed_after
         delay = 0.1
         while True:
             try:
-                await self._on_spool(self.buffer.append, lines)
+                await self._on_spool(store, *args)
             except STORAGE_ERRORS as exc:  # a full disk, an I/O error, a file locked meanwhile
                 self.stats.spool_errors += 1
                 self.storage.failed(exc, "append")
                 if retry_until is None or stop.is_set() or time.monotonic() + delay > retry_until:
-                    self.storage.shed_samples(len(lines))
+                    self.storage.shed_samples(points)
                     return
                 await _sleep_or_stop(stop, delay)
                 delay *= 2
                 continue
             self.storage.succeeded()
-            self.stats.points_in += len(lines)
+            self.stats.points_in += points
             self._wake.set()
             return
 

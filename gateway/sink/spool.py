@@ -127,6 +127,9 @@ class Buffer(Protocol):
     unavailable: BaseException | None  # set while the spool cannot be opened (its disk is full)
 
     def append(self, lines: Sequence[str]) -> None: ...
+    def append_body(self, body: bytes, n: int) -> None:
+        """Like append, for n lines already joined by "\\n" (UTF-8, no line holding a newline)."""
+
     def peek(self, limit: int) -> list[Pending]:
         """The oldest `limit` points, now in flight: the byte bound spares them until ack() or release()."""
 
@@ -242,6 +245,10 @@ class Spool(_InFlight):
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            # Debian's SQLite zeroes every deleted page (built with SECURE_DELETE): each ack would write its
+            # batch's size again in zeros, to the WAL and then to the file (half the spool's I/O and a
+            # third of its CPU). The points deleted were sent already: there is nothing to hide.
+            db.execute("PRAGMA secure_delete=OFF")
             row = db.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise SpoolCorrupt(f"quick_check: {row[0] if row else 'no answer'}")
@@ -348,6 +355,20 @@ class Spool(_InFlight):
             self._recover(exc)
             rows = self._chunk_rows(lines, rows[0][2])
             self._append_rows(rows)
+
+    def append_body(self, body: bytes, n: int) -> None:
+        """append() for n lines already joined: stored as they are, one chunk (the encoder's output)."""
+        if n <= 0:
+            return
+        held = body.count(b"\n") + 1
+        if held != n:  # the chunk's ids are first .. first + n - 1: its lines must be exactly n
+            raise ValueError(f"append_body: told {n} lines, the body holds {held}")
+        rows = [(self._next, n, self.clock(), _chunk_nbytes(body, n), body)]
+        try:
+            self._append_rows(rows)
+        except sqlite3.DatabaseError as exc:  # corrupt: a new file takes the batch; else the caller's
+            self._recover(exc)
+            self._append_rows([(self._next, *rows[0][1:])])
 
     def _chunk_rows(self, lines: Sequence[str], now: float) -> list[tuple[int, int, float, int, bytes]]:
         """(first, n, enq, nbytes, body) rows for `lines`: one chunk, or a chunk per line when a line holds
@@ -649,6 +670,10 @@ class MemoryBuffer(_InFlight):
         if dropped:
             self.stats.dropped["bytes"] += dropped
         self._refresh()
+
+    def append_body(self, body: bytes, n: int) -> None:
+        if n > 0:
+            self.append(body.decode("utf-8").split("\n"))
 
     def peek(self, limit: int) -> list[Pending]:
         out: list[Pending] = []

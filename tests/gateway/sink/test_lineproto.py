@@ -215,3 +215,26 @@ def test_an_unknown_device_is_counted_once_and_still_stored(site: Site) -> None:
             == r"other,device=ghost\ {x},site=t1 v=1.0,quality=0i 1000000"
         )
     assert enc.unknown_devices == 1
+
+
+def test_encode_body_is_the_lines_joined_as_the_spool_stores_them(site: Site) -> None:
+    """encode_body (the intake's path) gives exactly encode_many's lines joined by newlines, UTF-8, and
+    their count, for batches that take the fast way and the long way (NaN, infinities, empty values)."""
+    rng = random.Random(7)
+    enc = LineEncoder(site)
+    devices = ["M1", "P1", "T1", "ghost", "odd device,x=y", "{brace}"]
+    for size in (1, 3, 50):
+        for _ in range(20):
+            batch = [random_sample(rng, devices) for _ in range(size)]
+            lines = enc.encode_many(batch)
+            assert enc.encode_body(batch) == ("\n".join(lines).encode("utf-8"), len(lines))
+    assert enc.encode_body([Sample("M1", 1.0, {})]) == (b"", 0)
+    assert enc.encode_body([Sample("M1", 1.0, {"a": math.nan})]) == (b"", 0)
+
+
+def test_encode_body_declines_a_batch_whose_line_holds_a_newline(site: Site) -> None:
+    """Such a body could not give its lines back: the caller stores encode_many's lines one by one."""
+    enc = LineEncoder(site)
+    batch = [Sample("M1", 1.0, {"a\nb": 1.5}), Sample("T1", 2.0, {"x": 2.5})]
+    assert enc.encode_body(batch) is None
+    assert len(enc.encode_many(batch)) == 2

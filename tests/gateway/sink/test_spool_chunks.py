@@ -147,3 +147,28 @@ def test_the_byte_bound_ends_inside_a_chunk_and_drops_only_what_it_must(tmp_path
     sp.append(lines(7, 7))  # 14 points, bound 10: the 4 oldest of the first chunk go
     assert sp.stats.dropped["bytes"] == 4 and sp.stats.bytes == row * 10
     assert body_lines(sp) == lines(4, 10)
+
+
+@pytest.mark.parametrize("kind", ["spool", "memory"])
+def test_append_body_stores_a_joined_batch_as_append_does(kind: str, tmp_path: Path) -> None:
+    """The intake appends the encoder's body as it is (no list of lines): the same points, ids and bytes."""
+    buf = make(kind, tmp_path)
+    buf.append(lines(0, 3))
+    buf.append_body("\n".join(lines(3, 4)).encode("utf-8"), 4)
+    buf.append_body(b"", 0)  # nothing: no chunk, no id used
+    assert body_lines(buf) == lines(0, 7)
+    row = len(lines(0, 1)[0]) + ROW_OVERHEAD
+    assert buf.stats.points == 7 and buf.stats.bytes == 7 * row and buf.stats.appended == 7
+    if kind == "spool":  # one chunk per append (the memory buffer keeps points, chunked when peeked)
+        assert [(c.first, c.n) for c in buf.peek_chunks(1000)] == [(1, 3), (4, 4)]
+    buf.append(lines(7, 1))
+    assert body_lines(buf)[-1] == lines(7, 1)[0] and buf.peek_chunks(1000)[-1].last == 8
+
+
+def test_append_body_refuses_a_count_that_is_not_its_lines_and_stores_nothing(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "s.sqlite", max_bytes=10**9, max_age=1e9)
+    with pytest.raises(ValueError, match="told 3 lines, the body holds 2"):
+        sp.append_body("\n".join(lines(0, 2)).encode("utf-8"), 3)
+    assert sp.stats.points == 0 and body_lines(sp) == []
+    sp.append_body("\n".join(lines(0, 2)).encode("utf-8"), 2)
+    assert [c.first for c in sp.peek_chunks(10)] == [1]
