@@ -1,5 +1,6 @@
 """The fleet acceptance simulation (tests/fleet_sim/run.py) at a small size: 4 real gateway processes, 2
-compounds with their supply cut, the broker stopped for 15 s while their incidents change, keepalive 5 s.
+compounds with their supply cut, the broker stopped for 15 s while their incidents change (and a fault is
+reported, noted and resolved by hand in the other two), keepalive 5 s.
 The same checks as `make fleet-sim` (20 gateways, 5 outages, 2 minutes): the outages shown in the fleet view,
 the view in step with the gateways after the broker's return, every committed event at the counting
 subscriber exactly once (by id), a killed and a frozen gateway offline within 1.5 x keepalive, every
@@ -36,4 +37,6 @@ def test_fleet_simulation_small(tmp_path: Path) -> None:
     assert fig["broker_down_s"] >= 15.0
     # events were produced while the broker was away and kept by the gateways until it came back
     assert all(n > 0 for n in fig["owed_at_restart"].values()), text
-    assert fig["events"]["c01"]["committed"] > 0 and fig["events"]["c01"]["notices"] > 0, text
+    assert len(fig["owed_at_restart"]) == opts.gateways, text
+    assert all(e["committed"] > 0 for e in fig["events"].values()), text
+    assert fig["events"]["c01"]["notices"] > 0, text  # the notice outcomes are events too
