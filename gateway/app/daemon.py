@@ -112,7 +112,8 @@ class _StartMarker:
 
 
 def default_state_dir(site: Site) -> Path:
-    return Path("var") / site.config.site.id
+    """var/<site id>, or var/<site id>.shard-<shard id>: each shard its own spool, store and lock."""
+    return Path("var") / site.local_id
 
 
 async def serve(rt: Runtime, stop: asyncio.Event) -> None:

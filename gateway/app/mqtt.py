@@ -47,7 +47,7 @@ def mqtt_settings(site: Site) -> MqttSettings | None:
     site_id = site.config.site.id
     return MqttSettings(
         site=site_id,
-        client_id=cfg.client_id or default_client_id(site_id),
+        client_id=cfg.client_id or default_client_id(site.local_id),  # a shard's own: see Site.local_id
         subscriptions=subscriptions,
         devices={d.id: d.building for d in site.config.devices if d.source == "mqtt"},
         host=cfg.host,

@@ -37,6 +37,13 @@ class Site:
         """The whole site file: the compound every shard shares (the config itself without a shard)."""
         return self.shard.compound if self.shard is not None else self.config
 
+    @property
+    def local_id(self) -> str:
+        """The site id, or <site id>.shard-<shard id> for one shard: what names this gateway's state
+        directory and MQTT client id, since two shards of one compound may run on one host."""
+        sid = self.config.site.id
+        return sid if self.shard is None else f"{sid}.shard-{self.shard.id}"
+
     def whole(self) -> Site:
         """This site file with no shard applied (e.g. to simulate the whole compound)."""
         return Site(config=self.compound, path=self.path, profiles=self.profiles)

@@ -166,3 +166,22 @@ notify:
     windows = {w.id: w.buildings for w in site.config.notify.maintenance}
     # each shard announces works to its own residents only: no notice twice, none to another's
     assert windows == {"all": [], "b1-b2": ["B1"]}
+
+
+def test_two_shards_on_one_host_keep_apart_their_state_and_mqtt_session(tmp_path: Path) -> None:
+    from gateway.app.daemon import default_state_dir
+    from gateway.app.mqtt import mqtt_settings
+
+    whole = load_site(compound_site(tmp_path / "whole", "mqtt: {host: 127.0.0.1}"))
+    north = load_site(
+        compound_site(tmp_path / "n", "shard: {id: north, buildings: [B1]}\nmqtt: {host: 127.0.0.1}")
+    )
+    south = load_site(
+        compound_site(tmp_path / "s", "shard: {id: south, buildings: [B2]}\nmqtt: {host: 127.0.0.1}")
+    )
+    assert default_state_dir(whole) == Path("var/compound")  # unchanged without a shard
+    dirs = {default_state_dir(s) for s in (whole, north, south)}
+    assert dirs == {Path("var/compound"), Path("var/compound.shard-north"), Path("var/compound.shard-south")}
+    settings = [mqtt_settings(s) for s in (whole, north, south)]
+    ids = [s.client_id for s in settings if s is not None]
+    assert len(set(ids)) == 3 and ids[1].startswith("meterwatch-compound.shard-north-"), ids
