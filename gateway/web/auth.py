@@ -36,9 +36,11 @@ class Tokens:
                 found = name
         return found
 
-    def require(self, request: Request) -> str:
+    def require(self, request: Request, *, cookie: str = COOKIE, source: str = "http.tokens") -> str:
         """The name of the token a request carries (header first, then the console cookie), or the
-        HTTPException (401/403, JSON detail) that refuses it."""
+        HTTPException (401/403, JSON detail) that refuses it. `cookie` and `source` (what the answers name
+        as the tokens' place) are for another server on the same host, e.g. the fleet view: browsers share
+        cookies across ports, so it needs a cookie of its own."""
         if not self._tokens:
             raise HTTPException(
                 status_code=403, detail="writes over HTTP are off: the site file has no http.tokens"
@@ -55,14 +57,14 @@ class Tokens:
                 )
             presented = value.strip()
         else:
-            presented = request.cookies.get(COOKIE)
+            presented = request.cookies.get(cookie)
         if not presented:
             raise HTTPException(
                 status_code=401,
-                detail="a token is needed: 'Authorization: Bearer <token>' (one of http.tokens)",
+                detail=f"a token is needed: 'Authorization: Bearer <token>' (one of {source})",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         name = self.name_of(presented)
         if name is None:
-            raise HTTPException(status_code=403, detail="this token is not one of http.tokens")
+            raise HTTPException(status_code=403, detail=f"this token is not one of {source}")
         return name
