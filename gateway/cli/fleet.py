@@ -1,17 +1,20 @@
 """`meterwatch fleet`: the fleet view (issue 13, item 3). It subscribes to the company's broker
 (gateway/fleetview/client.py), keeps the latest retained state in memory (gateway/fleetview/state.py) and
 serves one page and /api/fleet (gateway/fleetview/page.py). It writes nothing to the broker, unless started
-with --command-key: then it signs and publishes the acknowledge / on site / note commands asked for on its
-page (gateway/fleetview/commands.py, issue 13 item 2). `meterwatch fleet keygen DIR` makes the key pair.
+with --command-key: then it signs and publishes the acknowledge / on site / note commands that the holders of
+its named tokens (METERWATCH_FLEET_TOKENS or --tokens FILE, gateway/fleetview/tokens.py) ask for on its page
+or API, each in the name of the token's holder (gateway/fleetview/commands.py, issue 13 item 2). `meterwatch
+fleet keygen DIR` makes the key pair.
 
-A bad --broker, --http, --tls-ca or --command-key is one line on stderr and exit status 2 (a usage error),
-never a traceback; a broker that does not answer yet is no error: the view says so on the page and keeps
-trying.
+A bad --broker, --http, --tls-ca, --command-key or --tokens, or --command-key without any token, is one line
+on stderr and exit status 2 (a usage error), never a traceback and never a token; a broker that does not
+answer yet is no error: the view says so on the page and keeps trying.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 from pathlib import Path
@@ -25,7 +28,11 @@ from gateway.fleetview.client import FleetClient, ViewOptions
 from gateway.fleetview.commands import CommandDesk
 from gateway.fleetview.page import make_app
 from gateway.fleetview.state import FleetState
+from gateway.fleetview.tokens import ENV as TOKENS_ENV
+from gateway.fleetview.tokens import TokenError
+from gateway.fleetview.tokens import load as load_tokens
 from gateway.observe.logs import setup_logging
+from gateway.web.auth import Tokens
 
 log = logging.getLogger("meterwatch.fleetview")
 COMPANY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -94,7 +101,16 @@ def view(
         None,
         "--command-key",
         help=f"the Ed25519 private key ({PRIVATE_NAME}) to sign commands with: the page gets acknowledge / "
-        f"on site / note buttons; gateways check them with {PUBLIC_NAME}. Without it the view is read-only",
+        f"on site / note buttons; gateways check them with {PUBLIC_NAME}. Needs named tokens (from "
+        f"{TOKENS_ENV} or --tokens): only their holders may command, each in the token's name. Without it "
+        "the view is read-only",
+    ),
+    tokens_file: Path | None = typer.Option(
+        None,
+        "--tokens",
+        help=f"who may command (with --command-key): a file of one 'name: token' a line, readable by its "
+        f"owner only (chmod 600), instead of {TOKENS_ENV}='name=token,name=token'. A name is what the "
+        "gateway's timeline records ('by wang via fleet'); a token has at least 16 characters",
     ),
 ) -> None:
     """The fleet view: every site, open incident, offline gateway and KPI from the broker (read-only
@@ -116,11 +132,26 @@ def view(
     if tls_ca is not None and not tls_ca.is_file():
         raise usage_error(f"--tls-ca {tls_ca}: no such file")
     key = None
+    tokens: Tokens | None = None
     if command_key is not None:
         try:
             key = load_private_key(command_key)
         except KeyFileError as exc:
             raise usage_error(f"--command-key {exc.filename}: {exc.strerror}") from None
+        try:
+            named = load_tokens(os.environ.get(TOKENS_ENV), tokens_file)
+        except TokenError as exc:
+            raise usage_error(str(exc)) from None
+        if not named:
+            raise usage_error(
+                f"--command-key needs named tokens (who may command): set {TOKENS_ENV}='name=token,...' "
+                "or give --tokens FILE (one 'name: token' a line, chmod 600)"
+            )
+        tokens = Tokens(named)
+    elif tokens_file is not None:
+        raise usage_error(
+            "--tokens says who may command: give --command-key too (without it the view is read-only)"
+        )
     try:
         host, port = parse_http(http)
     except ValueError as exc:
@@ -135,6 +166,10 @@ def view(
         sock.close()
         raise usage_error(f"--http {http}: cannot listen there ({exc.strerror})") from None
     setup_logging(log_level)  # logfmt on stderr, as `meterwatch run` logs
+    if command_key is None and os.environ.get(TOKENS_ENV, "").strip():
+        log.warning(
+            f"{TOKENS_ENV} is set but there is no --command-key: the view is read-only, tokens unused"
+        )
 
     state = FleetState()
     options = ViewOptions(address, company, username, password, tls_ca)
@@ -144,9 +179,11 @@ def view(
         commands = CommandDesk(key, client, state.snapshot)
         client.on_event = commands.on_event
     client.start()
-    app = make_app(state, client.status, commands=commands)
+    app = make_app(state, client.status, commands=commands, tokens=tokens)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-    mode = "with commands" if commands is not None else "read-only"
+    mode = "read-only"
+    if command_key is not None:
+        mode = f"with commands by {', '.join(sorted(t.name for t in named))}"
     typer.echo(
         f"fleet view of {options.topic} at {address.host}:{address.port} ({mode}): "
         f"http://{host}:{sock.getsockname()[1]}/"

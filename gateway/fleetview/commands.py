@@ -1,8 +1,10 @@
 """The fleet view's side of acknowledging from afar (issue 13, item 2), with `--command-key`: a command asked
 for on the page or /api/commands is checked against what the view knows (an open incident of that gateway),
 signed with the view's Ed25519 key (gateway/fleet/command_format.py) and published at QoS 1 on the gateway's
-command topic. The gateway answers on its events topic (type `command`); the first answer to a command is
-its outcome here (a later copy, e.g. `replayed` for a redelivery, does not change it).
+command topic. Its `who` is the name of the token its sender proved (gateway/fleetview/page.py checks it,
+gateway/fleetview/tokens.py reads them), so the gateway's timeline says who acted: "by wang via fleet".
+The gateway answers on its events topic (type `command`); the first answer to a command is its outcome here
+(a later copy, e.g. `replayed` for a redelivery, does not change it).
 
 Only the commands this view sent are followed, the latest MAX_KEPT of them: the view keeps no state that
 matters (the gateway's incident and its timeline say what was done).

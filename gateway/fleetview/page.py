@@ -2,11 +2,17 @@
 JSON), GET /assets/pages.css (the console's style sheet, gateway/web/static/pages.css) and GET /healthz.
 
 Server-rendered with Jinja2 (autoescape on) on the console's base template, refreshed by a meta refresh;
-nothing comes from elsewhere. Read-only unless the view was started with --command-key: then each open
-incident has acknowledge / on site / note buttons (POST /commands, a form; POST /api/commands, JSON) that
-sign and publish a command (gateway/fleetview/commands.py), GET /api/commands says what became of them, and
-the page reloads itself by a small script that waits while someone types. Without the key those routes
-answer 403 and the page has no buttons.
+nothing comes from elsewhere. Read-only unless the view was started with --command-key: then whoever holds
+one of the view's named tokens (gateway/fleetview/tokens.py) may act. The API takes `Authorization: Bearer
+<token>`; the page has a small login form (POST /login sets an HttpOnly, SameSite=Strict cookie of the
+view's own, POST /logout drops it) and, once logged in, acknowledge / on site / note buttons on each open
+incident (POST /commands, a form that also carries the process's form token) and the panel of commands sent.
+POST /api/commands (JSON) does the same for programs; GET /api/commands says what became of them. Every
+command is signed and published by gateway/fleetview/commands.py in the token's name: the sender cannot
+choose another. No token: 401; a token the view does not have: 403 (gateway/web/auth.py's Tokens, as the
+gateway's own console). GET / and GET /api/fleet stay open: they show what a view without the key shows.
+With commands the page reloads itself by a small script that waits while someone types. Without the key the
+command routes answer 403 and the page has no buttons.
 """
 
 from __future__ import annotations
@@ -18,16 +24,17 @@ from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, quote
 from zoneinfo import ZoneInfo
 
 import jinja2
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.fleetview.commands import CommandDesk, CommandError
 from gateway.fleetview.state import FleetState
+from gateway.web.auth import Tokens
 
 Lang = Literal["zh", "en"]
 
@@ -70,7 +77,14 @@ WORDS: dict[str, dict[str, str]] = {
         "broker": "消息服务器 {b}",
         "disconnected": "未连接消息服务器，显示的是最后已知状态",
         "updated": "更新于 {t}",
-        "cmd_who": "您的姓名",
+        "login_hint": "远程操作需登录：",
+        "login_token": "您的令牌",
+        "login": "登录",
+        "logout": "退出",
+        "logged_in": "已登录：{name}",
+        "login_bad": "令牌不正确。",
+        "login_stale": "您的令牌已失效，请重新登录。",
+        "login_first": "请先登录再操作。",
         "cmd_text": "备注内容",
         "cmd_acknowledge": "确认接单",
         "cmd_on_site": "已到场",
@@ -115,7 +129,14 @@ WORDS: dict[str, dict[str, str]] = {
         "broker": "broker {b}",
         "disconnected": "not connected to the broker: showing the last known state",
         "updated": "updated {t}",
-        "cmd_who": "your name",
+        "login_hint": "log in to send commands:",
+        "login_token": "your token",
+        "login": "Log in",
+        "logout": "Log out",
+        "logged_in": "logged in as {name}",
+        "login_bad": "That token is not right.",
+        "login_stale": "Your token is no longer valid: log in again.",
+        "login_first": "Log in first.",
         "cmd_text": "note",
         "cmd_acknowledge": "acknowledge",
         "cmd_on_site": "on site",
@@ -160,7 +181,11 @@ REFUSAL_NAMES = {
     },
     "en": {},
 }
-WHO_COOKIE = "mw_fleet_who"  # the name last used on this browser, to fill the name field again
+# the view's own cookie: browsers share cookies between ports of one host, and the gateway's console (maybe
+# on the same host) has its own under gateway/web/auth.py's COOKIE
+COOKIE = "mw_fleet_token"
+COOKIE_AGE = 30 * 86400  # a duty desk stays logged in for a month, or until "log out" (as the console)
+SOURCE = "the fleet view's tokens (METERWATCH_FLEET_TOKENS or --tokens)"
 SEVERITY_NAMES = {
     "zh": {"critical": "紧急", "major": "严重", "minor": "一般", "warning": "警告", "info": "提示"},
     "en": {},
@@ -187,6 +212,7 @@ def _env() -> jinja2.Environment:
 
 
 READ_ONLY = "this view is read-only: start it with --command-key to send commands"
+STALE_FORM = "the form is stale or not this view's: reload the page"
 
 
 def make_app(
@@ -194,7 +220,11 @@ def make_app(
     status: Callable[[], dict[str, Any]],
     tz: str = TIMEZONE,
     commands: CommandDesk | None = None,
+    tokens: Tokens | None = None,
 ) -> FastAPI:
+    """`tokens`: who may command (required with `commands`; the CLI refuses the key without them)."""
+    if commands is not None and (tokens is None or not tokens.enabled):
+        raise ValueError("commands need named tokens: nobody could send one, or anybody")
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     # the page's forms carry this; another site's page cannot read it, so cannot post a command for a
     # browser that can reach the view (the page sends no Referer and so an Origin of "null")
@@ -203,7 +233,8 @@ def make_app(
     css = (WEB / "static" / "pages.css").read_bytes()
     zone = ZoneInfo(tz)
 
-    def render(lang: Lang, who: str = "", error: str = "") -> str:
+    def render(lang: Lang, user: str | None = None, error: str = "", login_error: str = "") -> str:
+        """`user`: the name of the token the browser logged in with (None: the login form)."""
         words = WORDS[lang]
 
         def t(key: str, **kw: Any) -> str:
@@ -216,14 +247,16 @@ def make_app(
             lang=lang,
             t=t,
             root="",
-            lang_switch="./" if lang == "en" else "?lang=en",
+            lang_switch="./" if lang == "en" else "./?lang=en",  # also from /login, /commands
             site_name=words["title"],
             # with commands, the page's script reloads it (and waits while someone types in a form)
             refresh=REFRESH if commands is None else "",
             commands=commands is not None,
-            cmd_sent=[] if commands is None else commands.recent(8),
-            cmd_who=who,
+            # who sent what (and a note's words) is for those who may send: not on the open page
+            cmd_sent=[] if commands is None or user is None else commands.recent(8),
+            cmd_user=user,
             cmd_error=error,
+            login_error=login_error,
             cmd_refresh=REFRESH,
             cmd_token=form_token,
             action_name=lambda a: words.get(ACTION_WORDS.get(a, ""), a),
@@ -237,29 +270,61 @@ def make_app(
             clock=clock,
         )
 
+    def html(lang: Lang, status: int = 200, **kw: Any) -> HTMLResponse:
+        return HTMLResponse(render(lang, **kw), status_code=status, headers={"Cache-Control": "no-store"})
+
+    def user_of(request: Request) -> tuple[str | None, bool]:
+        """The name of the browser's login cookie's token, and whether a cookie was there (a token taken
+        away since, e.g. at a restart with other tokens, is said on the login form)."""
+        presented = request.cookies.get(COOKIE)
+        if commands is None or tokens is None or not presented:
+            return None, False
+        return tokens.name_of(presented), True
+
+    def require(request: Request) -> str:
+        """The token's name (Authorization: Bearer, else the login cookie), or HTTPException 401/403."""
+        if commands is None or tokens is None:
+            raise HTTPException(403, READ_ONLY)
+        return tokens.require(request, cookie=COOKIE, source=SOURCE)
+
+    def refused(exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    def pick(value: str | None) -> Lang:
+        return "en" if value == "en" else "zh"
+
+    def form_of(raw: bytes) -> dict[str, str]:
+        return {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request, lang: str = "zh", error: str = "") -> HTMLResponse:
-        who = unquote(request.cookies.get(WHO_COOKIE, ""))[:64]
-        body = render("en" if lang == "en" else "zh", who, error[:300])
-        return HTMLResponse(body, headers={"Cache-Control": "no-store"})
+        lang_: Lang = pick(lang)
+        user, had_cookie = user_of(request)
+        stale = WORDS[lang_]["login_stale"] if had_cookie and user is None else ""
+        return html(lang_, user=user, error=error[:300] if user else "", login_error=stale)
 
-    def send(fields: dict[str, Any]) -> dict[str, Any]:
-        """CommandError for a refused command (or one this view cannot send)."""
+    def send(fields: dict[str, Any], who: str) -> dict[str, Any]:
+        """CommandError for a refused command (or one this view cannot send); `who` is the token's name."""
         if commands is None:
             raise CommandError(403, READ_ONLY)
         try:
             incident = int(str(fields.get("incident", "")))
         except ValueError:
             raise CommandError(400, "incident: expected the incident id, a whole number") from None
-        names = ("company", "site", "gateway", "action", "who", "text")
+        claimed = fields.get("who")
+        if claimed not in (None, "", who):  # a program that thinks it chooses the name learns it does not
+            raise CommandError(400, f"who: commands go in your token's name ({who}); leave who out")
+        names = ("company", "site", "gateway", "action", "text")
         f = {k: str(fields.get(k) or "") for k in names}
-        sent = commands.send(
-            f["company"], f["site"], f["gateway"], incident, f["action"], f["who"], f["text"]
-        )
+        sent = commands.send(f["company"], f["site"], f["gateway"], incident, f["action"], who, f["text"])
         return commands.get(sent.id) or {}
 
     @app.post("/api/commands")
     async def api_send(request: Request) -> JSONResponse:
+        try:
+            who = require(request)
+        except HTTPException as exc:
+            return refused(exc)
         # a JSON content type cannot come from another site's form without the browser asking (CORS)
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return JSONResponse({"error": "expected Content-Type: application/json"}, status_code=415)
@@ -270,19 +335,26 @@ def make_app(
         if not isinstance(body, dict):
             return JSONResponse({"error": "expected a JSON object"}, status_code=400)
         try:
-            sent = await run_in_threadpool(send, body)
+            sent = await run_in_threadpool(send, body, who)
         except CommandError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         return JSONResponse(sent, status_code=202)
 
     @app.get("/api/commands")
-    def api_commands() -> JSONResponse:
-        if commands is None:
-            return JSONResponse({"error": READ_ONLY}, status_code=403)
+    def api_commands(request: Request) -> JSONResponse:
+        try:
+            require(request)
+        except HTTPException as exc:
+            return refused(exc)
+        assert commands is not None  # require() said so
         return JSONResponse({"commands": commands.recent()}, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/commands/{cid}")
-    def api_command(cid: str) -> JSONResponse:
+    def api_command(request: Request, cid: str) -> JSONResponse:
+        try:
+            require(request)
+        except HTTPException as exc:
+            return refused(exc)
         found = None if commands is None else commands.get(cid)
         if found is None:
             return JSONResponse({"error": f"no command {cid[:100]} sent by this view"}, status_code=404)
@@ -291,22 +363,54 @@ def make_app(
     @app.post("/commands")
     async def form_send(request: Request) -> Response:
         """The page's buttons: a form post, answered by a redirect back to the page (303)."""
-        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
-        lang = "en" if form.get("lang") == "en" else "zh"
+        form = form_of(await request.body())
+        lang = pick(form.get("lang"))
         back = "./?lang=en" if lang == "en" else "./"
-        if commands is not None and not secrets.compare_digest(form.get("token", ""), form_token):
-            return JSONResponse({"error": "the form is stale or not this view's: reload the page"}, 403)
+        if commands is None:
+            return JSONResponse({"error": READ_ONLY}, status_code=403)
         try:
-            await run_in_threadpool(send, form)
+            who = require(request)
+        except HTTPException as exc:  # logged out meanwhile, or a token taken away: the page, to log in
+            why = "login_first" if exc.status_code == 401 else "login_stale"
+            return html(lang, exc.status_code, login_error=WORDS[lang][why])
+        if not secrets.compare_digest(form.get("csrf", ""), form_token):
+            return JSONResponse({"error": STALE_FORM}, status_code=403)
+        try:
+            await run_in_threadpool(send, form, who)
         except CommandError as exc:
-            if exc.status == 403:
-                return JSONResponse({"error": exc.message}, status_code=403)
             sep = "&" if "?" in back else "?"
             return RedirectResponse(f"{back}{sep}error={quote(exc.message)}", status_code=303)
-        resp = RedirectResponse(back, status_code=303)
+        return RedirectResponse(back, status_code=303)
+
+    @app.post("/login")
+    async def login(request: Request) -> Response:
+        """The page's login form: the token checked, then kept in the view's HttpOnly cookie."""
+        form = form_of(await request.body())
+        lang = pick(form.get("lang"))
+        if commands is None or tokens is None:
+            return JSONResponse({"error": READ_ONLY}, status_code=403)
+        if not secrets.compare_digest(form.get("csrf", ""), form_token):
+            return JSONResponse({"error": STALE_FORM}, status_code=403)
+        presented = form.get("token", "").strip()
+        if not presented or tokens.name_of(presented) is None:
+            return html(lang, 403, login_error=WORDS[lang]["login_bad"])
+        resp = RedirectResponse("./?lang=en" if lang == "en" else "./", status_code=303)
         resp.set_cookie(
-            WHO_COOKIE, quote(form.get("who", "").strip()[:64]), max_age=90 * 86400, samesite="strict"
+            COOKIE,
+            presented,
+            max_age=COOKIE_AGE,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
         )
+        return resp
+
+    @app.post("/logout")
+    async def logout(request: Request) -> RedirectResponse:
+        lang = pick(form_of(await request.body()).get("lang"))
+        resp = RedirectResponse("./?lang=en" if lang == "en" else "./", status_code=303)
+        resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return resp
 
     @app.get("/api/fleet")
