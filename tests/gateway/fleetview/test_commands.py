@@ -266,6 +266,8 @@ def check_commands(
         assert on_site["state"] == "accepted"
         page = page_of(view, cookie=LI)
         assert f'data-command="{on_site["id"]}" data-state="accepted"' in page and "网关已执行" in page
+        stale = page_of(view, cookie="not-a-fleet-token-at-all")  # e.g. taken away at a restart
+        assert "令牌已失效" in stale and 'id="fleet-login"' in stale and "data-command-form" not in stale
         status, _, headers = form_post(view, "/logout", {"lang": "zh"}, LI)
         assert (
             status == 303
