@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.fleetview.commands import CommandDesk, CommandError
 from gateway.fleetview.state import FleetState
-from gateway.web.auth import Tokens
+from gateway.web.auth import Tokens, login_cookie, logout_cookie
 
 Lang = Literal["zh", "en"]
 
@@ -184,7 +184,6 @@ REFUSAL_NAMES = {
 # the view's own cookie: browsers share cookies between ports of one host, and the gateway's console (maybe
 # on the same host) has its own under gateway/web/auth.py's COOKIE
 COOKIE = "mw_fleet_token"
-COOKIE_AGE = 30 * 86400  # a duty desk stays logged in for a month, or until "log out" (as the console)
 SOURCE = "the fleet view's tokens (METERWATCH_FLEET_TOKENS or --tokens)"
 SEVERITY_NAMES = {
     "zh": {"critical": "紧急", "major": "严重", "minor": "一般", "warning": "警告", "info": "提示"},
@@ -395,22 +394,14 @@ def make_app(
         if not presented or tokens.name_of(presented) is None:
             return html(lang, 403, login_error=WORDS[lang]["login_bad"])
         resp = RedirectResponse("./?lang=en" if lang == "en" else "./", status_code=303)
-        resp.set_cookie(
-            COOKIE,
-            presented,
-            max_age=COOKIE_AGE,
-            path="/",
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
+        login_cookie(resp, presented, request, name=COOKIE)
         return resp
 
     @app.post("/logout")
     async def logout(request: Request) -> RedirectResponse:
         lang = pick(form_of(await request.body()).get("lang"))
         resp = RedirectResponse("./?lang=en" if lang == "en" else "./", status_code=303)
-        resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        logout_cookie(resp, name=COOKIE)
         return resp
 
     @app.get("/api/fleet")

@@ -13,10 +13,31 @@ import hmac
 from collections.abc import Sequence
 
 from fastapi import HTTPException, Request
+from starlette.responses import Response
 
 from gateway.config.http import ApiToken
 
 COOKIE = "mw_token"
+COOKIE_AGE = 30 * 86400  # a duty phone or desk stays logged in for a month, or until "log out"
+
+
+def login_cookie(resp: Response, token: str, request: Request, name: str = COOKIE) -> None:
+    """Keep a login's token in `resp`'s cookie `name`: HttpOnly (no script reads it), SameSite=Strict (no
+    other site's form sends it), Secure when the page came over https, for COOKIE_AGE."""
+    resp.set_cookie(
+        name,
+        token,
+        max_age=COOKIE_AGE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def logout_cookie(resp: Response, name: str = COOKIE) -> None:
+    """Drop the cookie login_cookie set (the same path and attributes, or the browser keeps it)."""
+    resp.delete_cookie(name, path="/", httponly=True, samesite="strict")
 
 
 class Tokens:

@@ -48,7 +48,7 @@ from gateway.respond.context import ADVICE, buildings_of
 from gateway.respond.desk_api import Desk, DeskError, OncallView, PersonView, ResponseView
 from gateway.respond.links import Action, LinkClaim, LinkError, LinkSigner
 from gateway.respond.messages import CATEGORY_NAMES, SEVERITY_NAMES, format_duration, what_happened
-from gateway.web.auth import COOKIE, Tokens
+from gateway.web.auth import Tokens, login_cookie, logout_cookie
 from rules.model import Incident, IncidentState
 
 Lang = Literal["zh", "en"]
@@ -58,7 +58,6 @@ CSS = HERE / "static" / "pages.css"
 
 CONSOLE_REFRESH = 15  # seconds; the console skips a refresh while someone is typing in it
 PUBLIC_REFRESH = 30  # seconds; the building page has nothing to type into
-COOKIE_AGE = 30 * 86400  # a duty phone stays logged in for a month, or until "log out"
 TIMELINE_SHOWN = 40  # newest entries of an incident's timeline on the console
 NOTE_MAX = 2000  # characters of a console note
 FORM_MAX = 64 * 1024  # bytes of a posted form (a note is the longest field)
@@ -787,21 +786,13 @@ def make_router(
                 request, "login.html", 403, enabled=True, error=WORDS[pick_lang(request)]["login_bad"]
             )
         resp = _redirect_console(request)
-        resp.set_cookie(
-            COOKIE,
-            presented,
-            max_age=COOKIE_AGE,
-            path="/",
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
+        login_cookie(resp, presented, request)
         return resp
 
     @router.post("/console/logout")
     async def logout(request: Request) -> RedirectResponse:
         resp = _redirect_console(request)
-        resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        logout_cookie(resp)
         return resp
 
     @router.post("/console/incidents/{incident_id}/{action}", response_model=None)
