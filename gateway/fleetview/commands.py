@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.client import MQTTMessageInfo
 
-from gateway.fleet.command_format import ACTIONS, MAX_TEXT, MAX_WHO, new_command, sign
+from gateway.fleet.command_format import ACTIONS, MAX_TEXT, MAX_WHO, Command, new_command, sign
 from gateway.fleet.topics import Topics
 
 log = logging.getLogger("meterwatch.fleetview")
@@ -53,19 +53,23 @@ class CommandError(Exception):
 
 @dataclass
 class Sent:
-    id: str
-    company: str
-    site: str
-    gateway: str
-    action: str
-    incident: int
-    who: str
-    text: str
-    issued_at: float
+    command: Command  # what was signed: its id, where to, what, by whom
+    issued_at: float  # the view's clock when sent (the command's own issued_at is whole seconds)
     state: str = "sending"  # sending -> sent (the broker took it) -> accepted | rejected
     code: str | None = None
     reason: str | None = None
     answered_at: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.command.id
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the page and /api/commands show: the command's fields but its validity, then the outcome."""
+        out = asdict(self)
+        cmd = out.pop("command")
+        del cmd["issued_at"], cmd["expires"]
+        return {**cmd, **out}
 
 
 class CommandDesk:
@@ -107,7 +111,7 @@ class CommandDesk:
             raise CommandError(503, "not connected to the broker: nothing was sent, try again")
         now = self.clock()
         cmd = new_command(company, site, gateway, action, incident, who, text, now, TTL)
-        sent = Sent(cmd.id, company, site, gateway, action, incident, who, text, now)
+        sent = Sent(cmd, now)
         with self._lock:
             self._sent[cmd.id] = sent
             while len(self._sent) > MAX_KEPT:
@@ -159,9 +163,9 @@ class CommandDesk:
     def get(self, cid: str) -> dict[str, Any] | None:
         with self._lock:
             sent = self._sent.get(cid)
-            return None if sent is None else asdict(sent)
+            return None if sent is None else sent.as_dict()
 
     def recent(self, n: int = MAX_KEPT) -> list[dict[str, Any]]:
         """The latest first."""
         with self._lock:
-            return [asdict(s) for s in reversed(self._sent.values())][:n]
+            return [s.as_dict() for s in reversed(self._sent.values())][:n]
