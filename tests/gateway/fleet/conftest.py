@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -163,6 +164,17 @@ class FleetSite(LiveSite):
     def fleet(self) -> Fleet:
         assert self.daemon.fleet is not None
         return self.daemon.fleet
+
+    def api(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """The daemon's HTTP API with the desk's token: GET `path`, or POST `body` to it as JSON."""
+        req = urllib.request.Request(
+            self.daemon.url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            method="GET" if body is None else "POST",
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
 
 
 FLEET = """

@@ -36,7 +36,7 @@ from gateway.fleet.command_format import (
     verify,
 )
 from tests.fixtures.mosquitto import Mosquitto
-from tests.gateway.fleet.conftest import COMPANY, GATEWAY, TOKEN, FleetSite, Subscriber, fleet_site, topic
+from tests.gateway.fleet.conftest import COMPANY, GATEWAY, FleetSite, Subscriber, fleet_site, topic
 
 ONCALL = """
 oncall:
@@ -173,17 +173,6 @@ def rejected(sub: Subscriber, cid: str | None, code: str, words: str) -> dict[st
     return got
 
 
-def api(site: FleetSite, path: str, body: dict[str, Any] | None = None) -> Any:
-    req = urllib.request.Request(
-        site.daemon.url + path,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        method="GET" if body is None else "POST",
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 def commands_site(directory: Path, broker: Mosquitto, public: Path, enabled: bool = True) -> FleetSite:
     directory.mkdir(parents=True, exist_ok=True)
     site = fleet_site(directory, broker)
@@ -197,7 +186,7 @@ def commands_site(directory: Path, broker: Mosquitto, public: Path, enabled: boo
 
 
 def open_incident(site: FleetSite, title: str) -> int:
-    return int(api(site, "/api/incidents", {"code": "003", "title": title, "buildings": ["B1"]})["id"])
+    return int(site.api("/api/incidents", {"code": "003", "title": title, "buildings": ["B1"]})["id"])
 
 
 def test_commands_from_afar(tmp_path: Path, mosquitto: Mosquitto, subscriber_factory: Any) -> None:
@@ -230,7 +219,7 @@ def test_commands_from_afar(tmp_path: Path, mosquitto: Mosquitto, subscriber_fac
             assert acked[0]["incident"]["acknowledged_at"] == acked[0]["at"]
             events = sub.events()
             assert events.index(acked[0]) < events.index(got), "the outcome never overtakes the transition"
-            response = api(site, f"/api/incidents/{inc}/response")
+            response = site.api(f"/api/incidents/{inc}/response")
             assert response["acked_by"] == "王工 via fleet" and response["acked_ts"] == acked[0]["at"]
 
             on_site = sender.send(sender.command("on_site", inc))
@@ -238,7 +227,7 @@ def test_commands_from_afar(tmp_path: Path, mosquitto: Mosquitto, subscriber_fac
             note_cmd = sender.command("note", inc, text="已到配电房，正在排查")
             note = sender.send(note_cmd)
             outcome(sub, note)
-            response = api(site, f"/api/incidents/{inc}/response")
+            response = site.api(f"/api/incidents/{inc}/response")
             assert response["on_site_by"] == "王工 via fleet"
             mine = [n["text"] for n in response["notes"] if n["who"] == "王工 via fleet"]
             assert mine == ["已到配电房，正在排查"]
@@ -269,13 +258,13 @@ def test_commands_from_afar(tmp_path: Path, mosquitto: Mosquitto, subscriber_fac
             rejected(sub, None, "malformed", "not JSON")
             sender.raw(b'{"id": "bad-field-1", "v": 1, "type": "command"}')
             rejected(sub, "bad-field-1", "malformed", "missing field issued_at")
-            after = api(site, f"/api/incidents/{inc}/response")
+            after = site.api(f"/api/incidents/{inc}/response")
             for field in ("acked_ts", "acked_by", "on_site_ts", "on_site_by", "notes"):
                 assert after[field] == response[field], f"a refused command changed {field}"
 
             # the gateway stays the authority: a resolved incident is not acknowledged
             closed = open_incident(site, "电梯困人")
-            api(site, f"/api/incidents/{closed}/resolve", {"note": "已处理"})
+            site.api(f"/api/incidents/{closed}/resolve", {"note": "已处理"})
             late = sender.send(sender.command("acknowledge", closed))
             rejected(sub, late, "refused", f"incident {closed} is resolved")
             assert commands.stats.accepted == 4 and commands.stats.rejected >= 11
@@ -328,6 +317,6 @@ def test_commands_off_the_gateway_does_not_listen(
             beats = len(sub.all(topic("gateway")))
             sub.wait(lambda: len(sub.all(topic("gateway"))) >= beats + 3, "three more heartbeats", TIMEOUT)
             assert outcomes(sub) == []
-            assert api(site, f"/api/incidents/{inc}/response")["acked_at"] is None
+            assert site.api(f"/api/incidents/{inc}/response")["acked_at"] is None
     finally:
         sender.close()

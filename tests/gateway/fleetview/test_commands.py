@@ -124,17 +124,6 @@ def publish(broker: Mosquitto, topic: str, body: dict[str, Any]) -> None:
         client.loop_stop()
 
 
-def gateway_api(site: FleetSite, path: str, body: dict[str, Any] | None = None) -> Any:
-    req = urllib.request.Request(
-        site.daemon.url + path,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        method="GET" if body is None else "POST",
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 def test_acknowledge_from_the_fleet_view(
     tmp_path: Path,
     mosquitto: Mosquitto,
@@ -164,7 +153,7 @@ def check_commands(
     view = view_factory("--company", COMPANY, "--command-key", str(private))
     readonly = view_factory("--company", COMPANY)
     with site:
-        inc = int(gateway_api(site, "/api/incidents", {"code": "003", "title": "配电房跳闸"})["id"])
+        inc = int(site.api("/api/incidents", {"code": "003", "title": "配电房跳闸"})["id"])
         shows(
             view,
             lambda s: (x := site_of(s, SITE)) and any(i["id"] == inc for i in x["incidents"]),
@@ -197,7 +186,7 @@ def check_commands(
         assert sent["who"] == "wang"
         done = answered(view, sent["id"])
         assert done["state"] == "accepted" and done["code"] == "accepted", done
-        response = gateway_api(site, f"/api/incidents/{inc}/response")
+        response = site.api(f"/api/incidents/{inc}/response")
         assert response["acked_by"] == "wang via fleet" and response["acked_ts"] is not None
         acked = sub.wait(
             lambda: [e for e in sub.transitions(inc) if e["transition"] == "acknowledged"], "acknowledged"
@@ -254,7 +243,7 @@ def check_commands(
         status, _, headers = form_post(view, "/commands", {**fields, "who": ""}, LI)
         assert status == 303 and headers["location"] == "./"
         wait_until(
-            lambda: gateway_api(site, f"/api/incidents/{inc}/response")["on_site_by"] == "li via fleet",
+            lambda: site.api(f"/api/incidents/{inc}/response")["on_site_by"] == "li via fleet",
             TIMEOUT,
             0.05,
             "on site from the page's form",
@@ -285,7 +274,7 @@ def check_commands(
             text="备注",
         )
         assert status == 202 and answered(view, note["id"])["state"] == "accepted"
-        notes = gateway_api(site, f"/api/incidents/{inc}/response")["notes"]
+        notes = site.api(f"/api/incidents/{inc}/response")["notes"]
         assert [(n["who"], n["text"]) for n in notes] == [("wang via fleet", "备注")]
 
         # what the view refuses itself (nothing is sent)
