@@ -23,10 +23,14 @@ A spool file from before chunks (table `points`, one row per point) is converted
 transaction: each old row becomes a chunk of one point with its id, so it is sent first and nothing of it
 is lost or sent twice.
 
-Cursor: the rows still in the table ARE the cursor. The sender deletes rows up to the last id InfluxDB
-accepted, in one transaction, after the write returned. A crash between the write and the delete resends
-at most that one batch (InfluxDB overwrites identical points), so a restart neither resends everything nor
-loses anything.
+Cursor: the rows still in the table ARE the cursor, less those acknowledged since the last commit. An ack
+that ends where a chunk ends (the sender's, after a whole batch was written) is recorded in memory
+(`_acked`: every id up to it is forgotten at once: stats, peeks, bounds) and its rows are deleted by the
+next transaction, the next append's first of all: one commit (one fsync) per batch instead of two. With no
+append to carry it, the delete gets its own commit once it has waited ACK_DEFER seconds (and at close and
+at each expire round). So a crash resends at most the batches acknowledged in the last ACK_DEFER seconds
+and the one being written (InfluxDB overwrites identical points): a restart neither resends everything nor
+loses anything, and nothing is deleted before InfluxDB took it.
 
 Bounds: `max_bytes` bounds the spooled payload (line-protocol bytes plus a fixed per-row overhead, which
 approximates the file size; freed pages are reused, so the file stops growing at about that size) and
@@ -76,6 +80,7 @@ log = logging.getLogger("meterwatch.spool")
 
 DROP_LOG_EVERY = 60.0  # seconds between two log lines about drops of the same reason
 ROW_OVERHEAD = 32  # bytes per row besides the line itself (rowid, enqueue time, length, b-tree cell)
+ACK_DEFER = 1.0  # seconds an acknowledged batch may wait for the next commit to delete it
 
 Clock = Callable[[], float]
 
@@ -198,6 +203,9 @@ class Spool(_InFlight):
         self._last_drop_log: dict[str, float] = {}
         self._db: sqlite3.Connection | None = None
         self._next = 1  # the id of the next point appended (from the file at open)
+        self._acked = 0  # every id up to this is acknowledged (forgotten), deleted by the next transaction
+        self._purged = 0  # ... and every id up to this one is deleted in the file already
+        self._purge_by: float | None = None  # monotonic time by which deferred deletes get their own commit
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -269,6 +277,8 @@ class Spool(_InFlight):
             db.close()
             raise
         self._next = max(int(end), int(kept[0]) if kept else 1)
+        self._acked = self._purged = 0  # this file's rows are all unacknowledged
+        self._purge_by = None
         self.stats.points, self.stats.bytes = int(n), int(total)
         self.stats.oldest_enqueued = float(first[0]) if first else None
         self.release()  # ids may start again in a new file
@@ -486,7 +496,9 @@ class Spool(_InFlight):
         db = self.db
         out: list[Chunk] = []
         total = 0
-        cur = db.execute("SELECT first, n, nbytes, body FROM chunks ORDER BY first")
+        cur = db.execute(
+            "SELECT first, n, nbytes, body FROM chunks WHERE first > ? ORDER BY first", (self._acked,)
+        )
         straddles: tuple[int, int] | None = None
         for first, n, nbytes, body in cur:
             if total + n <= limit:
@@ -508,8 +520,32 @@ class Spool(_InFlight):
         return out
 
     def ack(self, last_id: int) -> int:
-        """InfluxDB accepted (or the dead-letter file took) every point up to `last_id`: forget them."""
+        """InfluxDB accepted (or the dead-letter file took) every point up to `last_id`: forget them. Where
+        the ack ends with a chunk, its rows are deleted by the next transaction (see "Cursor" above)."""
         self.release()
+        if last_id <= self._acked:
+            return 0
+        db = self.db
+        row = db.execute(
+            "SELECT first, n FROM chunks WHERE first <= ? AND first > ? ORDER BY first DESC LIMIT 1",
+            (last_id, self._acked),
+        ).fetchone()
+        if row is None or row[0] + row[1] - 1 <= last_id:  # ends with a chunk: deferred
+            n, nbytes = db.execute(
+                "SELECT COALESCE(SUM(n), 0), COALESCE(SUM(nbytes), 0) FROM chunks"
+                " WHERE first > ? AND first <= ?",
+                (self._acked, last_id),
+            ).fetchone()
+            self._acked = last_id
+            now = time.monotonic()
+            if self._purge_by is None:
+                self._purge_by = now + ACK_DEFER
+            elif now >= self._purge_by:
+                self._purge()
+            forgotten = self._forget((int(n), int(nbytes)))
+            self.stats.acked += forgotten
+            self._refresh_oldest()
+            return forgotten
         with self._transaction() as db:
             row = db.execute(
                 "SELECT first, n FROM chunks WHERE first <= ? ORDER BY first DESC LIMIT 1", (last_id,)
@@ -526,6 +562,8 @@ class Spool(_InFlight):
         """Drop points older than max_age (oldest first). Returns how many."""
         cutoff = self.clock() - self.max_age
         if self.stats.oldest_enqueued is None or self.stats.oldest_enqueued >= cutoff:
+            if self._acked > self._purged:  # no append came to carry the deletes: they get their own commit
+                self._purge()
             return 0
         with self._transaction() as db:
             deleted = self._delete_in(db, "enq < ?", cutoff)
@@ -539,6 +577,8 @@ class Spool(_InFlight):
         if self._db is None:
             return
         with contextlib.suppress(sqlite3.Error):
+            if self._acked > self._purged:
+                self._purge()
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
         self._db = None
@@ -553,7 +593,10 @@ class Spool(_InFlight):
         and hide the disk-full error that mattered."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
+        purge = self._acked if self._acked > self._purged else 0
         try:
+            if purge:  # the deferred deletes of acknowledged rows (see "Cursor" above) go first
+                db.execute("DELETE FROM chunks WHERE first <= ?", (purge,))
             yield db
             db.execute("COMMIT")
         except BaseException:
@@ -561,6 +604,14 @@ class Spool(_InFlight):
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             raise
+        if purge:
+            self._purged = purge
+            self._purge_by = None
+
+    def _purge(self) -> None:
+        """A transaction of its own for the deferred deletes (_transaction makes them)."""
+        with self._transaction():
+            pass
 
     @staticmethod
     def _delete_in(db: sqlite3.Connection, where: str, arg: float) -> tuple[int, int]:
@@ -578,7 +629,9 @@ class Spool(_InFlight):
         return deleted[0]
 
     def _refresh_oldest(self) -> None:
-        row = self.db.execute("SELECT enq FROM chunks ORDER BY first LIMIT 1").fetchone()
+        row = self.db.execute(
+            "SELECT enq FROM chunks WHERE first > ? ORDER BY first LIMIT 1", (self._acked,)
+        ).fetchone()
         self.stats.oldest_enqueued = float(row[0]) if row else None
 
     def _count_drop(self, reason: str, n: int) -> None:
