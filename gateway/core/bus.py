@@ -59,7 +59,9 @@ class WakingQueue(asyncio.Queue[Event]):
         if 0 < self._maxsize <= len(items):
             return False
         items.append(item)
-        _wake(self.waiter)
+        waiter = self.waiter  # _wake, inlined
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         self._unfinished_tasks += 1
         self._finished.clear()
         if self._getters:
