@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -47,7 +47,7 @@ from gateway.config import Site
 from gateway.config.fleet import FleetConfig
 from gateway.fleet import outbox
 from gateway.fleet.command_format import BadCommand, Command, parse, verify
-from gateway.fleet.mqttconn import BrokerLogin, make_client
+from gateway.fleet.mqttconn import gateway_client, on_disconnect, refused, stop_client
 from gateway.fleet.outbox import Owed
 from gateway.fleet.topics import VERSION, Topics, dumps
 from gateway.incidents.store import Batch
@@ -401,43 +401,29 @@ class FleetCommands:
             await asyncio.to_thread(self._close)
 
     def _close(self) -> None:
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
+        stop_client(self._client)
         with self._lock:
             self._db.close()
         self.stats.connected = False
 
     def _make_client(self) -> Client:
-        client = make_client(self.client_id, BrokerLogin.from_config(self.cfg, self.site.path.parent))
+        client = gateway_client(self.client_id, self.cfg, self.site.path.parent)
         client.manual_ack_set(True)  # a command is acknowledged once its outcome is stored
-        client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(self.cfg.reconnect_max)))
         client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
+        client.on_disconnect = on_disconnect(self._lost)
         client.on_message = self._on_message
         return client
 
     def _on_connect(
         self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode, props: Properties | None
     ) -> None:
-        if reason.is_failure:
-            log.error(
-                "the fleet broker refused the command client",
-                extra={"fields": {"broker": self.cfg.broker, "reason": str(reason)}},
-            )
+        if refused(reason, log, "command client", self.cfg.broker):
             return
         self.stats.connected = True
         client.subscribe(self.topics.command, qos=1)
         log.info("taking fleet commands", extra={"fields": {"topic": self.topics.command}})
 
-    def _on_disconnect(
-        self,
-        client: Client,
-        userdata: Any,
-        flags: DisconnectFlags,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
+    def _lost(self, reason: ReasonCode) -> None:
         self.stats.connected = False
 
     def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -37,7 +37,7 @@ from gateway.config import Site
 from gateway.config.fleet import FleetConfig
 from gateway.fleet.bridge import supply_of
 from gateway.fleet.links import Supply, cause
-from gateway.fleet.mqttconn import BrokerLogin, make_client
+from gateway.fleet.mqttconn import gateway_client, on_disconnect, refused, stop_client
 from gateway.fleet.topics import VERSION, Topics
 from gateway.incidents.manager import IncidentManager
 from gateway.respond.desk_api import Desk, DeskError
@@ -221,42 +221,28 @@ class PeerLinks:
             await asyncio.to_thread(self._close)
 
     def _close(self) -> None:
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
+        stop_client(self._client)
         self._db.close()
         self.connected = False
 
     def _make_client(self) -> Client:
-        client = make_client(self.client_id, BrokerLogin.from_config(self.cfg, self.site.path.parent))
-        client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(self.cfg.reconnect_max)))
+        client = gateway_client(self.client_id, self.cfg, self.site.path.parent)
         client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
+        client.on_disconnect = on_disconnect(self._lost)
         client.on_message = self._on_message
         return client
 
     def _on_connect(
         self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode, props: Properties | None
     ) -> None:
-        if reason.is_failure:
-            log.error(
-                "the fleet broker refused the peer client",
-                extra={"fields": {"broker": self.cfg.broker, "reason": str(reason)}},
-            )
+        if refused(reason, log, "peer client", self.cfg.broker):
             return
         self.connected = True
         with self._lock:  # the retained state comes again whole
             self.peers.clear()
         client.subscribe(self.filter, qos=1)
 
-    def _on_disconnect(
-        self,
-        client: Client,
-        userdata: Any,
-        flags: DisconnectFlags,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
+    def _lost(self, reason: ReasonCode) -> None:
         self.connected = False
 
     def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessageInfo
+from paho.mqtt.client import Client, ConnectFlags, MQTTMessageInfo
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -36,7 +36,7 @@ from gateway.config import Site
 from gateway.config.fleet import FleetConfig
 from gateway.fleet.bridge import FleetBridge, NoticeEvents
 from gateway.fleet.kpi import kpi_payload, next_due
-from gateway.fleet.mqttconn import BrokerLogin, make_client
+from gateway.fleet.mqttconn import gateway_client, on_disconnect
 from gateway.fleet.outbox import FleetOutbox
 from gateway.fleet.topics import VERSION, dumps, with_id
 
@@ -171,14 +171,13 @@ class FleetPublisher:
     # ---- paho --------------------------------------------------------------------------------------------
     def _make_client(self) -> Client:
         cfg = self.cfg
-        client = make_client(self.client_id, BrokerLogin.from_config(cfg, self.site.path.parent))
+        client = gateway_client(self.client_id, cfg, self.site.path.parent)
         # the broker says this for us when we vanish without a DISCONNECT (kill -9, power, network)
         client.will_set(self.topics.state, self.state_payload("offline", self.clock()), qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(cfg.reconnect_max)))
         client.max_inflight_messages_set(WINDOW + RESERVED)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
+        client.on_disconnect = on_disconnect(self._lost)
         client.on_publish = self._on_publish
         return client
 
@@ -210,14 +209,7 @@ class FleetPublisher:
             self._woken = True
             self._cond.notify()
 
-    def _on_disconnect(
-        self,
-        client: Client,
-        userdata: Any,
-        flags: DisconnectFlags,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
+    def _lost(self, reason: ReasonCode) -> None:
         was = self.stats.connected
         self.stats.connected = False
         if was and not self._stopping:

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage, MQTTMessageInfo
+from paho.mqtt.client import Client, ConnectFlags, MQTTMessage, MQTTMessageInfo
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config.fleet import BrokerAddress
-from gateway.fleet.mqttconn import BrokerLogin, make_client
+from gateway.fleet.mqttconn import BrokerLogin, make_client, on_disconnect, stop_client
 from gateway.fleet.topics import ROOT
 from gateway.fleetview.state import FleetState
 
@@ -62,10 +62,10 @@ class FleetClient:
 
     def _make_client(self) -> Client:
         o = self.options
-        client = make_client(self.client_id, BrokerLogin(o.broker, o.username, o.password, o.tls_ca))
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        login = BrokerLogin(o.broker, o.username, o.password, o.tls_ca)
+        client = make_client(self.client_id, login, reconnect_max=30)
         client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
+        client.on_disconnect = on_disconnect(self._lost)
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
@@ -88,8 +88,7 @@ class FleetClient:
         self.client.loop_start()
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
 
     def _on_connect(
         self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode, props: Properties | None
@@ -118,14 +117,7 @@ class FleetClient:
             self.state.begin_resync()
         self.subscribed.set()
 
-    def _on_disconnect(
-        self,
-        client: Client,
-        userdata: Any,
-        flags: DisconnectFlags,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
+    def _lost(self, reason: ReasonCode) -> None:
         self.connected.clear()
         self.subscribed.clear()
         if reason.is_failure:
