@@ -80,6 +80,10 @@ log = logging.getLogger("meterwatch.spool")
 
 DROP_LOG_EVERY = 60.0  # seconds between two log lines about drops of the same reason
 ROW_OVERHEAD = 32  # bytes per row besides the line itself (rowid, enqueue time, length, b-tree cell)
+PAGE_SIZE = 16384  # of a new spool file
+# Between two checkpoints the WAL grows to about this many bytes (SQLite's default: 1000 pages of 4 KiB;
+# wal_autocheckpoint is set to keep it whatever the file's page size): room the disk needs besides the bound.
+WAL_ALLOWANCE = 1000 * 4096
 ACK_DEFER = 1.0  # seconds an acknowledged batch may wait for the next commit to delete it
 
 Clock = Callable[[], float]
@@ -251,8 +255,15 @@ class Spool(_InFlight):
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
+            # A new file only (SQLite keeps an existing file's page size): a batch's body takes a quarter as
+            # many pages and WAL frames as at the default 4 KiB (-0.1 us a point of the spool's CPU).
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            page = int(db.execute("PRAGMA page_size").fetchone()[0])
+            db.execute(
+                f"PRAGMA wal_autocheckpoint={max(1, WAL_ALLOWANCE // page)}"
+            )  # the WAL's bytes, any page
             # Debian's SQLite zeroes every deleted page (built with SECURE_DELETE): each ack would write its
             # batch's size again in zeros, to the WAL and then to the file (half the spool's I/O and a
             # third of its CPU). The points deleted were sent already: there is nothing to hide.
@@ -644,11 +655,6 @@ class Spool(_InFlight):
             "spool bound reached: dropped the oldest points",
             extra={"fields": {"reason": reason, "points": n, "dropped_total": self.stats.dropped[reason]}},
         )
-
-
-# Between two checkpoints the WAL grows to about 1000 pages (SQLite's default auto-checkpoint): room the
-# disk needs besides the bound itself.
-WAL_ALLOWANCE = 1000 * 4096
 
 
 def spool_files_size(path: Path) -> int:

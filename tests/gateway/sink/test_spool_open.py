@@ -9,6 +9,7 @@ chmod would not stop root).
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sink.spool import Spool
+from gateway.sink.spool import PAGE_SIZE, WAL_ALLOWANCE, Spool
 from gateway.sink.storage_errors import SpoolOpenError
 from tests.gateway.sink.test_full_disk import SmallDisk
 from tests.helpers import REPO, free_port
@@ -136,7 +137,7 @@ def test_run_on_a_locked_spool_says_so_in_one_line_and_the_backlog_is_kept(
 def _damage_a_page(path: Path) -> None:
     """Overwrite the middle of the file (b-tree pages of the points table) with garbage."""
     data = bytearray(path.read_bytes())
-    page = 4096
+    page = int.from_bytes(data[16:18], "big")  # the file's page size, from its header
     assert len(data) > 8 * page, len(data)
     mid = (len(data) // page // 2) * page
     data[mid : mid + 2 * page] = b"\xa5" * (2 * page)
@@ -185,3 +186,22 @@ def test_read_only_spool_or_state_dir_is_one_line_and_nothing_moves(tmp_path: Pa
         assert disk.listing() == before == ["spool.sqlite"]
     finally:
         disk.stop()
+
+
+def test_a_new_file_takes_the_larger_page_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    """The page size applies to new files; the WAL's checkpoint threshold follows each file's page size."""
+    fresh = Spool(tmp_path / "new.sqlite", max_bytes=10**9, max_age=1e9)
+    assert fresh.db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+    assert fresh.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_ALLOWANCE // PAGE_SIZE
+    fresh.close()
+    old = tmp_path / "old.sqlite"
+    db = sqlite3.connect(old)
+    db.execute("PRAGMA page_size=4096")
+    db.execute("CREATE TABLE t (x)")  # the file exists with 4 KiB pages
+    db.close()
+    sp = Spool(old, max_bytes=10**9, max_age=1e9)
+    assert sp.db.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert sp.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_ALLOWANCE // 4096
+    sp.append(lines(3))
+    assert [p.line for p in sp.peek(10)] == lines(3)
+    sp.close()
