@@ -17,15 +17,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from gateway.tools.receiver import HttpThread
 from simulators.ports import free_port
 
 PROMETHEUS = ("prometheus",)
@@ -56,17 +56,15 @@ def missing() -> list[str]:
     return out
 
 
-class VoltageExporter:
+class VoltageExporter(HttpThread):
     """GET /metrics: `meter_voltage_volts{meter="<device>",phase="l1"} <V>` for each meter, read through
     `read(device)` when Prometheus scrapes (so it sees a cut at the first scrape after it)."""
 
     def __init__(self, meters: Sequence[str], read: Callable[[str], float]) -> None:
+        super().__init__(name="voltage-exporter")
         self.meters = list(meters)
         self.read = read
         self.scrapes = 0
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
 
     def text(self) -> str:
         lines = [
@@ -93,26 +91,12 @@ class VoltageExporter:
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
+        self.serve(Handler)
         return self
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
 
 
 def _http_ok(url: str) -> bool:

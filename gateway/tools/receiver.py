@@ -7,6 +7,8 @@ request means is the callback's business (`on_request(path, headers, body)`, cal
 thread with the path as sent, query included).
 
 tests/fixtures/receiver.py does more (failures, delays, gates) and imports pytest; this one only receives.
+`HttpThread`, the server on its thread, also serves the benches' other stand-ins (bench/promstack.py's
+voltage exporter).
 """
 
 from __future__ import annotations
@@ -20,7 +22,45 @@ from typing import Any, Self
 OnRequest = Callable[[str, Mapping[str, str], bytes], None]
 
 
-class LocalReceiver:
+class HttpThread:
+    """A ThreadingHTTPServer on a daemon thread of its own: serve(handler) binds `host` and `port` (port 0: a
+    free one, and `port` becomes the bound one), stop() shuts it down, closes its socket and joins the
+    thread (again: nothing)."""
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, name: str = "http", poll_interval: float = 0.05
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.name = name
+        self.poll_interval = poll_interval  # how soon stop() is noticed by serve_forever
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        server = ThreadingHTTPServer((self.host, self.port), handler)
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            args=(self.poll_interval,),
+            name=f"{self.name}:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+class LocalReceiver(HttpThread):
     """A threaded HTTP server on `host` (port 0: a free one) answering GET/POST/PUT with 200 and `{}`.
 
     Use start()/stop() or a `with` block; `port` is the bound port once started. The demo's and the
@@ -34,13 +74,8 @@ class LocalReceiver:
         name: str = "receiver",
         poll_interval: float = 0.05,
     ) -> None:
+        super().__init__(host, port, name, poll_interval)
         self.on_request = on_request
-        self.host = host
-        self.port = port
-        self.name = name
-        self.poll_interval = poll_interval  # how soon stop() is noticed by serve_forever
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def address(self) -> str:
@@ -65,27 +100,8 @@ class LocalReceiver:
             def log_message(self, format: str, *args: Any) -> None:  # the callback says what arrived
                 pass
 
-        server = ThreadingHTTPServer((self.host, self.port), Handler)
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            args=(self.poll_interval,),
-            name=f"{self.name}:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self.serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
 
     def __enter__(self) -> Self:
         return self.start()
