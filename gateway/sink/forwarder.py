@@ -136,6 +136,7 @@ class Forwarder:
         self._spool_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._http_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx")
         self._wake = asyncio.Event()
+        self._peeked: list[Chunk] | None = None  # the next batch, handed out with the last ack
         self._backoff = BACKOFF_START
 
     @property
@@ -253,7 +254,8 @@ class Forwarder:
             self.storage.settle()  # a failing episode ends also when no sample comes after the last success
             try:
                 if time.monotonic() >= next_expire:
-                    await self._on_spool(self.buffer.expire)
+                    self._peeked = None  # expire may drop what a peek handed out: peek again after it
+                    await self._on_spool(self._expire)
                     next_expire = time.monotonic() + EXPIRE_EVERY
                 if await self._send_step(stop):
                     return
@@ -264,10 +266,22 @@ class Forwarder:
                 if await _sleep_or_stop(stop, STORAGE_RETRY):
                     return
 
+    def _expire(self) -> int:
+        self.buffer.release()
+        return self.buffer.expire()
+
+    def _ack_and_peek(self, last_id: int) -> list[Chunk]:
+        """On the spool thread: forget what InfluxDB took and hand out the next batch, in one trip there
+        (a trip between threads costs ~0.3 ms of CPU here: a third of a microsecond a point)."""
+        self.buffer.ack(last_id)
+        return self.buffer.peek_chunks(self.batch_size)
+
     async def _send_step(self, stop: asyncio.Event) -> bool:
         """Send the oldest batch (or wait for one); True when stop came meanwhile."""
         self._wake.clear()
-        chunks = await self._on_spool(self.buffer.peek_chunks, self.batch_size)
+        chunks, self._peeked = self._peeked, None
+        if not chunks:  # none handed out with the last ack; an empty answer may predate an append: ask again
+            chunks = await self._on_spool(self.buffer.peek_chunks, self.batch_size)
         if not chunks:
             await _wait(self._wake, stop, EXPIRE_EVERY)
             return False
@@ -277,7 +291,7 @@ class Forwarder:
             return True
         first = await self._write_chunks(chunks, points)
         if first.kind == "ok":
-            await self._on_spool(self.buffer.ack, chunks[-1].last)
+            self._peeked = await self._on_spool(self._ack_and_peek, chunks[-1].last)
             return False
         pending: list[Pending] = []
         settled = 0
