@@ -139,6 +139,9 @@ class Buffer(Protocol):
     def append_body(self, body: bytes, n: int) -> None:
         """Like append, for n lines already joined by "\\n" (UTF-8, no line holding a newline)."""
 
+    def append_bodies(self, bodies: Sequence[tuple[bytes, int]]) -> None:
+        """append_body for several batches, in one transaction (each stays a chunk of its own)."""
+
     def peek(self, limit: int) -> list[Pending]:
         """The oldest `limit` points, now in flight: the byte bound spares them until ack() or release()."""
 
@@ -379,17 +382,32 @@ class Spool(_InFlight):
 
     def append_body(self, body: bytes, n: int) -> None:
         """append() for n lines already joined: stored as they are, one chunk (the encoder's output)."""
-        if n <= 0:
+        self.append_bodies([(body, n)])
+
+    def append_bodies(self, bodies: Sequence[tuple[bytes, int]]) -> None:
+        """append_body for several batches in one transaction: a chunk each."""
+        bodies = [(body, n) for body, n in bodies if n > 0]
+        if not bodies:
             return
-        held = body.count(b"\n") + 1
-        if held != n:  # the chunk's ids are first .. first + n - 1: its lines must be exactly n
-            raise ValueError(f"append_body: told {n} lines, the body holds {held}")
-        rows = [(self._next, n, self.clock(), _chunk_nbytes(body, n), body)]
+        for body, n in bodies:
+            held = body.count(b"\n") + 1
+            if held != n:  # the chunk's ids are first .. first + n - 1: its lines must be exactly n
+                raise ValueError(f"append_body: told {n} lines, the body holds {held}")
+        now = self.clock()
         try:
-            self._append_rows(rows)
-        except sqlite3.DatabaseError as exc:  # corrupt: a new file takes the batch; else the caller's
+            self._append_rows(self._body_rows(bodies, now))
+        except sqlite3.DatabaseError as exc:  # corrupt: a new file takes the batches; else the caller's
             self._recover(exc)
-            self._append_rows([(self._next, *rows[0][1:])])
+            self._append_rows(self._body_rows(bodies, now))
+
+    def _body_rows(
+        self, bodies: Sequence[tuple[bytes, int]], now: float
+    ) -> list[tuple[int, int, float, int, bytes]]:
+        rows, first = [], self._next
+        for body, n in bodies:
+            rows.append((first, n, now, _chunk_nbytes(body, n), body))
+            first += n
+        return rows
 
     def _chunk_rows(self, lines: Sequence[str], now: float) -> list[tuple[int, int, float, int, bytes]]:
         """(first, n, enq, nbytes, body) rows for `lines`: one chunk, or a chunk per line when a line holds
@@ -733,6 +751,10 @@ class MemoryBuffer(_InFlight):
     def append_body(self, body: bytes, n: int) -> None:
         if n > 0:
             self.append(body.decode("utf-8").split("\n"))
+
+    def append_bodies(self, bodies: Sequence[tuple[bytes, int]]) -> None:
+        for body, n in bodies:
+            self.append_body(body, n)
 
     def peek(self, limit: int) -> list[Pending]:
         out: list[Pending] = []

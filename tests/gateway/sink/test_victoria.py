@@ -168,3 +168,30 @@ async def test_floats_written_with_an_exponent_come_back_as_the_same_numbers(
         got = victoria.points(f"level_x{i}", device="T1")
         assert list(got) == [round(t0 * 1000)], got
         assert math.isclose(got[round(t0 * 1000)], v, rel_tol=1e-13, abs_tol=0.0), (got, v)
+
+
+async def test_a_backlog_on_the_bus_goes_in_whole_batches_several_to_a_commit(
+    tmp_path: Path, victoria: Victoria
+) -> None:
+    """Samples queued faster than one batch a commit: the intake appends whole batches several to a
+    transaction (BACKLOG_BATCHES), each still a chunk of batch_size points and one request, and every
+    point arrives."""
+    stop = asyncio.Event()
+    bus = Bus()
+    site = make_site(tmp_path, victoria.url)
+    fw = build_sink(site, bus, tmp_path / "state")
+    assert fw is not None
+    t0 = 1_700_100_000.0
+    sent = [Sample("T1", t0 + i / 100, {"level": float(i)}) for i in range(1200)]  # 24 batches of 50
+    for s in sent:
+        await bus.publish(s)
+    await bus.publish(DeviceStatus("M1", t0, up=True))  # in the middle of nowhere: not stored, no harm
+    task = asyncio.create_task(fw.run(stop))
+    try:
+        await eventually(lambda: victoria.count('{__name__="level_level"}') == 1200, what="every point")
+    finally:
+        stop.set()
+        await task
+    assert fw.stats.samples_in == 1200 and fw.stats.points_written == 1200
+    assert fw.stats.write_requests == 24  # a request per batch of 50
+    assert fw.buffer.stats.commits <= 24 // 2  # several batches a commit (4 while the backlog lasts)
