@@ -20,15 +20,28 @@ per second: a large residential compound (20 buildings, a main meter, unit meter
    - per-sample str.format templates, per-sample repr of floats (before): sink 17.6-19.3 us per point, raw
      1.2-1.3 us, ratio 0.068-0.075; encoding 9.1-10.6 us, bus 1.7-2.2 us (ceiling 0.096-0.117).
    - batch encoding with orjson (encode_many): sink 9.7-11.9 us per point, raw 1.1-1.4 us, ratio
-     0.108-0.118; encoding 2.6-2.9 us, bus 1.4-1.6 us (ceiling 0.27). By thread (200,000 points, the
-     publisher included in the main thread): event loop 5-7 us (encoding, publish and get, the intake),
-     spool thread 2.4-3.4 us (append 1.35, ack 1.2, read 0.3; alone in a loop 1.1 us without its fsyncs,
-     ~0.7 us more with them: synchronous=FULL), HTTP thread 1.1-1.5 us (what the raw peer spends in all).
-     So the goal of 0.25 (4.6-5.2 us per point against this raw peer) is below what encoding, the bus, the
-     spool's two commits per batch and the HTTP write cost together (~7 us): spool-first cannot reach it
-     in Python without giving up a commit per batch or the bus.
+     0.108-0.118; encoding 2.6-2.9 us, bus 1.4-1.6 us. By thread: event loop 5-7 us, spool thread 2.4-3.4 us
+     (two commits per batch), HTTP thread (influxdb-client) 1.1-1.5 us.
+   - 2026-11-30, issue 11 item 4 (alternate runs with the tree before, load 1.2-2.7): requests by
+     http.client on one kept-alive connection, Subscription.get_many and a publish with no coroutine when
+     the queue has room, the encoder's body stored as it is (encode_body, append_body), the spool's
+     secure_delete off (Debian's SQLite zeroed every deleted page), one commit per batch (deletes deferred
+     to the next transaction), 16 KiB pages, the ack and the next peek in one trip to the spool thread,
+     several batches a transaction while a backlog is queued: sink 7.0-7.4 us per point, raw 1.12-1.42 us,
+     ratio 0.152-0.193 (before: 11.5-13.5 us, ratio 0.083-0.104). By thread (a harness timing the durable
+     phase alone): event loop 4.9-5.8 us (encoding 3.3-4.1 of it in the run, 2.3-2.5 alone; the publisher
+     and the intake the rest), spool thread 1.2-1.3 us, HTTP thread 0.6-0.7 us.
+     Still short of 0.25 (4.5-5.1 us against this raw peer): encoding is ~1.2 us of Python per sample
+     (template lookup, float() of the values, quality, stamp) and ~1 us of C (orjson, split, join); every
+     trip of a batch to the spool or HTTP thread and back costs ~0.3 ms of CPU on this VM (thread wake-ups;
+     2.25 trips a batch, ~0.7 us a point); SQLite writes each body twice (WAL, checkpoint) with an fsync
+     (~0.8 us); the HTTP send is mostly the kernel's (~0.5 us). Reaching 0.25 would take encoding in C (or
+     sources handing over encoded lines), a sender thread that peeks, writes and acks with no event-loop
+     trips, and bodies written once (segment files beside a small SQLite index).
    Throughput (full run, load 4.9 vs 2.4 before): durable 38,497 -> 52,508 samples/s, best-effort 39,063
-   -> 64,953, spool fill 69,226 -> 145,590, replay without limit 43,729 -> 81,994 samples/s.
+   -> 64,953, spool fill 69,226 -> 145,590, replay without limit 43,729 -> 81,994 samples/s. 2026-11-30
+   (load 2.1): durable 51,599 samples/s at 38 % CPU (the publisher is the limit), best-effort 67,179, spool
+   fill 154,612, replay without limit 88,397 samples/s; every one of 1,445,000 samples stored.
 
 1. Throughput: samples published on the bus as fast as the path takes them, through the sink into
    VictoriaMetrics, timed until VictoriaMetrics accepted the last one; once spool-first (durable: SQLite,
