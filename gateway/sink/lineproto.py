@@ -20,8 +20,10 @@ A Prometheus-style store such as VictoriaMetrics names field f of measurement m 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import orjson
 
@@ -35,6 +37,23 @@ PRECISION = "us"  # of the timestamps we write; the writer sends it as the preci
 QUALITY_CODES: dict[Quality, int] = {"good": 0, "stale": 1, "comm_error": 2, "decode_error": 3}
 MQTT_PROFILE_TAG = "mqtt"
 MAX_TEMPLATES = 100_000  # line templates kept (device x quantity set); past it new ones are made per sample
+
+
+
+def _load_accelerator() -> ModuleType | None:
+    """The C encoder (gateway/sink/_lineenc.c), built by the install when a C compiler is at hand; None
+    without it or with METERWATCH_NO_ACCEL=1 set (the pure-Python path then runs: same lines)."""
+    if os.environ.get("METERWATCH_NO_ACCEL", "") not in ("", "0"):
+        return None
+    try:
+        from gateway.sink import _lineenc
+    except ImportError:
+        return None
+    return _lineenc
+
+
+_accelerator = _load_accelerator()
+ACCELERATED: bool = _accelerator is not None  # which path LineEncoder takes by default
 
 _ROLE_MEASUREMENT: dict[str, str] = {
     "main_power": "power",
@@ -106,9 +125,20 @@ class LineEncoder:
     same double) and the same text wherever no exponent is needed; with one they differ in spelling only
     (orjson 1.5e-7 and 0.00001, repr 1.5e-07 and 1e-05; both 1e+16). Both are floats to InfluxDB's line
     protocol (Go's strconv.ParseFloat) and to VictoriaMetrics' parser; a float value always keeps its
-    point or exponent (230.0, never 230), so no value reads as an integer."""
+    point or exponent (230.0, never 230), so no value reads as an integer.
 
-    def __init__(self, site: Site) -> None:
+    With the C encoder built (ACCELERATED), a batch is one C call instead (gateway/sink/_lineenc.c): the
+    same templates and lines, float text repr's (the same digits again). Batches it does not handle (NaN,
+    infinities, odd values or names) go the Python way, which gives the lines for them as before."""
+
+    def __init__(self, site: Site, accelerated: bool = ACCELERATED) -> None:
+        """`accelerated`: encode batches with the C encoder (the default when it is built and not switched
+        off); False forces the pure-Python path (the tests compare the two)."""
+        if accelerated and _accelerator is None:
+            raise RuntimeError("LineEncoder: the C encoder gateway.sink._lineenc is not available")
+        self._c_encode: Callable[..., tuple[bytes, int] | int | None] | None = (
+            _accelerator.encode if accelerated and _accelerator is not None else None
+        )
         self.site_id = site.config.site.id
         self.keys: dict[str, SeriesKey] = {}
         self._prefix: dict[str, str] = {}
@@ -137,6 +167,10 @@ class LineEncoder:
 
     def encode_many(self, samples: Sequence[Sample]) -> list[str]:
         """The samples' lines in order; a sample with no finite value has none."""
+        fast = self._encode_c(samples)
+        if fast is not None:
+            body, lines = fast
+            return body.decode("utf-8").split("\n") if lines else []
         out = self._encode(samples)
         if isinstance(out, list):
             return out
@@ -147,11 +181,33 @@ class LineEncoder:
         spool chunk as they are, with no list of lines made, joined and encoded again on the way. The
         intake's hot path. None when a line holds a newline (a name did; the body could not give the lines
         back): the caller takes encode_many's lines then."""
+        fast = self._encode_c(samples)
+        if fast is not None:
+            return fast
         out = self._encode(samples)
         if not isinstance(out, list):
             return out[0][1:].encode("utf-8"), out[1]
         body = "\n".join(out).encode("utf-8")
         return (body, len(out)) if body.count(b"\n") == max(0, len(out) - 1) else None
+
+    def _encode_c(self, samples: Sequence[Sample]) -> tuple[bytes, int] | None:
+        """The body and line count from the C encoder, or None: no accelerator, or a batch it leaves to the
+        Python path (a NaN or infinite value, a value not an int, bool or float, a stamp past 64 bits, a
+        newline in a name; the Python path gives the same lines for everything the C one writes). A sample
+        whose template does not exist yet stops it: the templates are made here and it runs once more."""
+        encode = self._c_encode
+        if encode is None:
+            return None
+        out = encode(samples, self._templates, QUALITY_CODES)
+        if isinstance(out, int):  # the index of the first sample without a template
+            for sample in samples[out:]:
+                quantities = tuple(sample.values)
+                if quantities and (sample.device, quantities) not in self._templates:
+                    self._template(sample.device, quantities)
+            out = encode(samples, self._templates, QUALITY_CODES)
+            if isinstance(out, int):  # past MAX_TEMPLATES: templates are not kept, Python makes them
+                return None
+        return out
 
     def _encode(self, samples: Sequence[Sample]) -> tuple[str, int] | list[str]:
         """The lines, each led by "\n", in one string and how many there are; or, for a batch that
