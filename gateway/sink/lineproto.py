@@ -39,12 +39,8 @@ MQTT_PROFILE_TAG = "mqtt"
 MAX_TEMPLATES = 100_000  # line templates kept (device x quantity set); past it new ones are made per sample
 
 
-
 def _load_accelerator() -> ModuleType | None:
-    """The C encoder (gateway/sink/_lineenc.c), built by the install when a C compiler is at hand; None
-    without it or with METERWATCH_NO_ACCEL=1 set (the pure-Python path then runs: same lines)."""
-    if os.environ.get("METERWATCH_NO_ACCEL", "") not in ("", "0"):
-        return None
+    """The C encoder (gateway/sink/_lineenc.c), built by the install when a C compiler is at hand."""
     try:
         from gateway.sink import _lineenc
     except ImportError:
@@ -53,7 +49,9 @@ def _load_accelerator() -> ModuleType | None:
 
 
 _accelerator = _load_accelerator()
-ACCELERATED: bool = _accelerator is not None  # which path LineEncoder takes by default
+# Which path LineEncoder takes by default: C when built, unless METERWATCH_NO_ACCEL=1 (for comparisons;
+# the lines are the same either way).
+ACCELERATED: bool = _accelerator is not None and os.environ.get("METERWATCH_NO_ACCEL", "") in ("", "0")
 
 _ROLE_MEASUREMENT: dict[str, str] = {
     "main_power": "power",
