@@ -28,6 +28,13 @@ from gateway.respond.desk import DaemonDesk
 from gateway.respond.responder import Responder
 
 RULES_QUEUE = 20_000  # events; past this the bus blocks the sources until the engine catches up
+# A round at most this often while events trickle in: at 800 meters a round per poll answer (2,400 a second,
+# each with the respond side's and the evidence's hooks) was a third of the gateway's CPU. Detection's own
+# timers are unchanged; a reading is judged at most this much later.
+RULES_PACE = 0.05
+# The evidence rings are drained by every round anyway (EvidenceKeeper.on_batch); their own loop only keeps
+# the queue short in between
+EVIDENCE_PACE = 0.25
 
 log = logging.getLogger("meterwatch.incidents")
 
@@ -86,10 +93,10 @@ def build(site: Site, bus: Bus, state_dir: Path, presence: DevicePresence | None
     store = IncidentStore(path)
     now = time.time()
     mgr = IncidentManager.open(site, store, now)
-    sub = bus.subscribe("rules", maxsize=RULES_QUEUE, overflow="block")
+    sub = bus.subscribe("rules", maxsize=RULES_QUEUE, overflow="block", pace=RULES_PACE)
     responder = Responder(site, mgr, path, state_dir, now)
     # best effort: evidence never slows the sources or the rules (what it drops, the bus counts)
-    ev_sub = bus.subscribe("evidence", maxsize=EVIDENCE_QUEUE, overflow="drop_oldest")
+    ev_sub = bus.subscribe("evidence", maxsize=EVIDENCE_QUEUE, overflow="drop_oldest", pace=EVIDENCE_PACE)
     evidence = EvidenceKeeper(
         site, site.config.incidents.evidence, ev_sub, lambda: mgr.engine.incidents, store
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -99,6 +100,10 @@ class Subscription:
     delivered: int = 0
     shed_after: float | None = None  # "block" only: longest wait for room before shedding (None: no limit)
     shedding: bool = False  # shed_after passed and the queue has not drained to half since
+    # get_until sleeps until `pace` seconds after its last return before it waits for an event (0: never),
+    # so a consumer that keeps up wakes once per pace with what came meanwhile, not once per event
+    pace: float = 0.0
+    _woke: float = field(default=-math.inf, repr=False)
     # stop event -> the task that wakes get_until's waiter when it is set (one per stop event, not per call)
     _stop_watches: dict[tuple[asyncio.Event, asyncio.AbstractEventLoop], asyncio.Task[None]] = field(
         default_factory=dict, repr=False
@@ -140,6 +145,20 @@ class Subscription:
         if not isinstance(queue, WakingQueue):
             return await self._get_until_slow(stop, timeout)
         loop = asyncio.get_running_loop()
+        if self.pace:
+            rest = self._woke + self.pace - loop.time()
+            if rest > 0:
+                if timeout is not None and timeout <= rest:
+                    await asyncio.sleep(timeout)
+                    self._woke = loop.time()
+                    return self.get_nowait()
+                await asyncio.sleep(rest)
+                ev = self.get_nowait()
+                if ev is not None or stop.is_set():
+                    self._woke = loop.time()
+                    return ev
+                if timeout is not None:
+                    timeout -= rest
         waiter: asyncio.Future[None] = loop.create_future()
         queue.waiter = waiter
         self._watch(stop, loop)
@@ -150,6 +169,7 @@ class Subscription:
             queue.waiter = None
             if timer is not None:
                 timer.cancel()
+        self._woke = loop.time()
         return self.get_nowait()
 
     def _watch(self, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
@@ -189,8 +209,10 @@ class Bus:
     subscriptions: list[Subscription] = field(default_factory=list)
     published: int = 0
 
-    def subscribe(self, name: str, maxsize: int = 10_000, overflow: Overflow = "block") -> Subscription:
-        sub = Subscription(name=name, queue=WakingQueue(maxsize=maxsize), overflow=overflow)
+    def subscribe(
+        self, name: str, maxsize: int = 10_000, overflow: Overflow = "block", pace: float = 0.0
+    ) -> Subscription:
+        sub = Subscription(name=name, queue=WakingQueue(maxsize=maxsize), overflow=overflow, pace=pace)
         self.subscriptions.append(sub)
         return sub
 
