@@ -29,7 +29,7 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from drivers.modbus.answer import expected
 from drivers.modbus.framers import CheckedRtuFramer, CheckedSocketFramer, Exchange, FrameWatch, OnStray
 from drivers.modbus.planner import ReadRequest, silence
-from drivers.modbus.poller import DevicePoller, Emit, Read, ReadOutcome
+from drivers.modbus.poller import DevicePoller, Emit, Read, ReadMany, ReadOutcome
 from drivers.modbus.retry import with_retries
 from drivers.modbus.spec import DeviceSpec, LineSpec
 from drivers.modbus.tcp import RECONNECT_MAX, RECONNECT_MIN, TcpConnection
@@ -327,11 +327,16 @@ class LineActor:
         self._pending: set[asyncio.Task[None]] = set()
         self._connected_count = 0
         read: Read = self.read
+        read_many: ReadMany | None = None
+        depth = 1
         if size == 1 and isinstance(self.connections[0], TcpConnection):
             # One built-in connection admits its own `pipeline` requests: no pool, no lock in between.
             read = self.connections[0].read
+            read_many, depth = self.connections[0].read_many, self.connections[0].depth
         self.pollers = {
-            d.id: DevicePoller(line, d, read, emit, self.device_stats[d.id], self.once, self.rng)
+            d.id: DevicePoller(
+                line, d, read, emit, self.device_stats[d.id], self.once, self.rng, read_many, depth
+            )
             for d in devices
         }
 

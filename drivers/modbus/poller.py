@@ -68,6 +68,8 @@ class ReadOutcome:
 
 
 Read = Callable[[ReadRequest], Awaitable[ReadOutcome]]
+# Several reads at once, answered in order; the list ends after the first failure (TcpConnection.read_many)
+ReadMany = Callable[[Sequence[ReadRequest]], Awaitable[list[ReadOutcome]]]
 
 
 class DevicePoller:
@@ -82,10 +84,13 @@ class DevicePoller:
         stats: DeviceStats,
         once: OnceLog,
         rng: random.Random | None = None,
+        read_many: ReadMany | None = None,
+        depth: int = 1,
     ) -> None:
         self.line = line
         self.device = device
         self.read = read
+        self.read_many = read_many
         self.emit = emit
         self.stats = stats
         self.once = once
@@ -106,6 +111,12 @@ class DevicePoller:
         # Compiled once: the decoders of each read (drivers/modbus/decoders.py), in cycle order.
         self._plans = plans_for(requests, decimals_keys)
         self._cycle = tuple((r, self._plans[id(r)]) for r in device.requests)
+        # With a pipeline (`depth` requests outstanding) the cycle's reads go out in groups of that many, each
+        # group in one send; a group's read that fails ends the cycle as a lone read's failure does.
+        self._groups: tuple[tuple[tuple[ReadRequest, ...], tuple[ReadPlan, ...]], ...] = ()
+        if read_many is not None and depth > 1 and len(self._cycle) > 1:
+            chunks = [self._cycle[i : i + depth] for i in range(0, len(self._cycle), depth)]
+            self._groups = tuple((tuple(r for r, _ in c), tuple(p for _, p in c)) for c in chunks)
         # A failure kind was logged for this device since its last answer: the next answer forgets them
         # (set only by _failed, the one place that logs under those keys).
         self._failure_logged = False
@@ -122,13 +133,16 @@ class DevicePoller:
         """Run one poll cycle. Returns True when the device answered at least one read."""
         self.stats.cycles += 1
         answered = False
-        for request, plan in self._cycle:
-            outcome = await self._read(request)
-            if outcome.failure is not None:
-                break  # remaining reads skipped this cycle: the line is shared with other devices
-            answered = True
-            if outcome.words is not None or outcome.data is not None:
-                await self._publish(plan, outcome)
+        if self._groups:
+            answered = await self._cycle_pipelined()
+        else:
+            for request, plan in self._cycle:
+                outcome = await self._read(request)
+                if outcome.failure is not None:
+                    break  # remaining reads skipped this cycle: the line is shared with other devices
+                answered = True
+                if outcome.words is not None or outcome.data is not None:
+                    await self._publish(plan, outcome)
         await self._verdict(answered)
         if answered and self.device.info_requests and time.monotonic() >= self.info_due:
             await self.read_info()
@@ -172,10 +186,29 @@ class DevicePoller:
         return base / 2 + self.rng.uniform(0, base / 2)
 
     # ------------------------------------------------------------------------------------------------
+    async def _cycle_pipelined(self) -> bool:
+        """The cycle's reads a group at a time (read_many); True when one was answered."""
+        assert self.read_many is not None
+        answered = False
+        for requests, plans in self._groups:
+            outcomes = await self.read_many(requests)
+            self.stats.requests += len(outcomes)
+            for request, plan, outcome in zip(requests, plans, outcomes, strict=False):
+                outcome = self._checked(request, outcome)
+                if outcome.failure is not None:
+                    return answered
+                answered = True
+                if outcome.words is not None or outcome.data is not None:
+                    await self._publish(plan, outcome)
+        return answered
+
     async def _read(self, request: ReadRequest) -> ReadOutcome:
+        self.stats.requests += 1
+        return self._checked(request, await self.read(request))
+
+    def _checked(self, request: ReadRequest, outcome: ReadOutcome) -> ReadOutcome:
+        """A read's outcome counted and logged; a failure, or an answer of the wrong size as one."""
         stats = self.stats
-        stats.requests += 1
-        outcome = await self.read(request)
         if outcome.dropped:
             where = _where(request)
             for kind, why in outcome.dropped:

@@ -370,3 +370,57 @@ async def test_a_refused_connection_backs_off_and_a_closed_one_reconnects() -> N
             conn.close()
     assert dev.connections == 2
     assert changes == [True, False, True, False]
+
+
+async def test_read_many_sends_the_group_at_once_and_answers_in_request_order() -> None:
+    async with device() as (dev, line):
+        conn = client(line, pipeline=3)
+        try:
+            first = asyncio.create_task(conn.read(INPUT))  # connects: a group goes out on an open connection
+            await dev.send(answer(await dev.requests.get()))
+            await first
+            group = asyncio.create_task(conn.read_many([HOLDING, INPUT, HOLDING]))
+            got = [await dev.requests.get() for _ in range(3)]  # all three out before any answer
+            await dev.send(answer(got[2]) + answer(got[0]) + answer(got[1]))
+            outcomes = await group
+        finally:
+            conn.close()
+    assert [registers_of(o) for o in outcomes] == [[100, 101, 102], [0, 1], [100, 101, 102]]
+    assert conn.stats.requests == 4 and sum(conn.stats.errors.values()) == 0
+
+
+async def test_read_many_ends_at_the_first_read_without_an_answer() -> None:
+    async with device() as (dev, line):
+        conn = client(line, pipeline=3, timeout=0.3)
+        try:
+            first = asyncio.create_task(conn.read(INPUT))
+            await dev.send(answer(await dev.requests.get()))
+            await first
+            group = asyncio.create_task(conn.read_many([INPUT, HOLDING, INPUT]))
+            got = [await dev.requests.get() for _ in range(3)]
+            await dev.send(answer(got[0]) + answer(got[2]))  # the second never answered
+            outcomes = await group
+        finally:
+            conn.close()
+    assert [o.failure for o in outcomes] == [None, "timeout"]
+    assert registers_of(outcomes[0]) == [0, 1]
+    assert conn.stats.errors["timeout"] == 1
+
+
+async def test_read_many_beyond_the_pipeline_goes_one_by_one() -> None:
+    async with device() as (dev, line):
+        conn = client(line)  # pipeline 1
+        try:
+            first = asyncio.create_task(conn.read(INPUT))
+            await dev.send(answer(await dev.requests.get()))
+            await first
+            group = asyncio.create_task(conn.read_many([INPUT, HOLDING]))
+            req = await dev.requests.get()
+            await asyncio.sleep(0.05)
+            assert dev.requests.empty()  # the second waits for the first's answer
+            await dev.send(answer(req))
+            await dev.send(answer(await dev.requests.get()))
+            outcomes = await group
+        finally:
+            conn.close()
+    assert [registers_of(o) for o in outcomes] == [[0, 1], [100, 101, 102]]
