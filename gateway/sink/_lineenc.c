@@ -37,26 +37,6 @@ static PyObject *str_device, *str_ts, *str_values, *str_quality;
 
 static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-static const uint64_t UPOW10[] = {1ULL,
-                                  10ULL,
-                                  100ULL,
-                                  1000ULL,
-                                  10000ULL,
-                                  100000ULL,
-                                  1000000ULL,
-                                  10000000ULL,
-                                  100000000ULL,
-                                  1000000000ULL,
-                                  10000000000ULL,
-                                  100000000000ULL,
-                                  1000000000000ULL,
-                                  10000000000000ULL,
-                                  100000000000000ULL,
-                                  1000000000000000ULL,
-                                  10000000000000000ULL,
-                                  100000000000000000ULL,
-                                  1000000000000000000ULL,
-                                  10000000000000000000ULL};
 
 typedef struct {
     char *data;
@@ -96,20 +76,30 @@ static int write_u64(char *p, uint64_t u) {
     return n;
 }
 
-/* u with k decimals (k >= 1: "12.345"; k == 0: "12.0"). */
+/* m with k decimals (k >= 1: "12.345", "0.0012"; k == 0: "12.0"). Digits by constant divisions only. */
 static int write_fixed(char *p, uint64_t m, int k) {
-    int n = write_u64(p, m / UPOW10[k]);
-    p[n++] = '.';
+    char digits[24];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + m % 10);
+        m /= 10;
+    } while (m);
+    while (n <= k) { /* a zero before the point, and after it as many as the decimals need */
+        digits[n++] = '0';
+    }
+    int len = 0;
+    for (int i = n - 1; i >= k; i--) {
+        p[len++] = digits[i];
+    }
+    p[len++] = '.';
     if (k == 0) {
-        p[n++] = '0';
-        return n;
+        p[len++] = '0';
+        return len;
     }
-    uint64_t frac = m % UPOW10[k];
     for (int i = k - 1; i >= 0; i--) {
-        p[n + i] = (char)('0' + frac % 10);
-        frac /= 10;
+        p[len++] = digits[i];
     }
-    return n + k;
+    return len;
 }
 
 /* Room a float's text may take: repr's longest is 24 ("-2.2250738585072014e-308"). */
@@ -172,9 +162,11 @@ static int write_double(char *p, double v) {
             if (s >= 1e15) {
                 break; /* more than 15 significant digits: not unique, dtoa decides */
             }
-            double m = round(s);
-            if (m / POW10[k] == a) {
-                return n + write_fixed(p + n, (uint64_t)m, k);
+            /* the nearest integer, but for s within a hair of a half: there no decimal with k digits reads
+               back as a, and the check below fails whichever integer this gives */
+            uint64_t m = (uint64_t)(s + 0.5);
+            if ((double)m / POW10[k] == a) {
+                return n + write_fixed(p + n, m, k);
             }
         }
     }
@@ -223,6 +215,10 @@ static int write_stamp(char *p, double ts) {
 static const char *part_utf8(PyObject *part, Py_ssize_t *size) {
     if (!PyUnicode_Check(part)) {
         return NULL;
+    }
+    if (PyUnicode_IS_COMPACT_ASCII(part)) { /* the usual name: its characters are its UTF-8 */
+        *size = PyUnicode_GET_LENGTH(part);
+        return (const char *)PyUnicode_DATA(part);
     }
     const char *s = PyUnicode_AsUTF8AndSize(part, size);
     if (s == NULL) {

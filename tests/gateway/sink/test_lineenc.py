@@ -239,6 +239,7 @@ def test_c_and_python_paths_give_the_same_bytes(site: Site, clean: bool) -> None
         "unknown-quality",
         "newline-name",
         "newline-device",
+        "surrogate-name",
     ],
 )
 def test_edge_batches(site: Site, case: str) -> None:
@@ -267,8 +268,10 @@ def test_edge_batches(site: Site, case: str) -> None:
         edge = [Sample("P1", 1.0, {"pressure": 1.5}, "bogus")]  # type: ignore[arg-type]
     elif case == "newline-name":
         edge = [Sample("P1", 1.0, {"pres\nsure": 1.5})]
-    else:
+    elif case == "newline-device":
         edge = [Sample("new\nline", 1.0, {"pressure": 1.5})]
+    else:
+        edge = [Sample("P1", 1.0, {"bad\udc80": 1.5})]  # no UTF-8 for it: encode_body raises either way
     for batch in (edge, ordinary + edge, edge + ordinary + edge):
         c_enc, py_enc = LineEncoder(site, accelerated=True), LineEncoder(site, accelerated=False)
         assert_same(c_enc, py_enc, batch)
