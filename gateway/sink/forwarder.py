@@ -9,8 +9,8 @@ Two loops share one buffer:
   In durable mode a sample counts as acknowledged only after that commit.
 - send reads the buffer oldest first, up to `batch_size` points as whole chunks (the appended batches, kept
   as request bodies: gateway/sink/spool.py), rate-limited to `replay_rate` points/s, writes their
-  concatenation in one request and acks (deletes) what InfluxDB took, taking the next batch in the same
-  trip to the spool thread. Only a batch InfluxDB refuses is
+  concatenation in one request and acks (deletes) what InfluxDB took, taking the next batch under the
+  same hold of the spool's lock. Only a batch InfluxDB refuses is
   taken apart point by point, to find the points it refuses. What InfluxDB refuses for good goes to
   the dead-letter file; everything else stays and is retried with backoff (Retry-After honoured).
 
@@ -19,19 +19,26 @@ retried for at most `shed_after` seconds, then its batch is shed and counted by 
 subscription sheds after the same bounded wait if the spool stalls (gateway/sink/shedding.py,
 gateway/core/bus.py). Stop is honoured throughout: no retry outlives it.
 
-SQLite calls run on one dedicated thread and HTTP writes on another, so neither blocks the event loop and
-a slow InfluxDB never delays the spool commits. A trip to either thread and back costs ~0.3 ms of CPU on
-the 2-core VM the benches run on (thread wake-ups), so the paths above make as few as they can: per batch
-one for its append (a quarter of one with a backlog), one for its request, one for its ack and the next
-peek.
+Threads: the intake's appends (SQLite commits) run on a spool thread, so an fsync never blocks the event
+loop. The sender is a thread of its own that peeks from the spool, writes over HTTP, acks and peeks again
+with no trip through the event loop: a trip between threads costs ~0.3 ms of CPU on the 2-core VM the
+benches run on (thread wake-ups), and the old sender made ~1.25 of them a batch. The two threads take turns
+on the spool's SQLite connection under one lock (the sender holds it only to peek and ack, never during
+HTTP, so a slow InfluxDB never delays the spool commits). The append wakes the sender straight from the
+spool thread; the event loop hears from the sender only of storage failures (call_soon_threadsafe), and
+reads its counters (SinkStats, written by that thread alone) for the metrics. Stop sets a threading.Event
+the sender's waits (backoff, Retry-After, the rate limit, an empty spool) return on at once; a request in
+progress ends within the client's timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -143,9 +150,12 @@ class Forwarder:
             self.storage.failed(buffer.unavailable, "open")
         self._last_dead_log = -1e9
         self._spool_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
-        self._http_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx")
-        self._wake = asyncio.Event()
-        self._peeked: list[Chunk] | None = None  # the next batch, handed out with the last ack
+        # the sender: peeks, writes over HTTP and acks on this one thread (see _send_loop)
+        self._send_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-send")
+        self._spool_lock = threading.Lock()  # the spool is not thread-safe: its two threads take turns
+        self._wake = threading.Event()  # set after each append: the sender has a batch to send
+        self._halt = threading.Event()  # set at stop: the sender thread ends, its waits return at once
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._backoff = BACKOFF_START
 
     @property
@@ -156,28 +166,55 @@ class Forwarder:
 
     # -- running ------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._halt.clear()
         intake = asyncio.create_task(self._intake(stop), name="sink-intake")
-        sender = asyncio.create_task(self._send_loop(stop), name="sink-send")
+        sender = loop.run_in_executor(self._send_thread, self._send_loop)
+        halt = asyncio.create_task(self._halt_on(stop), name="sink-halt")
         try:
+            done, _ = await asyncio.wait({intake, sender}, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:  # a bug in either loop fails the component loudly, not at the next stop
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
             await intake
             await sender
         finally:
-            for t in (intake, sender):
-                t.cancel()
+            intake.cancel()
+            halt.cancel()
+            self._halt.set()
+            self._wake.set()
+            await asyncio.wait({sender})  # the sender thread uses the spool: it ends before the spool closes
             if not self.buffer.durable:
-                await self._final_flush()
+                await loop.run_in_executor(self._send_thread, self._final_flush)
             if self.storage.failing:
                 log.warning(
                     "stopping while the spool cannot store samples",
                     extra={"fields": {"error": self.storage.failing, "shed": dict(self.storage.shed)}},
                 )
             await self._on_spool(self.buffer.close)
-            await asyncio.to_thread(self.writer.close)
+            await loop.run_in_executor(self._send_thread, self.writer.close)
             self._spool_thread.shutdown(wait=True)
-            self._http_thread.shutdown(wait=False)
+            self._send_thread.shutdown(wait=True)
+
+    async def _halt_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._halt.set()
+        self._wake.set()
 
     async def _on_spool(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._spool_thread, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._spool_thread, self._locked, fn, *args)
+
+    def _locked(self, fn: Callable[..., T], *args: object) -> T:
+        """On the spool thread: the sender thread uses the spool between these calls."""
+        with self._spool_lock:
+            return fn(*args)
+
+    def _appended(self, store: Callable[..., None], *args: object) -> None:
+        """On the spool thread: append, then wake the sender straight from here (no trip via the loop)."""
+        with self._spool_lock:
+            store(*args)
+        self._wake.set()
 
     # -- intake -------------------------------------------------------------------------------------------
     async def _intake(self, stop: asyncio.Event) -> None:
@@ -258,7 +295,9 @@ class Forwarder:
         delay = 0.1
         while True:
             try:
-                await self._on_spool(store, *args)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._spool_thread, self._appended, store, *args
+                )
             except STORAGE_ERRORS as exc:  # a full disk, an I/O error, a file locked meanwhile
                 self.stats.spool_errors += 1
                 self.storage.failed(exc, "append")
@@ -270,90 +309,102 @@ class Forwarder:
                 continue
             self.storage.succeeded()
             self.stats.points_in += points
-            self._wake.set()
             return
 
-    # -- sending ------------------------------------------------------------------------------------------
-    async def _send_loop(self, stop: asyncio.Event) -> None:
+    # -- sending (on the sender thread) ---------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        """The sender thread's loop: peek, write, ack and peek again with no trip through the event loop (a
+        trip between threads costs ~0.3 ms of CPU here). The spool is shared with the intake's appends under
+        _spool_lock; the loop hears of storage failures only, through call_soon_threadsafe."""
         next_expire = 0.0
-        while not stop.is_set():
-            self.storage.settle()  # a failing episode ends also when no sample comes after the last success
+        peeked: list[Chunk] | None = None  # the next batch, handed out with the last ack
+        while not self._halt.is_set():
+            if self.storage.failing:  # an episode ends also when no sample comes after the last success
+                self._to_loop(self.storage.settle)
             try:
                 if time.monotonic() >= next_expire:
-                    self._peeked = None  # expire may drop what a peek handed out: peek again after it
-                    await self._on_spool(self._expire)
+                    peeked = None  # expire may drop what a peek handed out: peek again after it
+                    with self._spool_lock:
+                        self._expire()
                     next_expire = time.monotonic() + EXPIRE_EVERY
-                if await self._send_step(stop):
-                    return
+                peeked = self._send_step(peeked)
             except STORAGE_ERRORS as exc:  # a full disk cannot even delete what InfluxDB took
-                self.stats.spool_errors += 1
-                self.storage.failed(exc, "send")
-                await self._on_spool(self.buffer.release)
-                if await _sleep_or_stop(stop, STORAGE_RETRY):
+                peeked = None
+                self._to_loop(self._storage_failed, exc, "send")
+                with self._spool_lock:
+                    self.buffer.release()
+                if self._halt.wait(STORAGE_RETRY):
                     return
+
+    def _to_loop(self, fn: Callable[..., object], *args: object) -> None:
+        """Run fn on the event loop (StorageHealth and the spool error count belong to it)."""
+        if self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: the daemon is gone
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _storage_failed(self, exc: BaseException, during: str) -> None:
+        self.stats.spool_errors += 1
+        self.storage.failed(exc, during)
 
     def _expire(self) -> int:
         self.buffer.release()
         return self.buffer.expire()
 
-    def _ack_and_peek(self, last_id: int) -> list[Chunk]:
-        """On the spool thread: forget what InfluxDB took and hand out the next batch, in one trip there
-        (a trip between threads costs ~0.3 ms of CPU here: a third of a microsecond a point)."""
-        self.buffer.ack(last_id)
-        return self.buffer.peek_chunks(self.batch_size)
-
-    async def _send_step(self, stop: asyncio.Event) -> bool:
-        """Send the oldest batch (or wait for one); True when stop came meanwhile."""
+    def _send_step(self, chunks: list[Chunk] | None) -> list[Chunk] | None:
+        """Send the oldest batch (`chunks`, when the last ack handed it out) or wait for one; returns the
+        next batch when this one's ack handed it out."""
         self._wake.clear()
-        chunks, self._peeked = self._peeked, None
         if not chunks:  # none handed out with the last ack; an empty answer may predate an append: ask again
-            chunks = await self._on_spool(self.buffer.peek_chunks, self.batch_size)
+            with self._spool_lock:
+                chunks = self.buffer.peek_chunks(self.batch_size)
         if not chunks:
-            await _wait(self._wake, stop, EXPIRE_EVERY)
-            return False
+            self._wake.wait(EXPIRE_EVERY)
+            return None
         points = sum(c.n for c in chunks)
         delay = self.bucket.delay_for(points)
-        if delay > 0 and await _sleep_or_stop(stop, delay):
-            return True
-        first = await self._write_chunks(chunks, points)
+        if delay > 0 and self._halt.wait(delay):
+            return None
+        first = self._write_chunks(chunks, points)
         if first.kind == "ok":
-            self._peeked = await self._on_spool(self._ack_and_peek, chunks[-1].last)
-            return False
+            with self._spool_lock:
+                self.buffer.ack(chunks[-1].last)
+                return self.buffer.peek_chunks(self.batch_size)
         pending: list[Pending] = []
         settled = 0
         outcome: WriteOutcome | None = first
         if first.kind in ("too_large", "rejected"):  # point by point from here: which points are refused?
             pending = [p for c in chunks for p in c.pending()]
-            settled, outcome = await self._deliver(pending, first)
-        if settled:
-            await self._on_spool(self.buffer.ack, pending[settled - 1].id)
-        if outcome is not None:
-            await self._on_spool(self.buffer.release)  # the unsettled rows may be dropped again
+            settled, outcome = self._deliver(pending, first)
+        with self._spool_lock:
+            if settled:
+                self.buffer.ack(pending[settled - 1].id)
+            if outcome is not None:
+                self.buffer.release()  # the unsettled rows may be dropped again
         if outcome is not None and outcome.kind != "ok":
-            return await _sleep_or_stop(stop, self._retry_delay(outcome))
-        return False
+            self._halt.wait(self._retry_delay(outcome))
+        return None
 
-    async def _deliver(
+    def _deliver(
         self, rows: list[Pending], answered: WriteOutcome | None = None
     ) -> tuple[int, WriteOutcome | None]:
         """Write rows (`answered`: the answer to writing them all, when that was just tried); returns how
         many leading rows are settled (written or dead-lettered) and the outcome that stopped the rest
         (None when all settled)."""
         refused: list[tuple[int, WriteOutcome]] = []  # (index in rows, answer): refused for good
-        settled, outcome = await self._settle(rows, 0, refused, answered)
+        settled, outcome = self._settle(rows, 0, refused, answered)
         if not refused:
             return settled, outcome
         letters = [DeadLetter(rows[i].line, o.status, o.message, o.kind) for i, o in refused]
         try:
-            await self._on_spool(self.dead.add, letters)
+            self.dead.add(letters)
         except OSError as exc:  # not in the dead-letter file: these rows stay in the spool
-            self.stats.spool_errors += 1
-            self.storage.failed(exc, "dead-letter file")
+            self._to_loop(self._storage_failed, exc, "dead-letter file")
             return refused[0][0], WriteOutcome("retry", None, None, f"dead-letter file: {exc}")
         self._log_dead(letters)
         return settled, outcome
 
-    async def _settle(
+    def _settle(
         self,
         rows: list[Pending],
         offset: int,
@@ -362,16 +413,16 @@ class Forwarder:
     ) -> tuple[int, WriteOutcome | None]:
         """_deliver's recursion: halves a refused batch until each refused point stands alone and is
         noted in `refused` (settled, once the dead-letter file has it)."""
-        outcome = answered if answered is not None else await self._write([r.line for r in rows])
+        outcome = answered if answered is not None else self._write([r.line for r in rows])
         if outcome.kind == "ok":
             return len(rows), None
         if outcome.kind in ("too_large", "rejected"):
             if len(rows) > 1:
                 half = len(rows) // 2
-                n1, out1 = await self._settle(rows[:half], offset, refused)
+                n1, out1 = self._settle(rows[:half], offset, refused)
                 if out1 is not None:
                     return n1, out1
-                n2, out2 = await self._settle(rows[half:], offset + half, refused)
+                n2, out2 = self._settle(rows[half:], offset + half, refused)
                 return half + n2, out2
             refused.append((offset, outcome))
             return 1, None
@@ -397,17 +448,17 @@ class Forwarder:
             },
         )
 
-    async def _write(self, lines: list[str]) -> WriteOutcome:
-        return await self._write_body("\n".join(lines), len(lines))
+    def _write(self, lines: list[str]) -> WriteOutcome:
+        return self._write_body("\n".join(lines), len(lines))
 
-    async def _write_chunks(self, chunks: list[Chunk], points: int) -> WriteOutcome:
+    def _write_chunks(self, chunks: list[Chunk], points: int) -> WriteOutcome:
         body = chunks[0].body if len(chunks) == 1 else b"\n".join(c.body for c in chunks)
-        return await self._write_body(body, points)
+        return self._write_body(body, points)
 
-    async def _write_body(self, body: str | bytes, points: int) -> WriteOutcome:
+    def _write_body(self, body: str | bytes, points: int) -> WriteOutcome:
+        """On the sender thread: one request; the stats it updates are written by this thread only."""
         t0 = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self._http_thread, self.writer.write_body, body)
+        outcome = self.writer.write_body(body)
         self.stats.write_requests += 1
         self.stats.write_latency.observe(time.perf_counter() - t0)
         if outcome.kind == "ok":
@@ -456,24 +507,18 @@ class Forwarder:
         self._backoff = min(self._backoff * 2, cap)
         return delay
 
-    async def _final_flush(self) -> None:
-        """Best-effort mode only: one last attempt, then what is left is lost (and said so)."""
+    def _final_flush(self) -> None:
+        """Best-effort mode only, on the sender thread once its loop ended: one last attempt, then what is
+        left is lost (and said so)."""
         pending = self.buffer.peek(self.batch_size)
         while pending:
-            settled, outcome = await self._deliver(pending)
+            settled, outcome = self._deliver(pending)
             if settled:
                 self.buffer.ack(pending[settled - 1].id)
             if outcome is not None:
                 self.buffer.release()
                 break
             pending = self.buffer.peek(self.batch_size)
-
-
-async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
-    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
-    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    for w in waits:
-        w.cancel()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> bool:
