@@ -211,7 +211,8 @@ class Forwarder:
             return fn(*args)
 
     def _appended(self, store: Callable[..., None], *args: object) -> None:
-        """On the spool thread: append, then wake the sender straight from here (no trip via the loop)."""
+        """On the spool thread (the loop's, for the memory buffer): append, then wake the sender straight from
+        here (no trip via the loop)."""
         with self._spool_lock:
             store(*args)
         self._wake.set()
@@ -295,9 +296,12 @@ class Forwarder:
         delay = 0.1
         while True:
             try:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._spool_thread, self._appended, store, *args
-                )
+                if self.buffer.durable:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._spool_thread, self._appended, store, *args
+                    )
+                else:  # memory: no I/O to keep off the loop, and a trip to a thread costs more than it
+                    self._appended(store, *args)
             except STORAGE_ERRORS as exc:  # a full disk, an I/O error, a file locked meanwhile
                 self.stats.spool_errors += 1
                 self.storage.failed(exc, "append")

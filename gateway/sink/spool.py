@@ -195,7 +195,8 @@ class _InFlight:
 
 
 class Spool(_InFlight):
-    """SQLite spool (see the module docstring). Not thread-safe: the forwarder calls it from one thread."""
+    """SQLite spool (see the module docstring). Not thread-safe: the forwarder calls it from one thread at a
+    time (the appends from its spool thread, peeks and acks from its sender thread, under one lock)."""
 
     durable = True
 
