@@ -88,6 +88,8 @@ class Engine:
         # is the recorder stopping, not the meters, so it is not judged; None in the live daemon
         self.data_end: float | None = None
         self._dirty = False
+        # set by the live detector while it feeds a round's events: correlate() runs the correlator after them
+        self.deferring = False
         # next_wakeup must not scan every device and alert: at high MQTT rates the detector asks for it on
         # every round, and a scan was a fifth of all CPU. Both timers live in heaps instead, with lazy
         # invalidation: an entry is checked against the live state when it reaches the top, so the hot
@@ -162,10 +164,22 @@ class Engine:
                     self._silent(d, event.ts, out)
             self._dirty = True
         self.now = max(self.now, event.ts)
-        if self._dirty:
+        if self._dirty and not self.deferring:
             self._dirty = False
             out.extend(self.corr.run(self.alerts, self.now))
         return out
+
+    def correlate(self) -> list[Transition]:
+        """What the correlator makes of the events fed while `deferring` (nothing when none changed it).
+
+        The live detector feeds a round's events with `deferring` set and correlates once after them: the
+        correlator looks at every active alert and line, so running it after each event that may move a
+        root is quadratic when thousands of devices answer at once (a gateway starting, a site's power
+        back), and at 4,000 meters the detector never caught up. A replay feeds one event at a time."""
+        if not self._dirty:
+            return []
+        self._dirty = False
+        return list(self.corr.run(self.alerts, self.now))
 
     def _sample(self, s: Sample, out: list[Transition]) -> None:
         node = self.topo.devices.get(s.device)

@@ -97,12 +97,8 @@ class Detector:
             self._wake.clear()
             event = await self.sub.get_until(self._wake, timeout=due - now)
         if event is not None:
-            self.mgr.feed(event)
-            for _ in range(MAX_EVENTS_PER_ROUND):
-                more = self.sub.get_nowait()
-                if more is None:
-                    break
-                self.mgr.feed(more)
+            events = [event, *self.sub.get_many(MAX_EVENTS_PER_ROUND)]
+            self.mgr.feed_many(events)
         now = self.clock()
         if now >= due:
             self.mgr.tick(now)

@@ -109,6 +109,17 @@ class IncidentManager:
     def feed(self, event: Event) -> Sequence[Transition]:
         return self._step("feed", self.engine.feed, event)
 
+    def feed_many(self, events: Sequence[Event]) -> None:
+        """A round's events, then the correlator once for all of them (Engine.correlate)."""
+        engine = self.engine
+        engine.deferring = True
+        try:
+            for event in events:
+                self._step("feed", engine.feed, event)
+        finally:
+            engine.deferring = False
+        self._step("correlate", lambda _: engine.correlate(), None)
+
     def tick(self, now: float) -> Sequence[Transition]:
         return self._step("tick", self.engine.tick, now)
 
