@@ -52,11 +52,24 @@ class Site:
         """Every supply domain of the whole compound, by id."""
         return compound_domains(self.compound.buildings)
 
+    def _by(self) -> tuple[dict[str, Device], dict[str, list[Device]]]:
+        """Devices by id (the first of an id) and by line, made once per devices list: looking them up by
+        scanning made building the runtime quadratic (4.5 s at 4,000 meters, a line each)."""
+        devices = self.config.devices
+        index = self.__dict__.get("_index")
+        if index is None or index[0] is not devices or index[1] != len(devices):
+            by_id: dict[str, Device] = {}
+            by_line: dict[str, list[Device]] = {}
+            for d in devices:
+                by_id.setdefault(d.id, d)
+                if d.line is not None:
+                    by_line.setdefault(d.line, []).append(d)
+            index = (devices, len(devices), by_id, by_line)
+            object.__setattr__(self, "_index", index)  # a cache, not state: the dataclass stays frozen
+        return index[2], index[3]
+
     def device(self, device_id: str) -> Device:
-        for d in self.config.devices:
-            if d.id == device_id:
-                return d
-        raise KeyError(device_id)
+        return self._by()[0][device_id]
 
     def line(self, line_id: str) -> Line:
         for line in self.config.lines:
@@ -65,7 +78,7 @@ class Site:
         raise KeyError(line_id)
 
     def devices_on(self, line_id: str) -> list[Device]:
-        return [d for d in self.config.devices if d.line == line_id]
+        return list(self._by()[1].get(line_id, ()))
 
     def domains(self) -> dict[str, tuple[Building, SupplyDomain]]:
         return {d.id: (b, d) for b in self.config.buildings for d in b.domains}
