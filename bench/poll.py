@@ -49,16 +49,20 @@ if str(ROOT) not in sys.path:  # run as a script: `python bench/poll.py`
     sys.path.insert(0, str(ROOT))
 
 DEFAULT_STEPS = (1000, 1600, 2400, 3200, 4000)
+SETTLE_MAX = (
+    20.0  # seconds the gateway worker waits past its warm-up for every device up and no skipped cycle
+)
 SDM630_VALUES, SDM630_READS = 30, 3  # the profile's polled points and its planned reads (one cycle)
 
 
 # ----------------------------------------------------------------------------------------------- site files
 
 
-def site_text(ports: list[int], poll_interval: float, timeout: float) -> str:
+def site_text(ports: list[int], poll_interval: float, timeout: float, pipeline: int = 1) -> str:
     """A site with one SDM630 per Modbus TCP endpoint; HTTP on a free port; no storage. Fields at their
-    default (1 s) are left out, to keep the generated file small."""
+    default (1 s, pipeline 1) are left out, to keep the generated file small."""
     line_extra = f", timeout: {timeout}" if timeout != 1.0 else ""
+    line_extra += f", pipeline: {pipeline}" if pipeline != 1 else ""
     device_extra = f", poll_interval: {poll_interval}" if poll_interval != 1.0 else ""
     lines = "\n".join(
         f"  - {{id: m{i}, transport: tcp, host: 127.0.0.1, port: {p}{line_extra}}}"
@@ -116,6 +120,7 @@ class Report:
     errors: int = 0
     down: int = 0
     late_cycles: int = 0  # raw loops: a cycle that started more than one interval late
+    settle_s: float = 0.0  # gateway: seconds past the warm-up until every device was up and none skipped
 
 
 @dataclass
@@ -139,6 +144,7 @@ class Measure:
     late_cycles: int = 0
     readings_per_meter_s: float | None = None  # 1.0 = every meter read fully once a second
     published_messages: int | None = None  # ThingsBoard: telemetry messages it sent in the window
+    settle_s: float | None = None  # gateway: seconds past the warm-up before its window (every device up)
 
     @property
     def overrun(self) -> bool:
@@ -194,6 +200,17 @@ async def gateway_worker(site_path: Path, warmup: float, window: float) -> None:
             )
 
         await asyncio.sleep(warmup)
+        # At thousands of meters the start (every connection opened, the first cycles) outlasts the warm-up:
+        # the window starts once every device is up and a second has passed without a skipped cycle.
+        settling = time.monotonic()
+        last = totals()
+        while time.monotonic() - settling < SETTLE_MAX:
+            await asyncio.sleep(1.0)
+            now = totals()
+            if now[1] == last[1] and all(d.up for d in stats.values()):
+                break
+            last = now
+        settled = time.monotonic() - settling
         mark("start")
         before = totals()
         await asyncio.sleep(window)
@@ -202,7 +219,7 @@ async def gateway_worker(site_path: Path, warmup: float, window: float) -> None:
         rss, peak = rss_mib()
         down = sum(1 for d in stats.values() if not d.up)
         cyc, skip, err = (a - b for a, b in zip(after, before, strict=True))
-        emit(Report(len(stats), rss, peak, cyc, skip, err, down))
+        emit(Report(len(stats), rss, peak, cyc, skip, err, down, settle_s=round(settled, 1)))
         stop.set()
         await serving
 
@@ -226,9 +243,16 @@ class Counts:
 
 
 async def raw_meter(
-    port: int, unit: int, reads: list[tuple[int, int]], interval: float, counts: Counts, flood: bool
+    port: int,
+    unit: int,
+    reads: list[tuple[int, int]],
+    interval: float,
+    counts: Counts,
+    flood: bool,
+    pipelined: bool = False,
 ) -> None:
-    """One meter, one connection: MBAP + FC04 by struct, readexactly, float32 unpack; no timeout."""
+    """One meter, one connection: MBAP + FC04 by struct, readexactly, float32 unpack; no timeout. Pipelined:
+    the cycle's requests in one write, then their answers in order."""
     request = struct.Struct(">HHHBBHH")  # MBAP (tid, protocol, length, unit) + FC, address, count
     head = struct.Struct(">HHHBBB")  # MBAP + FC + byte count (or exception code)
     decoders = {count: struct.Struct(f">{count // 2}f") for _, count in reads}
@@ -243,6 +267,23 @@ async def raw_meter(
                     await asyncio.sleep(delay)
                 elif delay < -interval and counts.measuring:
                     counts.late += 1
+            if pipelined:
+                tids = []
+                frames = []
+                for address, count in reads:
+                    tid = (tid + 1) & 0xFFFF
+                    tids.append(tid)
+                    frames.append(request.pack(tid, 0, 6, unit, 4, address, count))
+                writer.write(b"".join(frames))
+                for want, (_, count) in zip(tids, reads, strict=True):
+                    got, _, _, _, fc, n = head.unpack(await reader.readexactly(9))
+                    if fc & 0x80 or got != want:
+                        counts.errors += counts.measuring
+                        continue
+                    decoders[count].unpack(await reader.readexactly(n))
+                counts.cycles += counts.measuring
+                due += interval
+                continue
             for address, count in reads:
                 tid = (tid + 1) & 0xFFFF
                 writer.write(request.pack(tid, 0, 6, unit, 4, address, count))
@@ -257,10 +298,12 @@ async def raw_meter(
         writer.close()
 
 
-async def raw_worker(site_path: Path, warmup: float, window: float, flood: bool = False) -> None:
+async def raw_worker(
+    site_path: Path, warmup: float, window: float, flood: bool = False, pipelined: bool = False
+) -> None:
     meters = planned_reads(site_path)
     counts = Counts()
-    tasks = [asyncio.create_task(raw_meter(*m, counts, flood)) for m in meters]
+    tasks = [asyncio.create_task(raw_meter(*m, counts, flood, pipelined)) for m in meters]
     await asyncio.sleep(warmup)
     mark("start")
     counts.measuring = True
@@ -319,7 +362,9 @@ async def pymodbus_worker(site_path: Path, warmup: float, window: float) -> None
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-WORKER_KINDS = ("gateway", "raw_asyncio", "pymodbus", "raw_flood")
+WORKER_KINDS = ("gateway", "raw_asyncio", "raw_pipelined", "pymodbus", "raw_flood")
+PIPELINE = 3  # the pipelined runs: a line's `pipeline`, so an SDM630's three reads go out in one write
+DEFAULT_PIPELINED_STEPS = (2400, 3200, 4000, 5000, 6000)
 
 
 def worker_main(kind: str, site_path: Path, warmup: float, window: float) -> None:
@@ -331,7 +376,11 @@ def worker_main(kind: str, site_path: Path, warmup: float, window: float) -> Non
     elif kind == "pymodbus":
         asyncio.run(pymodbus_worker(site_path, warmup, window))
     else:
-        asyncio.run(raw_worker(site_path, warmup, window, flood=kind == "raw_flood"))
+        asyncio.run(
+            raw_worker(
+                site_path, warmup, window, flood=kind == "raw_flood", pipelined=kind == "raw_pipelined"
+            )
+        )
 
 
 # ------------------------------------------------------------------------------------------- orchestrator
@@ -377,12 +426,16 @@ def measure_between(
         errors=report.errors,
         down=report.down,
         late_cycles=report.late_cycles,
+        settle_s=report.settle_s if kind.startswith("gateway") else None,
         readings_per_meter_s=round(report.cycles / report.devices / seconds, 3) if report.devices else None,
     )
 
 
-def run_worker(kind: str, site_path: Path, warmup: float, window: float, server: Server) -> Measure:
-    """Run one worker process; the server's answers and the worker's CPU over its window."""
+def run_worker(
+    kind: str, site_path: Path, warmup: float, window: float, server: Server, label: str | None = None
+) -> Measure:
+    """Run one worker process; the server's answers and the worker's CPU over its window (`label`: the
+    measure's kind when it is not the worker's, e.g. the gateway on pipelined lines)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--site", str(site_path)]
     cmd += ["--warmup", str(warmup), "--window", str(window)]
     with tempfile.TemporaryFile("w+") as errors:
@@ -408,7 +461,7 @@ def run_worker(kind: str, site_path: Path, warmup: float, window: float, server:
         if report is None:
             errors.seek(0)
             raise RuntimeError(f"{kind} worker failed (exit {code}):\n{errors.read()[-3000:]}")
-    return measure_between(kind, proc.pid, server, start, end, report, SDM630_VALUES / SDM630_READS)
+    return measure_between(label or kind, proc.pid, server, start, end, report, SDM630_VALUES / SDM630_READS)
 
 
 def run_thingsboard(ports: list[int], warmup: float, window: float, server: Server) -> Measure:
@@ -448,10 +501,11 @@ def human(m: Measure) -> str:
     rpc = f"{m.requests_per_cpu_s:,.0f}" if m.requests_per_cpu_s else "n/a"
     vpc = f"{m.values_per_cpu_s:,.0f}" if m.values_per_cpu_s else "n/a"
     return (
-        f"{m.kind:12s} N={m.devices:4d}: {m.requests_per_s:8.0f} req/s at cpu {m.cpu_percent:5.1f}% = {rpc} "
+        f"{m.kind:17s} N={m.devices:4d}: {m.requests_per_s:8.0f} req/s at cpu {m.cpu_percent:5.1f}% = {rpc} "
         f"req/CPU-s, {vpc} values/CPU-s; rss {m.rss_mib:6.1f} MiB; skipped {m.skipped_cycles}, errors "
         f"{m.errors}, down {m.down}, late {m.late_cycles}, readings/meter/s {m.readings_per_meter_s}; "
-        f"server cpu {m.server_cpu_percent:5.1f}%"
+        + (f"settled {m.settle_s} s after the warm-up; " if m.settle_s is not None else "")
+        + f"server cpu {m.server_cpu_percent:5.1f}%"
     )
 
 
@@ -467,6 +521,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=4.0, help="seconds before measuring")
     ap.add_argument("--window", type=float, default=8.0, help="seconds measured per run")
     ap.add_argument("--budget", type=float, default=120.0, help="start no capacity step after this many s")
+    ap.add_argument(
+        "--pipelined-steps",
+        default=",".join(map(str, DEFAULT_PIPELINED_STEPS)),
+        help=f"capacity steps with the lines' pipeline at {PIPELINE}, ascending",
+    )
     ap.add_argument("--timeout", type=float, default=1.0, help="per-request timeout of the gateway's lines")
     ap.add_argument("--no-tb", action="store_true", help="skip ThingsBoard IoT Gateway")
     ap.add_argument(
@@ -491,15 +550,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     began = time.monotonic()
     steps = [] if args.no_capacity else sorted({int(s) for s in args.steps.split(",")})
-    total = max([args.meters, args.rss_devices, *steps])
+    pipelined_steps = [] if args.no_capacity else sorted({int(s) for s in args.pipelined_steps.split(",")})
+    total = max([args.meters, args.rss_devices, *steps, *pipelined_steps])
     out: dict[str, Any] = {"bench": "poll", "server": DESCRIPTION, "meters": args.meters}
     with tempfile.TemporaryDirectory(prefix="meterwatch-bench-") as tmp, CMeterServer(total) as cmeter:
         server = Server(cmeter)
 
-        def site(n: int) -> Path:
-            path = Path(tmp) / f"site{n}.yaml"
+        def site(n: int, pipeline: int = 1) -> Path:
+            path = Path(tmp) / f"site{n}-p{pipeline}.yaml"
             if not path.exists():
-                path.write_text(site_text(cmeter.ports[:n], 1.0, args.timeout), encoding="utf-8")
+                path.write_text(site_text(cmeter.ports[:n], 1.0, args.timeout, pipeline), encoding="utf-8")
             return path
 
         def attempt(name: str, fn: Any) -> dict[str, Any]:
@@ -511,12 +571,65 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(human(m), flush=True)
             return {**asdict(m), "overrun": m.overrun}
 
+        def search(steps: list[int], pipeline: int) -> dict[str, Any]:
+            """The gateway at each step until the first overrun, an error or the time budget."""
+            capacity: list[dict[str, Any]] = []
+            searching = time.monotonic()
+            label = "gateway" if pipeline == 1 else "gateway_pipelined"
+            for step in steps:
+                if time.monotonic() - searching > args.budget:
+                    print(
+                        f"capacity N={step}: not run (time budget of {args.budget:.0f} s spent)", flush=True
+                    )
+                    break
+                row = attempt(
+                    label,
+                    lambda s=step: run_worker(
+                        "gateway", site(s, pipeline), args.warmup, args.window, server, label
+                    ),
+                )
+                capacity.append(row)
+                if "error" in row or row["overrun"]:
+                    break
+            stopped_by = "the last step"
+            if capacity and "error" in capacity[-1]:
+                stopped_by = f"an error at the next step ({capacity[-1]['error'][:200]})"
+            elif capacity and capacity[-1]["overrun"]:
+                stopped_by = "an overrun"
+            elif len(capacity) < len(steps):
+                stopped_by = "the time budget"
+            ok = [r for r in capacity if "error" not in r and not r["overrun"]]
+            best = max(ok, key=lambda r: r["devices"], default=None)
+            first_overrun = next((r["devices"] for r in capacity if r.get("overrun")), None)
+            return {
+                "pipeline": pipeline,
+                "max_devices_no_overrun": best["devices"] if best else None,
+                "cpu_percent": best["cpu_percent"] if best else None,
+                "rss_mib": best["rss_mib"] if best else None,
+                "first_overrun_devices": first_overrun,
+                "budget_s": args.budget,
+                "stopped_by": stopped_by,
+                "steps": capacity,
+            }
+
         n = args.meters
         side: dict[str, Any] = {}
         for kind in ("gateway", "raw_asyncio", "pymodbus"):
             side[kind] = attempt(
                 kind, lambda k=kind: run_worker(k, site(n), args.warmup, args.window, server)
             )
+        # the same with the lines' `pipeline` at 3 (a cycle's reads in one write), beside a raw loop that
+        # writes them together too
+        side["gateway_pipelined"] = attempt(
+            "gateway_pipelined",
+            lambda: run_worker(
+                "gateway", site(n, PIPELINE), args.warmup, args.window, server, "gateway_pipelined"
+            ),
+        )
+        side["raw_pipelined"] = attempt(
+            "raw_pipelined",
+            lambda: run_worker("raw_pipelined", site(n, PIPELINE), args.warmup, args.window, server),
+        )
         if args.no_tb:
             side["thingsboard"] = {"skipped": "--no-tb"}
             print("thingsboard : skipped (--no-tb)")
@@ -533,6 +646,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
             "gateway_over_pymodbus": ratio(
                 g.get("requests_per_cpu_s"), side["pymodbus"].get("requests_per_cpu_s")
+            ),
+            "gateway_pipelined_over_raw_pipelined": ratio(
+                side["gateway_pipelined"].get("requests_per_cpu_s"),
+                side["raw_pipelined"].get("requests_per_cpu_s"),
+            ),
+            "gateway_pipelined_over_raw_asyncio": ratio(
+                side["gateway_pipelined"].get("requests_per_cpu_s"),
+                side["raw_asyncio"].get("requests_per_cpu_s"),
             ),
             "gateway_over_thingsboard_values": ratio(
                 g.get("values_per_cpu_s"), side["thingsboard"].get("values_per_cpu_s")
@@ -558,37 +679,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         out["server_limit"] = flood
 
-        capacity: list[dict[str, Any]] = []
-        searching = time.monotonic()
-        for step in steps:
-            if time.monotonic() - searching > args.budget:
-                print(f"capacity N={step}: not run (time budget of {args.budget:.0f} s spent)", flush=True)
-                break
-            row = attempt(
-                "gateway", lambda s=step: run_worker("gateway", site(s), args.warmup, args.window, server)
-            )
-            capacity.append(row)
-            if "error" in row or row["overrun"]:
-                break
-        stopped_by = "the last step"
-        if capacity and "error" in capacity[-1]:
-            stopped_by = f"an error at the next step ({capacity[-1]['error'][:200]})"
-        elif capacity and capacity[-1]["overrun"]:
-            stopped_by = "an overrun"
-        elif len(capacity) < len(steps):
-            stopped_by = "the time budget"
-        ok = [r for r in capacity if "error" not in r and not r["overrun"]]
-        best = max(ok, key=lambda r: r["devices"], default=None)
-        first_overrun = next((r["devices"] for r in capacity if r.get("overrun")), None)
-        out["capacity"] = {
-            "max_devices_no_overrun": best["devices"] if best else None,
-            "cpu_percent": best["cpu_percent"] if best else None,
-            "rss_mib": best["rss_mib"] if best else None,
-            "first_overrun_devices": first_overrun,
-            "budget_s": args.budget,
-            "stopped_by": stopped_by,
-            "steps": capacity,
-        }
+        out["capacity"] = search(steps, 1)
+        out["capacity_pipelined"] = search(pipelined_steps, PIPELINE)
+        capacity = out["capacity"]["steps"]
 
         rss_n = args.rss_devices
         gw_rss = next((r for r in capacity if r.get("devices") == rss_n and "error" not in r), None)
@@ -615,13 +708,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def summary(out: dict[str, Any]) -> None:
     r = out["ratios"]
     cap = out["capacity"]
+    pcap = out["capacity_pipelined"]
     print(
         f"poll bench at {out['meters']} meters: gateway/raw asyncio {r['gateway_over_raw_asyncio']}, "
-        f"gateway/pymodbus {r['gateway_over_pymodbus']} (requests per CPU-s); gateway/ThingsBoard "
+        f"gateway/pymodbus {r['gateway_over_pymodbus']} (requests per CPU-s); pipelined (pipeline "
+        f"{PIPELINE}) gateway/raw pipelined {r['gateway_pipelined_over_raw_pipelined']}, gateway/raw asyncio "
+        f"{r['gateway_pipelined_over_raw_asyncio']}; gateway/ThingsBoard "
         f"{r['gateway_over_thingsboard_values']} (values per CPU-s); capacity "
         f"{cap['max_devices_no_overrun']} "
         f"meters at 1 s without overrun (cpu {cap['cpu_percent']}%, first overrun at "
-        f"{cap['first_overrun_devices']}); RSS at {out['rss']['devices']}: gateway "
+        f"{cap['first_overrun_devices']}), pipelined {pcap['max_devices_no_overrun']} (cpu "
+        f"{pcap['cpu_percent']}%, first overrun at {pcap['first_overrun_devices']}); "
+        f"RSS at {out['rss']['devices']}: gateway "
         f"{out['rss']['gateway_rss_mib']} MiB, raw {out['rss']['raw_asyncio_rss_mib']} MiB; "
         f"server: {out['server']}",
         flush=True,

@@ -62,6 +62,8 @@ PARTS = [
             "800",
             "--steps",
             "1000,1600,2400,3200",
+            "--pipelined-steps",
+            "3200,4000,5000,6000",
             "--budget",
             "90",
             "--warmup",
@@ -69,7 +71,21 @@ PARTS = [
             "--window",
             "8",
         ],
-        ["--meters", "5", "--steps", "5", "--rss-devices", "5", "--warmup", "1", "--window", "2", "--no-tb"],
+        [
+            "--meters",
+            "5",
+            "--steps",
+            "5",
+            "--pipelined-steps",
+            "5",
+            "--rss-devices",
+            "5",
+            "--warmup",
+            "1",
+            "--window",
+            "2",
+            "--no-tb",
+        ],
         480,
     ),
     Part(
@@ -269,13 +285,18 @@ def rows(o: dict[str, Outcome]) -> list[Row]:
     def p(part: str, path: str) -> Callable[[], Any]:
         return lambda: pick(o, part, path)
 
-    def capacity() -> str:
-        n = pick(o, "poll", "capacity.max_devices_no_overrun")
-        cpu = pick(o, "poll", "capacity.cpu_percent")
-        cap = (o["poll"].result or {}).get("capacity", {})
-        first = cap.get("first_overrun_devices")
-        stop = f"first overrun at {first:,}" if first else f"search stopped by {cap.get('stopped_by', '?')}"
-        return f"{n:,} meters ({cpu}% CPU; {stop})"
+    def capacity(key: str = "capacity") -> Callable[[], str]:
+        def text() -> str:
+            n = pick(o, "poll", f"{key}.max_devices_no_overrun")
+            cpu = pick(o, "poll", f"{key}.cpu_percent")
+            cap = (o["poll"].result or {}).get(key, {})
+            first = cap.get("first_overrun_devices")
+            stop = (
+                f"first overrun at {first:,}" if first else f"search stopped by {cap.get('stopped_by', '?')}"
+            )
+            return f"{n:,} meters ({cpu}% CPU; {stop})"
+
+        return text
 
     def soak_slope() -> Any:
         try:
@@ -325,7 +346,19 @@ def rows(o: dict[str, Outcome]) -> list[Row]:
         ),
         row(
             "Modbus polling, largest N at 1 s without overrun",
-            capacity,
+            capacity(),
+            None,
+            "none: bounded search (steps until the first overrun or the time budget)",
+        ),
+        row(
+            "Modbus polling with `pipeline: 3` (a cycle's 3 reads in one write), requests per CPU-second",
+            p("poll", "side_by_side.gateway_pipelined.requests_per_cpu_s"),
+            p("poll", "side_by_side.raw_pipelined.requests_per_cpu_s"),
+            f"raw asyncio loop writing each cycle's 3 requests at once {same_server}",
+        ),
+        row(
+            "Modbus polling with `pipeline: 3`, largest N at 1 s without overrun",
+            capacity("capacity_pipelined"),
             None,
             "none: bounded search (steps until the first overrun or the time budget)",
         ),

@@ -12,16 +12,17 @@ import pytest
 from tests.helpers import REPO
 
 BENCH = REPO / "bench/poll.py"
-TINY = ["--meters", "2", "--steps", "2", "--rss-devices", "2", "--warmup", "1", "--window", "1", "--no-tb"]
+TINY = ["--meters", "2", "--steps", "2", "--pipelined-steps", "2", "--rss-devices", "2"]
+TINY += ["--warmup", "1", "--window", "1", "--no-tb"]
 
 
-@pytest.mark.timeout(450)  # seven short worker processes, one after the other
+@pytest.mark.timeout(600)  # ten short worker processes, one after the other
 def test_poll_bench_prints_a_human_line_and_a_json_line() -> None:
     r = subprocess.run(
         [sys.executable, str(BENCH), *TINY],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=550,
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -30,7 +31,7 @@ def test_poll_bench_prints_a_human_line_and_a_json_line() -> None:
     assert figures["bench"] == "poll"
     assert figures["server"].startswith("cmeter")
     side = figures["side_by_side"]
-    for kind in ("gateway", "raw_asyncio", "pymodbus"):
+    for kind in ("gateway", "raw_asyncio", "pymodbus", "gateway_pipelined", "raw_pipelined"):
         assert side[kind]["kind"] == kind, side[kind]
         assert side[kind]["devices"] == 2 and side[kind]["requests_per_s"] > 0, side[kind]
         assert side[kind]["rss_mib"] > 0
@@ -39,8 +40,12 @@ def test_poll_bench_prints_a_human_line_and_a_json_line() -> None:
         "gateway_over_raw_asyncio",
         "gateway_over_pymodbus",
         "gateway_over_thingsboard_values",
+        "gateway_pipelined_over_raw_pipelined",
+        "gateway_pipelined_over_raw_asyncio",
     }
     assert figures["ratios"]["gateway_over_thingsboard_values"] is None
     assert figures["server_limit"]["requests_per_s"] > 0
     assert [s["devices"] for s in figures["capacity"]["steps"]] == [2]
+    assert [s["devices"] for s in figures["capacity_pipelined"]["steps"]] == [2]
+    assert figures["capacity_pipelined"]["steps"][0]["kind"] == "gateway_pipelined"
     assert figures["rss"]["devices"] == 2 and figures["rss"]["raw_asyncio_rss_mib"] > 0
