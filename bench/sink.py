@@ -38,6 +38,23 @@ per second: a large residential compound (20 buildings, a main meter, unit meter
      (~0.8 us); the HTTP send is mostly the kernel's (~0.5 us). Reaching 0.25 would take encoding in C (or
      sources handing over encoded lines), a sender thread that peeks, writes and acks with no event-loop
      trips, and bodies written once (segment files beside a small SQLite index).
+   - 2026-11-30, later (alternate runs of the tree before and after in the same minutes, load 1.1-2.9; both
+     with the C encoder, gateway/sink/_lineenc): the sender is a thread of its own that peeks, writes and
+     acks with no trip through the event loop per batch (forwarder.py, "Threads"); the memory buffer's
+     appends run on the loop. Sink 4.1-5.4 us per point, ratio 0.263-0.337 in 9 runs (before: 4.0-6.1 us,
+     ratio 0.225-0.284 in 8). The run-to-run spread is larger than the gain; a harness timing the durable
+     phase alone by thread says it plainly (4 alternate pairs): process 5.05-6.08 -> 4.34-5.60 us a point,
+     event loop 3.3-4.0 -> 2.85-3.75, spool thread 1.1-1.3 -> 0.8-1.0, the HTTP thread 0.55-0.7 -> the
+     sender thread 0.7-0.85 (it now peeks and acks too). Best-effort phase (harness): 5.6-6.5 -> 5.2-5.75 us.
+     Tried and dropped: a rollback journal (PERSIST, TRUNCATE) instead of WAL, which would write a body
+     once: the spool's CPU went up, 0.46-0.69 -> 0.77-0.93 us a point (append, peek, ack, synchronous=FULL);
+     a WAL of 64 MiB between checkpoints instead of 4: no change.
+     Full runs, after vs before (4 and 3 runs, alternate, load 1.1-2.5): durable 48,000-77,600 vs
+     49,100-74,200 samples/s; replay without limit 79,300-95,400 vs 70,600-119,800; spool fill (no
+     forwarder: unchanged code) 107,700-157,600 vs 160,800-212,900, which is the noise. Best-effort
+     50,300-61,800 vs 58,600-72,000 samples/s, lower in every pair, and not explained: the harness above
+     finds its CPU per point lower. Suspect the GIL (three Python threads: loop, spool, sender; the
+     sender's memory peeks are Python) and check before trusting either figure.
    Throughput (full run, load 4.9 vs 2.4 before): durable 38,497 -> 52,508 samples/s, best-effort 39,063
    -> 64,953, spool fill 69,226 -> 145,590, replay without limit 43,729 -> 81,994 samples/s. 2026-11-30
    (load 2.1): durable 51,599 samples/s at 38 % CPU (the publisher is the limit), best-effort 67,179, spool
