@@ -52,9 +52,10 @@ per second: a large residential compound (20 buildings, a main meter, unit meter
      Full runs, after vs before (4 and 3 runs, alternate, load 1.1-2.5): durable 48,000-77,600 vs
      49,100-74,200 samples/s; replay without limit 79,300-95,400 vs 70,600-119,800; spool fill (no
      forwarder: unchanged code) 107,700-157,600 vs 160,800-212,900, which is the noise. Best-effort
-     50,300-61,800 vs 58,600-72,000 samples/s, lower in every pair, and not explained: the harness above
-     finds its CPU per point lower. Suspect the GIL (three Python threads: loop, spool, sender; the
-     sender's memory peeks are Python) and check before trusting either figure.
+     50,300-61,800 vs 58,600-72,000 samples/s, lower in every pair, and not explained: the harness above,
+     timing that phase alone (3 alternations), finds it 4.8-6.0 vs 5.8-6.6 us a point and 62,900-83,300 vs
+     65,800-68,700 samples/s. Suspect the phase's place in the run (after the durable one) or the GIL
+     (three Python threads: loop, spool, sender; the memory peeks are Python) before trusting either.
    Throughput (full run, load 4.9 vs 2.4 before): durable 38,497 -> 52,508 samples/s, best-effort 39,063
    -> 64,953, spool fill 69,226 -> 145,590, replay without limit 43,729 -> 81,994 samples/s. 2026-11-30
    (load 2.1): durable 51,599 samples/s at 38 % CPU (the publisher is the limit), best-effort 67,179, spool
