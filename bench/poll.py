@@ -699,6 +699,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "gateway": gw_rss,
             "raw_asyncio": raw_rss,
         }
+        # The side-by-side N is small for the gateway, whose detection, evidence and presence cost about the
+        # same at any N: beside its largest N without overrun, the raw loop at that N too
+        best = out["capacity"]["max_devices_no_overrun"]
+        gw_best = next((r for r in capacity if r.get("devices") == best and "error" not in r), None)
+        at: dict[str, Any] = {"devices": best, "gateway": gw_best, "raw_asyncio": None, "ratio": None}
+        if best is not None and gw_best is not None:
+            raw_best = (
+                raw_rss
+                if best == rss_n
+                else attempt(
+                    "raw_asyncio",
+                    lambda: run_worker("raw_asyncio", site(best), args.warmup, args.window, server),
+                )
+            )
+            at["raw_asyncio"] = raw_best
+            at["ratio"] = ratio(gw_best.get("requests_per_cpu_s"), raw_best.get("requests_per_cpu_s"))
+        out["at_capacity"] = at
     out["elapsed_s"] = round(time.monotonic() - began, 1)
     out["cpus"] = os.cpu_count()
     summary(out)
@@ -718,7 +735,8 @@ def summary(out: dict[str, Any]) -> None:
         f"{cap['max_devices_no_overrun']} "
         f"meters at 1 s without overrun (cpu {cap['cpu_percent']}%, first overrun at "
         f"{cap['first_overrun_devices']}), pipelined {pcap['max_devices_no_overrun']} (cpu "
-        f"{pcap['cpu_percent']}%, first overrun at {pcap['first_overrun_devices']}); "
+        f"{pcap['cpu_percent']}%, first overrun at {pcap['first_overrun_devices']}); at "
+        f"{out['at_capacity']['devices']} meters gateway/raw asyncio {out['at_capacity']['ratio']}; "
         f"RSS at {out['rss']['devices']}: gateway "
         f"{out['rss']['gateway_rss_mib']} MiB, raw {out['rss']['raw_asyncio_rss_mib']} MiB; "
         f"server: {out['server']}",

@@ -351,6 +351,12 @@ def rows(o: dict[str, Outcome]) -> list[Row]:
             "none: bounded search (steps until the first overrun or the time budget)",
         ),
         row(
+            "Modbus polling, requests per CPU-second at that largest N",
+            p("poll", "at_capacity.gateway.requests_per_cpu_s"),
+            p("poll", "at_capacity.raw_asyncio.requests_per_cpu_s"),
+            f"raw asyncio loop at the same N {same_server}",
+        ),
+        row(
             "Modbus polling with `pipeline: 3` (a cycle's 3 reads in one write), requests per CPU-second",
             p("poll", "side_by_side.gateway_pipelined.requests_per_cpu_s"),
             p("poll", "side_by_side.raw_pipelined.requests_per_cpu_s"),

@@ -48,4 +48,6 @@ def test_poll_bench_prints_a_human_line_and_a_json_line() -> None:
     assert [s["devices"] for s in figures["capacity"]["steps"]] == [2]
     assert [s["devices"] for s in figures["capacity_pipelined"]["steps"]] == [2]
     assert figures["capacity_pipelined"]["steps"][0]["kind"] == "gateway_pipelined"
+    at = figures["at_capacity"]
+    assert at["devices"] == 2 and at["raw_asyncio"]["devices"] == 2 and at["ratio"] > 0
     assert figures["rss"]["devices"] == 2 and figures["rss"]["raw_asyncio_rss_mib"] > 0
