@@ -14,16 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import yaml
 
 from gateway.config import load_site
-from gateway.core.durations import parse_duration
 from gateway.incidents.replay import incident_record, run_replay
 from gateway.incidents.trace import load_mapping, read_trace
 from rules.engine import Engine
 from rules.model import Transition
 from tests.helpers import REPO
-from tests.rules.test_wakeup import CASES, REPLAYED, SKAB
+from tests.rules.test_wakeup import REPLAYED, SKAB, recorded_case
 
 
 class Deferred(Engine):
@@ -52,21 +50,11 @@ def incidents(result: Any, tz: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("case", REPLAYED)
 def test_recorded_cases_give_the_same_incidents(case: str) -> None:
-    d = CASES / case
-    exp: dict[str, Any] = yaml.safe_load((d / "expected.yaml").read_text()) or {}
-    site = load_site((d / exp.get("site", "site.yaml").replace("{repo}", str(REPO))).resolve())
-    trace_path = (d / exp.get("trace", "trace.csv").replace("{repo}", str(REPO))).resolve()
-    mapping = (
-        load_mapping((d / exp["mapping"].replace("{repo}", str(REPO))).resolve())
-        if "mapping" in exp
-        else None
-    )
+    site, events, tail = recorded_case(case)
     tz = site.config.site.timezone
-    trace = read_trace(trace_path, tz, mapping)
-    tail = parse_duration(exp.get("tail", 0))
-    each = run_replay(site, trace.events, tail=tail)
+    each = run_replay(site, events, tail=tail)
     Deferred.correlations = 0
-    once = run_replay(site, trace.events, tail=tail, engine_type=Deferred)
+    once = run_replay(site, events, tail=tail, engine_type=Deferred)
     assert incidents(once, tz) == incidents(each, tz)
     assert Deferred.correlations > 0  # the correlator did run deferred
 

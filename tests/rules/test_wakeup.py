@@ -71,8 +71,8 @@ def engine_type(request: pytest.FixtureRequest) -> type[CheckedEngine]:
     return cls
 
 
-@pytest.mark.parametrize("case", REPLAYED)
-def test_recorded_cases(case: str, engine_type: type[CheckedEngine]) -> None:
+def recorded_case(case: str) -> tuple[Site, list[Event], float]:
+    """A recorded case's site, its trace's events and the replay's tail."""
     d = CASES / case
     exp: dict[str, Any] = yaml.safe_load((d / "expected.yaml").read_text()) or {}
     site = load_site((d / exp.get("site", "site.yaml").replace("{repo}", str(REPO))).resolve())
@@ -83,7 +83,13 @@ def test_recorded_cases(case: str, engine_type: type[CheckedEngine]) -> None:
         else None
     )
     trace = read_trace(trace_path, site.config.site.timezone, mapping)
-    run_replay(site, trace.events, tail=parse_duration(exp.get("tail", 0)), engine_type=engine_type)
+    return site, list(trace.events), parse_duration(exp.get("tail", 0))
+
+
+@pytest.mark.parametrize("case", REPLAYED)
+def test_recorded_cases(case: str, engine_type: type[CheckedEngine]) -> None:
+    site, events, tail = recorded_case(case)
+    run_replay(site, events, tail=tail, engine_type=engine_type)
     assert engine_type.checks > 0
 
 

@@ -23,18 +23,7 @@ from gateway.config import Site, load_site
 from gateway.core.types import Quality, Sample
 from gateway.sink import lineproto
 from gateway.sink.lineproto import QUALITY_CODES, LineEncoder
-
-SITE = """\
-site: {id: t1}
-buildings:
-  - {id: B1, domains: [{id: B1-power, kind: power}, {id: B1-water, kind: water}]}
-lines:
-  - {id: l1, transport: tcp, host: 127.0.0.1, port: 1502}
-devices:
-  - {id: M1, building: B1, domain: B1-power, line: l1, unit: 1, profile: sdm630}
-  - {id: P1, building: B1, domain: B1-water, line: l1, unit: 2, profile: rs485-pressure}
-  - {id: T1, building: B1, role: tank, source: mqtt}
-"""
+from tests.gateway.sink.test_lineproto import SITE  # the same site as the Python encoder's tests
 
 DEVICES = ["M1", "P1", "T1", "Ünï 1", "ghost", "odd device,x=y", "{brace}"]
 NAMES = ["voltage_l1", "current_l1", "a b", "a,b", "a=b", "back\\slash", "{brace}", "ünï", "日本"]
