@@ -89,6 +89,8 @@ def build_sink(site: Site, bus: Bus, state_dir: Path) -> Forwarder | None:
                 "mode": spool.mode,
                 "spool": str(spool_path(site, state_dir)) if spool.mode == "durable" else "memory",
                 "spooled": fw.buffer.stats.points,
+                # the C line-protocol encoder (gateway/sink/_lineenc.c), or the Python one (same bytes)
+                "encoder": "c" if fw.encoder.accelerated else "python",
             }
         },
     )

@@ -137,6 +137,7 @@ class LineEncoder:
         self._c_encode: Callable[..., tuple[bytes, int] | int | None] | None = (
             _accelerator.encode if accelerated and _accelerator is not None else None
         )
+        self.accelerated = self._c_encode is not None
         self.site_id = site.config.site.id
         self.keys: dict[str, SeriesKey] = {}
         self._prefix: dict[str, str] = {}

@@ -162,13 +162,15 @@ def assert_same(c_enc: LineEncoder, py_enc: LineEncoder, batch: Sequence[Sample]
     assert (c_enc.skipped_values, c_enc.unknown_devices) == (py_enc.skipped_values, py_enc.unknown_devices)
 
 
-def test_the_accelerator_is_built() -> None:
+def test_the_accelerator_is_built(site: Site) -> None:
     """make test runs in the bootstrapped venv, whose editable install builds the extension."""
     from gateway.sink import _lineenc
 
     assert callable(_lineenc.encode)
     if os.environ.get("METERWATCH_NO_ACCEL", "") in ("", "0"):
         assert lineproto.ACCELERATED
+    assert LineEncoder(site, accelerated=True).accelerated  # what `run` logs as the sink's encoder
+    assert not LineEncoder(site, accelerated=False).accelerated
 
 
 def test_the_switch_forces_the_python_path() -> None:
