@@ -90,6 +90,7 @@ class Engine:
         self._dirty = False
         # set by the live detector while it feeds a round's events: correlate() runs the correlator after them
         self.deferring = False
+        self.correlations = 0  # correlator runs so far (feed_many counts a round's)
         # next_wakeup must not scan every device and alert: at high MQTT rates the detector asks for it on
         # every round, and a scan was a fifth of all CPU. Both timers live in heaps instead, with lazy
         # invalidation: an entry is checked against the live state when it reaches the top, so the hot
@@ -166,19 +167,22 @@ class Engine:
         self.now = max(self.now, event.ts)
         if self._dirty and not self.deferring:
             self._dirty = False
+            self.correlations += 1
             out.extend(self.corr.run(self.alerts, self.now))
         return out
 
     def correlate(self) -> list[Transition]:
         """What the correlator makes of the events fed while `deferring` (nothing when none changed it).
 
-        The live detector feeds a round's events with `deferring` set and correlates once after them: the
-        correlator looks at every active alert and line, so running it after each event that may move a
+        The correlator looks at every active alert and line, so running it after each event that may move a
         root is quadratic when thousands of devices answer at once (a gateway starting, a site's power
-        back), and at 4,000 meters the detector never caught up. A replay feeds one event at a time."""
+        back): at 4,000 meters the detector never caught up. So the live detector defers it within a round
+        once the round has correlated often (IncidentManager.feed_many) and correlates once after the
+        round's events; the incidents' times are then the round's latest event's, not each event's own."""
         if not self._dirty:
             return []
         self._dirty = False
+        self.correlations += 1
         return list(self.corr.run(self.alerts, self.now))
 
     def _sample(self, s: Sample, out: list[Transition]) -> None:

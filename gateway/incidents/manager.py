@@ -25,6 +25,8 @@ from gateway.incidents.store import Batch, Downtime, IncidentStore, StoreReader
 from rules.engine import Engine
 from rules.model import Alert, AlertChange, AlertKey, Incident, IncidentChange, IncidentEvent, Transition
 
+# correlator runs a detector round makes one event at a time before it defers the rest (feed_many)
+CORRELATE_PER_ROUND = 20
 log = logging.getLogger("meterwatch.incidents")
 
 _Arg = TypeVar("_Arg")
@@ -110,11 +112,17 @@ class IncidentManager:
         return self._step("feed", self.engine.feed, event)
 
     def feed_many(self, events: Sequence[Event]) -> None:
-        """A round's events, then the correlator once for all of them (Engine.correlate)."""
+        """A round's events, each correlated at its own time as a replay does, until the round has run the
+        correlator CORRELATE_PER_ROUND times: then the rest are fed with it deferred and correlated once
+        after them (Engine.correlate), so that thousands of devices answering at once cost one run, not
+        one each (quadratic). A round holds what came in RULES_PACE (50 ms) or a backlog: in normal
+        operation few of its events move a root and every incident time is its event's own."""
         engine = self.engine
-        engine.deferring = True
+        start = engine.correlations
         try:
             for event in events:
+                if not engine.deferring and engine.correlations - start >= CORRELATE_PER_ROUND:
+                    engine.deferring = True
                 self._step("feed", engine.feed, event)
         finally:
             engine.deferring = False
