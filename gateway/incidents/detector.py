@@ -74,8 +74,8 @@ class Detector:
                 await self.round()
         finally:
             # what is queued was acknowledged by the bus: feed and store it before stopping
-            while (ev := self.sub.get_nowait()) is not None:
-                self.mgr.feed(ev)
+            while events := self.sub.get_many(MAX_EVENTS_PER_ROUND):
+                self.mgr.feed_many(events)  # as a round does: a deep queue costs no correlator run per event
             now = self.clock()
             self.mgr.tick(now)
             for _, fut in self._calls:

@@ -126,7 +126,7 @@ class LineEncoder:
     point or exponent (230.0, never 230), so no value reads as an integer.
 
     With the C encoder built (ACCELERATED), a batch is one C call instead (gateway/sink/_lineenc.c): the
-    same templates and lines, float text repr's (the same digits again). Batches it does not handle (NaN,
+    same templates and the same bytes (floats spelt as orjson spells them). Batches it does not handle (NaN,
     infinities, odd values or names) go the Python way, which gives the lines for them as before."""
 
     def __init__(self, site: Site, accelerated: bool = ACCELERATED) -> None:
