@@ -1,11 +1,16 @@
 """Line actors on the built-in Modbus TCP client: which client a line gets, several pipelined connections,
-and the schedule staggered across every line of the site."""
+the schedule staggered across every line of the site and gathered on the grid."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections import defaultdict
 
-from drivers.modbus.line import Connection, LineActor
+import pytest
+
+from drivers.modbus import line as line_module
+from drivers.modbus.line import GRID, Connection, LineActor, on_grid
 from drivers.modbus.tcp import TcpConnection
 from gateway.app.modbus import build
 from gateway.config import load_site
@@ -80,3 +85,42 @@ async def test_lines_start_their_cycles_in_phase_order(sim: SimHandle) -> None:
         await until(lambda: all(rec.samples(d.id) for d in devices), 10, "a first sample from every device")
     first = sorted(devices, key=lambda d: rec.samples(d.id)[0].ts)
     assert [d.id for d in first] == [devices[i].id for i in order]
+
+
+def test_on_grid_is_the_start_of_the_slot() -> None:
+    assert on_grid(1000.0) == on_grid(1000.05) == on_grid(1000.0999) == pytest.approx(1000.0)
+    assert on_grid(1000.1) == pytest.approx(1000.1)
+    assert on_grid(1000.25) == on_grid(1000.2) != on_grid(1000.3)
+
+
+async def test_cycles_start_on_the_grid_in_shared_slots(
+    sim: SimHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty one-device lines spread over a 1 s interval: every cycle is due at a point of the grid, so the
+    twenty share at most 11 slots (10 in an interval, and the lines' starts may straddle one more), and the
+    devices of a slot wait for the same deadline."""
+    ((line, devices),) = specs(sim.site, ["tcp"], poll_interval=1.0)
+    dues: defaultdict[str, list[float]] = defaultdict(list)
+    sleep_until = line_module._sleep_until
+
+    async def recording(loop: asyncio.AbstractEventLoop, when: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        dues[task.get_name()].append(when)
+        await sleep_until(loop, when)
+
+    monkeypatch.setattr(line_module, "_sleep_until", recording)
+    lines = [
+        (dataclasses.replace(line, id=f"l{k}"), [dataclasses.replace(devices[0], id=f"d{k}")])
+        for k in range(20)
+    ]
+    async with Actors(lines, Recorder()) as actors:
+        for k, actor in enumerate(actors.actors):
+            actor.phase = k / 20
+        await until(
+            lambda: all(len(dues[f"poll:d{k}"]) >= 2 for k in range(20)), 15, "two sleeps of every device"
+        )
+    whens = [w for ws in dues.values() for w in ws]
+    assert all(abs(w / GRID - round(w / GRID)) < 1e-6 for w in whens), whens
+    first = {dues[f"poll:d{k}"][0] for k in range(20)}
+    assert len(first) <= 11, sorted(first)
