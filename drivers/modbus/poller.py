@@ -3,7 +3,9 @@
 The poller does not know how bytes reach the device: it calls `read(request)` (the line actor's), which
 returns a ReadOutcome instead of raising. Rules (bad input is counted and skipped; a dead device must not
 stall its line):
-- each read's values become their own Sample, stamped when that read completed;
+- a cycle's values become one Sample, stamped when the last read that gave values completed (one event
+  per cycle for the bus, the rules and the store, not one per read); a read whose values could not all
+  be decoded is published apart with quality decode_error, so a quality always describes all its values;
 - a read with no usable answer (timeout, connection, CRC, framing) ends the device's cycle: its remaining
   reads are skipped, so a dead device costs its line at most one timeout (x retries) per cycle;
 - a Modbus exception answer (e.g. 02, address out of range) skips that read only: the device is alive;
@@ -31,7 +33,7 @@ from drivers.modbus.spec import DeviceSpec, LineSpec
 from gateway.config.profile import Point
 from gateway.core.once import OnceLog
 from gateway.core.stats import DeviceStats
-from gateway.core.types import DeviceInfo, DeviceStatus, Event, Quality, Sample
+from gateway.core.types import DeviceInfo, DeviceStatus, Event, Sample
 
 log = logging.getLogger("meterwatch.modbus")
 
@@ -65,6 +67,16 @@ class ReadOutcome:
         if self.data is not None:
             return list(struct.unpack(f">{len(self.data) // 2}H", self.data))
         return None
+
+
+class _Gathered:
+    """A cycle's good values so far, and when the last of their reads completed."""
+
+    __slots__ = ("ts", "values")
+
+    def __init__(self) -> None:
+        self.ts = 0.0
+        self.values: dict[str, float] = {}
 
 
 Read = Callable[[ReadRequest], Awaitable[ReadOutcome]]
@@ -133,8 +145,9 @@ class DevicePoller:
         """Run one poll cycle. Returns True when the device answered at least one read."""
         self.stats.cycles += 1
         answered = False
+        gathered = _Gathered()
         if self._groups:
-            answered = await self._cycle_pipelined()
+            answered = await self._cycle_pipelined(gathered)
         else:
             for request, plan in self._cycle:
                 outcome = await self._read(request)
@@ -142,7 +155,10 @@ class DevicePoller:
                     break  # remaining reads skipped this cycle: the line is shared with other devices
                 answered = True
                 if outcome.words is not None or outcome.data is not None:
-                    await self._publish(plan, outcome)
+                    await self._take(plan, outcome, gathered)
+        if gathered.values:
+            self.stats.samples += 1
+            await self.emit(Sample(self.device.id, gathered.ts, gathered.values))
         await self._verdict(answered)
         if answered and self.device.info_requests and time.monotonic() >= self.info_due:
             await self.read_info()
@@ -186,7 +202,7 @@ class DevicePoller:
         return base / 2 + self.rng.uniform(0, base / 2)
 
     # ------------------------------------------------------------------------------------------------
-    async def _cycle_pipelined(self) -> bool:
+    async def _cycle_pipelined(self, gathered: _Gathered) -> bool:
         """The cycle's reads a group at a time (read_many); True when one was answered."""
         assert self.read_many is not None
         answered = False
@@ -199,7 +215,7 @@ class DevicePoller:
                     return answered
                 answered = True
                 if outcome.words is not None or outcome.data is not None:
-                    await self._publish(plan, outcome)
+                    await self._take(plan, outcome, gathered)
         return answered
 
     async def _read(self, request: ReadRequest) -> ReadOutcome:
@@ -290,17 +306,27 @@ class DevicePoller:
             self.device.id, p.quantity,
         )  # fmt: skip
 
-    async def _publish(self, plan: ReadPlan, outcome: ReadOutcome) -> None:
+    async def _take(self, plan: ReadPlan, outcome: ReadOutcome, gathered: _Gathered) -> None:
+        """A read's values into the cycle's sample; values beside a decoding fault go out apart at once."""
         ts = time.time()
         if outcome.words is not None:
             values, problems = plan.decode_words(outcome.words, self.decimals)
         else:
             assert outcome.data is not None
             values, problems = plan.decode(outcome.data, self.decimals)
-        quality: Quality = "decode_error" if problems and self._report(problems) else "good"
-        if values:
+        if not values:
+            if problems:
+                self._report(problems)
+            return
+        if problems and self._report(problems):
             self.stats.samples += 1
-            await self.emit(Sample(self.device.id, ts, values, quality))
+            await self.emit(Sample(self.device.id, ts, values, "decode_error"))
+            return
+        gathered.ts = ts
+        if gathered.values:
+            gathered.values.update(values)
+        else:
+            gathered.values = values
 
     def _report(self, problems: Sequence[Problem]) -> bool:
         """Counts and logs the values a read could not give; True when one makes the sample's quality bad."""

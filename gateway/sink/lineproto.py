@@ -8,8 +8,8 @@ Fields: one float per quantity (the quantity name unchanged) plus an integer `qu
 0 good, 1 stale, 2 comm_error, 3 decode_error. It is a number, not a string, because VictoriaMetrics and
 other v2-write-API stores keep numeric fields only.
 
-Timestamps are written in microseconds (PRECISION). A Modbus device's cycle publishes one Sample per read,
-each stamped when its read completed, and two reads of one device can complete within the same
+Timestamps are written in microseconds (PRECISION). A Modbus device's cycle publishes one Sample, and a
+read with a decoding fault apart from it with quality decode_error; the two can complete within the same
 millisecond: at millisecond precision InfluxDB would merge them into one point whose `quality` is
 whichever came last. VictoriaMetrics keeps milliseconds and truncates finer timestamps.
 

@@ -8,8 +8,9 @@ A case folder holds
 - expected_plan.yaml: the requests the daemon plans for the device (`reads:` polled every cycle and
   `info_reads:` read when it comes up, each with function, address, count and the points it covers), or
   `errors:` (substrings of the errors, one per error) when loading or planning must fail;
-- registers.yaml + expected_samples.yaml: a register dump, and the Samples (values and quality per read), the
-  DeviceInfo text and the values dropped (not_available, nan, decode) that one poll cycle makes of it.
+- registers.yaml + expected_samples.yaml: a register dump, and the Samples (a cycle's values, a read with a
+  decoding fault apart), the DeviceInfo text and the values dropped (not_available, nan, decode) that one
+  poll cycle makes of it.
 
 The plan comes from load_site and gateway/app/modbus.py (modbus_specs -> device_spec -> plan_reads), as the
 daemon builds it; the samples from drivers.modbus.poller.DevicePoller.cycle() answering each planned read

@@ -125,9 +125,12 @@ async def test_every_profile_round_trips_exactly(sim: SimHandle) -> None:
     rec = Recorder()
     async with Actors(specs(sim.site, poll_interval=0.3), rec):
         await until(
-            lambda: all(set(rec.latest(d)) >= set(expected[d]) for d in devices),
+            lambda: (
+                all(set(rec.latest(d)) >= set(expected[d]) for d in devices)
+                and len(rec.samples("T-sdm630")) >= 3
+            ),
             15,
-            "every value of every device",
+            "every value of every device, three cycles of T-sdm630",
         )
     for d in devices:
         got = rec.latest(d)
@@ -136,10 +139,10 @@ async def test_every_profile_round_trips_exactly(sim: SimHandle) -> None:
     assert rec.latest("T-dtsu666")["current_l1"] == expected["T-dtsu666"]["current_l1"]
     assert rec.latest("P-tuf")["flow"] == expected["P-tuf"]["flow"]
     assert rec.latest("R-pressure")["pressure"] == 3.28
-    # Each read is its own Sample, stamped when that read completed.
+    # A cycle is one Sample holding every read's values (the SDM630 is three reads), cycles in time order.
     sdm = rec.samples("T-sdm630")[:3]
-    assert len({frozenset(s.values) for s in sdm}) == 3
-    assert sdm[0].ts <= sdm[1].ts <= sdm[2].ts
+    assert len(sdm) == 3 and all(set(s.values) >= set(expected["T-sdm630"]) for s in sdm)
+    assert sdm[0].ts < sdm[1].ts < sdm[2].ts
 
 
 async def test_rtu_on_pseudo_terminal_keeps_one_request_on_the_wire(sim: SimHandle) -> None:
