@@ -149,8 +149,11 @@ class DevicePoller:
         if self._groups:
             answered = await self._cycle_pipelined(gathered)
         else:
+            stats = self.stats
+            read = self.read
             for request, plan in self._cycle:
-                outcome = await self._read(request)
+                stats.requests += 1
+                outcome = self._checked(request, await read(request))
                 if outcome.failure is not None:
                     break  # remaining reads skipped this cycle: the line is shared with other devices
                 answered = True

@@ -160,9 +160,26 @@ class TcpConnection:
         else:
             await self._admitted()  # returns holding a place handed over by a request that ended
         try:
-            if self.attempts == 1 and self._link is not None and not self.gap:
-                # The common case, without the retry loop: one attempt on an open connection.
-                outcome = await self._exchange(request)
+            link = self._link
+            if self.attempts == 1 and link is not None and not self.gap:
+                # The common case, without the retry loop: one attempt on an open connection, _exchange's
+                # body inline (a coroutine less to resume per request).
+                loop = self._loop
+                assert link.transport is not None and loop is not None
+                tid = self._tid = self._tid % 0xFFFF + 1
+                want = self._want(request)
+                if not self._pending:
+                    self._rx = b""
+                now = loop.time()
+                future: asyncio.Future[ReadOutcome] = loop.create_future()
+                self._pending[tid] = _Pending(tid, want, future, now, now + self.timeout)
+                link.transport.write(
+                    REQUEST.pack(tid, 0, 6, request.unit, want.function, request.address, request.count)
+                )
+                self.stats.requests += 1
+                if self._timer is None:
+                    self._timer = loop.call_at(now + self.timeout, self._expire)
+                outcome = await future
                 if outcome.dropped:
                     for kind, _why in outcome.dropped:
                         self.stats.errors[kind] += 1
