@@ -192,7 +192,9 @@ class Engine:
             return
         if s.quality == "stale" or not s.values:
             return  # a repeated (retained) value proves nothing about now
-        if any(v != v or v in (INF, -INF) for v in s.values.values()):
+        # One C-level sum instead of a test per value: a NaN or an infinity makes it non-finite (so does a sum
+        # past the float range, which the filter then finds to be none of them)
+        if not math.isfinite(sum(s.values.values())):
             s = Sample(s.device, s.ts, {k: v for k, v in s.values.items() if math.isfinite(v)}, s.quality)
         d = s.device
         if s.ts > self.last_seen[d]:

@@ -218,7 +218,10 @@ class EvidenceKeeper:
         self._span = max(settings.before, RING_MIN_SPAN)
         self._known = {d.id for d in site.config.devices}
         self._matches: dict[str, bool] = {}
-        self._keys: dict[str, tuple[str, ...]] = {}  # the device's last quantity tuple, shared by its entries
+        # per device: the quantities of its last reading (in the reading's order) and those of them kept, in
+        # sorted order; a device sends the same quantities reading after reading, so the match and the sort
+        # run once, and its entries share one keys tuple
+        self._plans: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.flushed_at = -math.inf  # the round time of the last evidence flush
         self._stop: asyncio.Event | None = None
         # a restart: go on from what the store holds for the incidents the engine restored
@@ -242,20 +245,25 @@ class EvidenceKeeper:
     def take(self, ev: Event) -> None:
         if not isinstance(ev, Sample) or ev.quality == "stale" or ev.device not in self._known:
             return  # a repeated (retained) value is not a reading of that instant
-        kept = [(q, v) for q, v in ev.values.items() if self._kept(q) and math.isfinite(v)]
-        if not kept:
+        values = ev.values
+        names = tuple(values)
+        plan = self._plans.get(ev.device)
+        if plan is None or plan[0] != names:
+            plan = self._plans[ev.device] = (names, tuple(sorted(q for q in names if self._kept(q))))
+        keys = plan[1]
+        if not keys:
             return
-        kept.sort()
-        keys = tuple(q for q, _ in kept)
-        prev = self._keys.get(ev.device)
-        if prev == keys:
-            keys = prev  # one tuple per device, not one per reading
-        else:
-            self._keys[ev.device] = keys
+        kept = tuple([float(values[q]) for q in keys])
+        if not math.isfinite(sum(kept)):  # a NaN or an infinity among them (or a sum past the float range)
+            finite = [(q, v) for q, v in zip(keys, kept, strict=True) if math.isfinite(v)]
+            if not finite:
+                return
+            if len(finite) < len(keys):
+                keys, kept = tuple(q for q, _ in finite), tuple(v for _, v in finite)
         ring = self.rings.get(ev.device)
         if ring is None:
             ring = self.rings[ev.device] = Ring(self._span)
-        ring.add(ev.ts, keys, tuple(float(v) for _, v in kept))
+        ring.add(ev.ts, keys, kept)
 
     def _kept(self, quantity: str) -> bool:
         hit = self._matches.get(quantity)

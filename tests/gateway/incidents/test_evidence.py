@@ -281,6 +281,24 @@ def test_the_ring_keeps_the_configured_quantities_of_fresh_finite_readings(rig: 
     assert set(rig.keeper.rings) == {"B1-main"}
 
 
+def test_a_reading_keeps_its_finite_values_beside_a_nan_or_an_infinity(rig: Rig) -> None:
+    """The finite values of a reading stay when another is NaN or infinite; values whose sum is past the float
+    range are finite, and stay too. A device's usual readings share one keys tuple."""
+    rig.publish("B1-main", T0, 230.0, frequency=float("nan"))
+    rig.publish("B1-main", T0 + 1, float("inf"), frequency=50.0)
+    rig.publish("B1-main", T0 + 2, 1e308, frequency=1e308)
+    rig.publish("B1-main", T0 + 3, 231.0, frequency=50.0)
+    rig.keeper.drain()
+    entries = list(rig.keeper.rings["B1-main"].entries)
+    assert [(t, k, v) for t, k, v in entries] == [
+        (T0, ("voltage_l1", "voltage_l2"), (230.0, 230.0)),
+        (T0 + 1, ("frequency",), (50.0,)),
+        (T0 + 2, ("frequency", "voltage_l1", "voltage_l2"), (1e308, 1e308, 1e308)),
+        (T0 + 3, ("frequency", "voltage_l1", "voltage_l2"), (50.0, 231.0, 231.0)),
+    ]
+    assert entries[2][1] is entries[3][1]
+
+
 def test_an_incident_keeps_its_devices_readings_from_before_it_until_after_it_resolves(rig: Rig) -> None:
     rig.run(T0 - 100, T0, 230.0, ("B1-main", "B1-unit", "B2-main"))
     rig.run(T0, T0 + 5, 0.0, ("B1-main", "B2-main"))
