@@ -317,11 +317,10 @@ class DevicePoller:
         else:
             assert outcome.data is not None
             values, problems = plan.decode(outcome.data, self.decimals)
+        bad = bool(problems) and self._report(problems)
         if not values:
-            if problems:
-                self._report(problems)
             return
-        if problems and self._report(problems):
+        if bad:
             self.stats.samples += 1
             await self.emit(Sample(self.device.id, ts, values, "decode_error"))
             return

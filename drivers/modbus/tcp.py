@@ -162,24 +162,9 @@ class TcpConnection:
         try:
             link = self._link
             if self.attempts == 1 and link is not None and not self.gap:
-                # The common case, without the retry loop: one attempt on an open connection, _exchange's
-                # body inline (a coroutine less to resume per request).
-                loop = self._loop
-                assert link.transport is not None and loop is not None
-                tid = self._tid = self._tid % 0xFFFF + 1
-                want = self._want(request)
-                if not self._pending:
-                    self._rx = b""
-                now = loop.time()
-                future: asyncio.Future[ReadOutcome] = loop.create_future()
-                self._pending[tid] = _Pending(tid, want, future, now, now + self.timeout)
-                link.transport.write(
-                    REQUEST.pack(tid, 0, 6, request.unit, want.function, request.address, request.count)
-                )
-                self.stats.requests += 1
-                if self._timer is None:
-                    self._timer = loop.call_at(now + self.timeout, self._expire)
-                outcome = await future
+                # The common case, without the retry loop: one attempt on an open connection, its answer
+                # awaited here (a coroutine less to resume per request than through _exchange).
+                outcome = await self._send(link, request)
                 if outcome.dropped:
                     for kind, _why in outcome.dropped:
                         self.stats.errors[kind] += 1
@@ -305,8 +290,15 @@ class TcpConnection:
 
     async def _exchange(self, request: ReadRequest) -> ReadOutcome:
         link = self._link
+        assert link is not None
+        # Cancelled (the line stops, a caller gives up): the request stays listed until its answer or its
+        # deadline, so that its answer is taken and dropped quietly, not counted as a stale one.
+        return await self._send(link, request)
+
+    def _send(self, link: _Link, request: ReadRequest) -> asyncio.Future[ReadOutcome]:
+        """Write the request on `link` and list it as pending; the future is its outcome."""
         loop = self._loop
-        assert link is not None and link.transport is not None and loop is not None
+        assert link.transport is not None and loop is not None
         tid = self._tid = self._tid % 0xFFFF + 1  # 1..65535: 0 is what a careless device echoes
         want = self._want(request)
         if not self._pending:
@@ -321,9 +313,7 @@ class TcpConnection:
         self.stats.requests += 1
         if self._timer is None:
             self._timer = loop.call_at(pending.deadline, self._expire)
-        # Cancelled (the line stops, a caller gives up): the request stays listed until its answer or its
-        # deadline, so that its answer is taken and dropped quietly, not counted as a stale one.
-        return await future
+        return future
 
     # --- receiving (protocol callbacks, on the event loop) --------------------------------------------
     def _received(self, data: bytes) -> None:
