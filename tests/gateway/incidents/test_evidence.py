@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.rules_live import DaemonThread, LiveSite, incident, open_incidents, write_live_site
+from bench.rules_live import POLL, DaemonThread, LiveSite, incident, open_incidents, write_live_site
 from gateway.config import ConfigError, Site, load_site
 from gateway.core.bus import Bus
 from gateway.core.types import DeviceStatus, Sample
@@ -36,6 +36,7 @@ T0 = 1_760_000_000.0
 # ---- through the daemon ------------------------------------------------------------------------------------
 
 BEFORE, AFTER, MAX_POINTS = 20.0, 3.0, 200
+OUTAGE = 6.0  # seconds of 0 V readings before the power comes back
 PHASES = ("voltage_l1", "voltage_l2", "voltage_l3")
 EVIDENCE = f"{{before: {BEFORE:g}s, after: {AFTER:g}s, max_points: {MAX_POINTS}}}"
 
@@ -67,6 +68,19 @@ def ring_span(daemon: DaemonThread, device: str) -> float:
         return 0.0 if ring is None else ring.entries[-1][0] - ring.entries[0][0]
     except IndexError:  # emptied meanwhile
         return 0.0
+
+
+def zero_span(daemon: DaemonThread, device: str) -> float:
+    """Seconds from the first to the last 0 V reading (voltage_l1) in the device's ring."""
+    keeper = daemon.services.evidence
+    assert keeper is not None
+    ring = keeper.rings.get(device)
+    times = [
+        ts
+        for ts, keys, values in list(ring.entries if ring is not None else ())
+        if dict(zip(keys, values, strict=True)).get("voltage_l1") == 0.0
+    ]
+    return times[-1] - times[0] if times else 0.0
 
 
 def ring_newest(daemon: DaemonThread, device: str) -> float:
@@ -104,6 +118,14 @@ def test_a_power_cut_keeps_the_main_meters_voltages_from_before_the_cut_to_after
 
         # stored while it is open, not only at the end; a few of them, whatever rate the bound leaves
         wait_until(lambda: zeros() >= 3, 30.0, what="B1-main's 0 V readings stored with the open incident")
+        # The bound keeps the first reading of each quantity per slot (2 s here, in the end), slots aligned
+        # to the clock: an outage shorter than a slot or two may keep no reading from its middle at all.
+        # The outage goes on until the ring holds OUTAGE seconds of 0 V readings, so its middle spans slots.
+        wait_until(
+            lambda: zero_span(daemon, "B1-main") >= OUTAGE,
+            30.0,
+            what=f"{OUTAGE:g} s of 0 V in B1-main's ring",
+        )
         live.sim.world.restore_power("B1")
         restore = time.time()
         wait_until(
@@ -146,6 +168,10 @@ def test_a_power_cut_keeps_the_main_meters_voltages_from_before_the_cut_to_after
         during = [v for t, v in series if cut + 0.6 < t < restore - 0.6]
         after_restore = [v for t, v in series if t > inc.resolved_at]
         assert before_cut and min(before_cut) > 200.0
+        assert info.spacing is None or restore - cut - 1.2 > info.spacing + 2 * POLL, (
+            f"the outage ({restore - cut:.1f} s) is too short for its middle to hold a reading "
+            f"{info.spacing} s apart: OUTAGE no longer covers what the bound leaves"
+        )
         assert during and max(during) == 0.0
         assert after_restore and min(after_restore) > 200.0
     # bounded: more readings came than the bound holds, so the incident was thinned to a lower rate, one
