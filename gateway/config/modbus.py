@@ -42,7 +42,7 @@ class Line(Strict):
         description="tcp with the builtin client only: requests outstanding per connection; 1 (one at a"
         " time) unless the device is known to queue requests (most meters and serial gateways do not). With"
         " 2 or more, a device's cycle sends up to that many of its reads in one write (an SDM630's 3 reads"
-        " with 3: about 40 % less CPU per request in `make bench`)",
+        " with 3: 16-40 % less CPU per request in `make bench` runs)",
     )
     down_after: int = Field(
         default=3, ge=1, le=100, description="failed cycles before a device is marked down"
