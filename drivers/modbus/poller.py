@@ -149,6 +149,7 @@ class DevicePoller:
         if self._groups:
             answered = await self._cycle_pipelined(gathered)
         else:
+            # _read's two lines, inlined: a coroutine less to resume per request on the hot path
             stats = self.stats
             read = self.read
             for request, plan in self._cycle:

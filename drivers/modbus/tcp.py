@@ -291,12 +291,14 @@ class TcpConnection:
     async def _exchange(self, request: ReadRequest) -> ReadOutcome:
         link = self._link
         assert link is not None
-        # Cancelled (the line stops, a caller gives up): the request stays listed until its answer or its
-        # deadline, so that its answer is taken and dropped quietly, not counted as a stale one.
         return await self._send(link, request)
 
     def _send(self, link: _Link, request: ReadRequest) -> asyncio.Future[ReadOutcome]:
-        """Write the request on `link` and list it as pending; the future is its outcome."""
+        """Write the request on `link` and list it as pending; the future is its outcome.
+
+        A caller cancelled while awaiting it (the line stops, a caller gives up) leaves the request listed
+        until its answer or its deadline, so that its answer is taken and dropped quietly, not counted as a
+        stale one."""
         loop = self._loop
         assert link.transport is not None and loop is not None
         tid = self._tid = self._tid % 0xFFFF + 1  # 1..65535: 0 is what a careless device echoes
